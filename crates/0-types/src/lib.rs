@@ -1,0 +1,18 @@
+//! The vocabulary every cj stage speaks: journal records, cursors, file
+//! handles, change flags and object kinds.
+//!
+//! This crate holds no I/O. The byte layout of records on disk lives in
+//! `cj-journal` (see `docs/design.md`); the types here are what flows between
+//! the stages: capture -> normalisation -> journal -> service -> client.
+
+mod cursor;
+mod path;
+mod record;
+
+pub use cursor::{Cursor, CursorError, JournalId};
+pub use path::{escape_path, unescape_path, PathText};
+pub use record::{
+    Changes, EventRecord, FileHandle, GapReason, GapRecord, ObjectKind, Record, RecordBody,
+    RootRecord, EVENT_FLAG_PATH_UNKNOWN, EVENT_FLAG_VERIFIED_PRESENT, EVENT_FLAG_VERIFIED_SAME,
+    HANDLE_BYTES_MAX, NAME_BYTES_MAX, PATH_BYTES_MAX,
+};

@@ -1,0 +1,149 @@
+//! Paths are bytes. These helpers render them losslessly for text and JSON.
+//!
+//! Linux file names may hold any byte but `/` and NUL, including newlines and
+//! sequences that are not UTF-8. Every cj output format must round-trip them:
+//! - JSON: `path` when the bytes are valid UTF-8, else `path_b64` (standard
+//!   base64 with padding) -- see `docs/protocol.md`.
+//! - Text: a C-style escape (`\\`, `\n`, `\t`, `\r`, `\xHH`) that
+//!   [`unescape_path`] reverses exactly.
+//! - `-0`: raw bytes, NUL-separated.
+
+use base64::Engine;
+
+/// A path as JSON carries it: text if it is UTF-8, base64 otherwise.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PathText {
+    Utf8(String),
+    Base64(String),
+}
+
+impl PathText {
+    pub fn from_bytes(bytes: &[u8]) -> PathText {
+        match std::str::from_utf8(bytes) {
+            Ok(s) => PathText::Utf8(s.to_owned()),
+            Err(_) => PathText::Base64(base64::engine::general_purpose::STANDARD.encode(bytes)),
+        }
+    }
+
+    /// Decodes the base64 form; `None` if it is not valid base64.
+    pub fn to_bytes(&self) -> Option<Vec<u8>> {
+        match self {
+            PathText::Utf8(s) => Some(s.as_bytes().to_vec()),
+            PathText::Base64(b) => base64::engine::general_purpose::STANDARD.decode(b).ok(),
+        }
+    }
+
+    /// The JSON key for this form, with `stem` as the field name
+    /// (`path` / `path_b64`, `renamed_from` / `renamed_from_b64`, ...).
+    pub fn key(&self, stem: &str) -> String {
+        match self {
+            PathText::Utf8(_) => stem.to_owned(),
+            PathText::Base64(_) => format!("{stem}_b64"),
+        }
+    }
+
+    pub fn value(&self) -> &str {
+        match self {
+            PathText::Utf8(s) | PathText::Base64(s) => s,
+        }
+    }
+}
+
+/// Escapes a path for line-oriented text output. Reversible by [`unescape_path`].
+pub fn escape_path(bytes: &[u8]) -> String {
+    let mut out = String::with_capacity(bytes.len());
+    let mut rest = bytes;
+    while !rest.is_empty() {
+        match std::str::from_utf8(rest) {
+            Ok(valid) => {
+                escape_str(valid, &mut out);
+                break;
+            }
+            Err(err) => {
+                let (valid, after) = rest.split_at(err.valid_up_to());
+                // SAFETY-free: `valid_up_to` guarantees this prefix is UTF-8.
+                escape_str(std::str::from_utf8(valid).unwrap_or(""), &mut out);
+                let bad = err.error_len().unwrap_or(after.len()).max(1);
+                for b in &after[..bad] {
+                    out.push_str(&format!("\\x{b:02x}"));
+                }
+                rest = &after[bad..];
+            }
+        }
+    }
+    out
+}
+
+fn escape_str(s: &str, out: &mut String) {
+    for c in s.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\t' => out.push_str("\\t"),
+            '\r' => out.push_str("\\r"),
+            c if (c as u32) < 0x20 || c as u32 == 0x7f => {
+                out.push_str(&format!("\\x{:02x}", c as u32))
+            }
+            c => out.push(c),
+        }
+    }
+}
+
+/// Reverses [`escape_path`]. `None` on an escape it never produces.
+pub fn unescape_path(text: &str) -> Option<Vec<u8>> {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] != b'\\' {
+            out.push(bytes[i]);
+            i += 1;
+            continue;
+        }
+        match bytes.get(i + 1)? {
+            b'\\' => out.push(b'\\'),
+            b'n' => out.push(b'\n'),
+            b't' => out.push(b'\t'),
+            b'r' => out.push(b'\r'),
+            b'x' => {
+                let hex = std::str::from_utf8(bytes.get(i + 2..i + 4)?).ok()?;
+                out.push(u8::from_str_radix(hex, 16).ok()?);
+                i += 2;
+            }
+            _ => return None,
+        }
+        i += 2;
+    }
+    Some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn escape_round_trips_every_byte() {
+        let mut cases: Vec<Vec<u8>> = vec![
+            b"/plain/path".to_vec(),
+            b"/with space/and\nnewline".to_vec(),
+            b"/bad\xff\xfeutf8".to_vec(),
+            "/caf\u{e9}/\u{1f600}".as_bytes().to_vec(),
+            b"/back\\slash\\x41".to_vec(),
+            b"/\x01\x7f\t\r".to_vec(),
+        ];
+        cases.push((1..=255u8).collect());
+        for case in cases {
+            let escaped = escape_path(&case);
+            assert!(!escaped.contains('\n'), "{escaped}");
+            assert_eq!(unescape_path(&escaped).unwrap(), case);
+            let json = PathText::from_bytes(&case);
+            assert_eq!(json.to_bytes().unwrap(), case);
+        }
+    }
+
+    #[test]
+    fn json_form_picks_key() {
+        assert_eq!(PathText::from_bytes(b"/a").key("path"), "path");
+        assert_eq!(PathText::from_bytes(b"/\xff").key("path"), "path_b64");
+    }
+}

@@ -1,0 +1,427 @@
+//! cj's durable journal: an append-only log of checksummed records kept in
+//! segment files, written with group commit.
+//!
+//! Why not a database: every embedded store keeps its own write-ahead log, so
+//! a change would be written twice; and cj only ever appends and scans ranges.
+//! The format (`docs/design.md`, "On-disk format") is small enough to check by
+//! eye, and recovery is one rule: the tail of the last segment is kept up to
+//! the last record whose checksum and sequence number are right; anything
+//! after it was never acknowledged and is cut off.
+//!
+//! One [`Writer`] (one thread) appends; any number of [`Reader`]s scan the
+//! durable prefix concurrently.
+
+mod error;
+pub mod format;
+mod reader;
+mod writer;
+
+use std::fs::{self, File, OpenOptions};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::os::unix::io::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Condvar, Mutex, RwLock};
+use std::time::Duration;
+
+use cj_types::JournalId;
+
+pub use error::Error;
+pub use reader::{Item, Reader};
+pub use writer::Writer;
+
+use format::{check_frame, DecodeError, SegmentHeader, RECORD_ALIGN, SEGMENT_HEADER_LEN};
+
+/// Tunables. The defaults suit a workstation or server; tests shrink them.
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// A segment is closed and a new one started past this size.
+    pub segment_bytes: u64,
+    /// Oldest segments are deleted while the journal is larger than this.
+    pub retain_bytes: u64,
+    /// Segments whose newest record is older than this are deleted.
+    pub retain_age: Duration,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            segment_bytes: 64 << 20,
+            retain_bytes: 2 << 30,
+            retain_age: Duration::from_secs(30 * 24 * 3600),
+        }
+    }
+}
+
+/// What [`open`] found and did.
+#[derive(Debug, Clone, Default)]
+pub struct Recovery {
+    /// The journal did not exist and was created.
+    pub created: bool,
+    /// Bytes cut from the end of the last segment (a torn, unacknowledged tail).
+    pub truncated_bytes: u64,
+    /// Sequence number of the last record kept (0 if none).
+    pub last_seq: u64,
+    /// Wall-clock time of the last record kept (0 if none).
+    pub last_time_ns: u64,
+    /// Ranges of sequence numbers in the last segment that could not be read
+    /// but are followed by readable records (corruption, not a torn tail).
+    pub damaged: Vec<(u64, u64)>,
+    /// A last segment whose header was unreadable was moved aside.
+    pub quarantined: Vec<PathBuf>,
+}
+
+pub(crate) struct SegMeta {
+    pub first_seq: u64,
+    pub path: PathBuf,
+    /// Bytes known durable (fdatasync'ed) from the start of the file.
+    pub durable_len: u64,
+    pub created_ns: u64,
+}
+
+pub(crate) struct State {
+    pub segments: Vec<SegMeta>,
+    /// Sequence numbers of damaged segments that were quarantined: they are
+    /// reported as damaged ranges forever after.
+    pub durable_seq: u64,
+}
+
+pub(crate) struct Shared {
+    pub dir: PathBuf,
+    pub id: JournalId,
+    pub state: RwLock<State>,
+    pub durable_lock: Mutex<u64>,
+    pub durable_cv: Condvar,
+}
+
+const SEGMENT_SUFFIX: &str = ".cjseg";
+const LOCK_FILE: &str = "lock";
+
+pub(crate) fn segment_path(dir: &Path, first_seq: u64) -> PathBuf {
+    dir.join(format!("{first_seq:016x}{SEGMENT_SUFFIX}"))
+}
+
+pub(crate) fn now_ns() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0)
+}
+
+pub(crate) fn fsync_dir(dir: &Path) -> Result<(), Error> {
+    let f = File::open(dir).map_err(error::io(dir, "open directory"))?;
+    f.sync_all().map_err(error::io(dir, "fsync directory"))
+}
+
+/// Opens (creating if needed) the journal in `dir`, recovers it and returns
+/// its single writer and a reader.
+pub fn open(dir: &Path, options: Options) -> Result<(Writer, Reader, Recovery), Error> {
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(error::io(dir, "create directory"))?;
+    let lock = lock_dir(dir)?;
+    let mut recovery = Recovery::default();
+    let mut names = list_segments(dir)?;
+    let mut id = read_id_file(dir);
+    if names.is_empty() {
+        // No segment: a new journal. An id file without segments means the
+        // history is gone, so it gets a new identity too: old cursors must
+        // read as foreign, never as valid positions in an empty journal.
+        recovery.created = true;
+        let new_id = JournalId::random().map_err(error::io(dir, "getrandom"))?;
+        write_id_file(dir, new_id)?;
+        writer::create_segment(dir, new_id, 1)?;
+        id = Some(new_id);
+        names.push(1);
+    }
+    let mut segments = Vec::with_capacity(names.len());
+    for (i, &first_seq) in names.iter().enumerate() {
+        let path = segment_path(dir, first_seq);
+        let header = read_header(&path);
+        let is_last = i + 1 == names.len();
+        match header {
+            Ok(h) => {
+                if h.first_seq != first_seq {
+                    return Err(Error::Corrupt {
+                        path,
+                        detail: format!("header says first seq {} but name says {first_seq}", h.first_seq),
+                    });
+                }
+                match id {
+                    None => id = Some(JournalId(h.journal_id)),
+                    Some(JournalId(known)) if known != h.journal_id => {
+                        return Err(Error::Corrupt {
+                            path,
+                            detail: "segment belongs to another journal".into(),
+                        })
+                    }
+                    Some(_) => {}
+                }
+                let len = fs::metadata(&path).map_err(error::io(&path, "stat"))?.len();
+                segments.push(SegMeta {
+                    first_seq,
+                    path,
+                    durable_len: len,
+                    created_ns: h.created_ns,
+                });
+            }
+            Err(detail) if is_last => {
+                // A torn segment creation, or a damaged header on the active
+                // segment. Move it aside; the next segment starts past every
+                // sequence number the damaged file could hold (each record is
+                // at least one header long), so no number is ever reused.
+                let len = fs::metadata(&path).map_err(error::io(&path, "stat"))?.len();
+                let aside = path.with_extension(format!("damaged-{}", now_ns()));
+                fs::rename(&path, &aside).map_err(error::io(&path, "rename aside"))?;
+                recovery.quarantined.push(aside);
+                let max_records = len / format::RECORD_HEADER_LEN as u64 + 1;
+                let next = first_seq + max_records;
+                if len > SEGMENT_HEADER_LEN as u64 {
+                    recovery.damaged.push((first_seq, next - 1));
+                }
+                let id = match id {
+                    Some(id) => id,
+                    None if segments.is_empty() && len <= SEGMENT_HEADER_LEN as u64 => {
+                        recovery.created = true;
+                        JournalId::random().map_err(error::io(dir, "getrandom"))?
+                    }
+                    None => {
+                        return Err(Error::Corrupt { path, detail });
+                    }
+                };
+                let created_ns = writer::create_segment(dir, id, next)?;
+                segments.push(SegMeta {
+                    first_seq: next,
+                    path: segment_path(dir, next),
+                    durable_len: SEGMENT_HEADER_LEN as u64,
+                    created_ns,
+                });
+            }
+            Err(_) => {
+                // A middle segment with a bad header: readers report its
+                // whole range as damaged; nothing here to repair.
+                let len = fs::metadata(&path).map_err(error::io(&path, "stat"))?.len();
+                segments.push(SegMeta {
+                    first_seq,
+                    path,
+                    durable_len: len,
+                    created_ns: 0,
+                });
+            }
+        }
+    }
+    let id = match id {
+        Some(id) => id,
+        None => {
+            return Err(Error::Corrupt {
+                path: dir.to_path_buf(),
+                detail: "no segment has a readable header".into(),
+            })
+        }
+    };
+    if read_id_file(dir) != Some(id) {
+        write_id_file(dir, id)?;
+    }
+    let last = segments.last_mut().expect("at least one segment exists");
+    let tail = recover_tail(last, &mut recovery)?;
+    let durable_seq = tail.last_seq.max(last.first_seq - 1);
+    recovery.last_seq = durable_seq;
+    recovery.last_time_ns = tail.last_time_ns;
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_CLOEXEC)
+        .open(&last.path)
+        .map_err(error::io(&last.path, "open for append"))?;
+    let file_len = last.durable_len;
+    let seg_first_seq = last.first_seq;
+    let shared = Arc::new(Shared {
+        dir: dir.to_path_buf(),
+        id,
+        state: RwLock::new(State {
+            segments,
+            durable_seq,
+        }),
+        durable_lock: Mutex::new(durable_seq),
+        durable_cv: Condvar::new(),
+    });
+    let writer = Writer::new(
+        shared.clone(),
+        file,
+        lock,
+        seg_first_seq,
+        file_len,
+        durable_seq + 1,
+        options,
+    );
+    Ok((writer, Reader::new(shared), recovery))
+}
+
+const ID_FILE: &str = "journal.id";
+
+/// The journal id is also kept in its own small file (16 bytes + CRC-32C), so
+/// that a damaged header on the only segment does not lose the identity that
+/// every client cursor carries.
+fn read_id_file(dir: &Path) -> Option<JournalId> {
+    let b = fs::read(dir.join(ID_FILE)).ok()?;
+    if b.len() != 20 || format::u32_at(&b, 16) != crc32c::crc32c(&b[..16]) {
+        return None;
+    }
+    let mut id = [0u8; 16];
+    id.copy_from_slice(&b[..16]);
+    Some(JournalId(id))
+}
+
+fn write_id_file(dir: &Path, id: JournalId) -> Result<(), Error> {
+    use std::io::Write;
+    let tmp = dir.join(format!("{ID_FILE}.tmp"));
+    let path = dir.join(ID_FILE);
+    let mut b = id.0.to_vec();
+    b.extend_from_slice(&crc32c::crc32c(&id.0).to_le_bytes());
+    let _ = fs::remove_file(&tmp);
+    let mut f = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .custom_flags(libc::O_CLOEXEC | libc::O_NOFOLLOW)
+        .open(&tmp)
+        .map_err(error::io(&tmp, "create"))?;
+    f.write_all(&b).map_err(error::io(&tmp, "write"))?;
+    f.sync_all().map_err(error::io(&tmp, "fsync"))?;
+    fs::rename(&tmp, &path).map_err(error::io(&path, "rename"))?;
+    fsync_dir(dir)
+}
+
+fn lock_dir(dir: &Path) -> Result<File, Error> {
+    let path = dir.join(LOCK_FILE);
+    let f = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .mode(0o600)
+        .custom_flags(libc::O_CLOEXEC | libc::O_NOFOLLOW)
+        .open(&path)
+        .map_err(error::io(&path, "open lock file"))?;
+    // SAFETY: flock on a valid, owned descriptor.
+    let rc = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    if rc != 0 {
+        let err = std::io::Error::last_os_error();
+        if err.raw_os_error() == Some(libc::EWOULDBLOCK) {
+            return Err(Error::Locked { path });
+        }
+        return Err(Error::Io {
+            path,
+            op: "lock",
+            source: err,
+        });
+    }
+    Ok(f)
+}
+
+fn list_segments(dir: &Path) -> Result<Vec<u64>, Error> {
+    let mut out = Vec::new();
+    for entry in fs::read_dir(dir).map_err(error::io(dir, "list"))? {
+        let entry = entry.map_err(error::io(dir, "list"))?;
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else { continue };
+        let Some(stem) = name.strip_suffix(SEGMENT_SUFFIX) else {
+            continue;
+        };
+        if stem.len() == 16 {
+            if let Ok(seq) = u64::from_str_radix(stem, 16) {
+                out.push(seq);
+            }
+        }
+    }
+    out.sort_unstable();
+    Ok(out)
+}
+
+fn read_header(path: &Path) -> Result<SegmentHeader, String> {
+    use std::os::unix::fs::FileExt;
+    let f = File::open(path).map_err(|e| e.to_string())?;
+    let mut b = [0u8; SEGMENT_HEADER_LEN];
+    let mut got = 0;
+    while got < b.len() {
+        match f.read_at(&mut b[got..], got as u64) {
+            Ok(0) => break,
+            Ok(n) => got += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e.to_string()),
+        }
+    }
+    SegmentHeader::decode(&b[..got])
+}
+
+struct Tail {
+    last_seq: u64,
+    last_time_ns: u64,
+}
+
+/// Scans the last segment, records damaged spans, and truncates a torn tail.
+fn recover_tail(seg: &mut SegMeta, recovery: &mut Recovery) -> Result<Tail, Error> {
+    let bytes = fs::read(&seg.path).map_err(error::io(&seg.path, "read"))?;
+    let mut off = SEGMENT_HEADER_LEN;
+    let mut expected = seg.first_seq;
+    let mut tail = Tail {
+        last_seq: 0,
+        last_time_ns: 0,
+    };
+    let mut good_end = off;
+    while off < bytes.len() {
+        match check_frame(&bytes[off..]) {
+            Ok((seq, len)) if seq == expected => {
+                tail.last_seq = seq;
+                tail.last_time_ns = format::u64_at(&bytes, off + 16);
+                expected = seq + 1;
+                off += len;
+                good_end = off;
+            }
+            Ok(_) | Err(DecodeError::Invalid(_)) | Err(DecodeError::Truncated) => {
+                match resync(&bytes, off + RECORD_ALIGN, expected) {
+                    Some((at, seq)) => {
+                        recovery.damaged.push((expected, seq - 1));
+                        expected = seq;
+                        off = at;
+                    }
+                    None => break,
+                }
+            }
+        }
+    }
+    let cut = bytes.len() - good_end;
+    if cut > 0 {
+        // Assert before cutting: the kept prefix must end on a frame boundary.
+        assert!(good_end % RECORD_ALIGN == 0 && good_end >= SEGMENT_HEADER_LEN);
+        let f = OpenOptions::new()
+            .write(true)
+            .open(&seg.path)
+            .map_err(error::io(&seg.path, "open for truncate"))?;
+        f.set_len(good_end as u64)
+            .map_err(error::io(&seg.path, "truncate torn tail"))?;
+        f.sync_all().map_err(error::io(&seg.path, "fsync after truncate"))?;
+        recovery.truncated_bytes = cut as u64;
+    }
+    seg.durable_len = good_end as u64;
+    Ok(tail)
+}
+
+/// Finds the next aligned offset at or after `from` holding a valid frame with
+/// a sequence number at or above `min_seq`. Such a frame proves the bytes
+/// before it are damage, not a torn tail.
+pub(crate) fn resync(bytes: &[u8], from: usize, min_seq: u64) -> Option<(usize, u64)> {
+    let mut at = from.div_ceil(RECORD_ALIGN) * RECORD_ALIGN;
+    while at + format::RECORD_HEADER_LEN <= bytes.len() {
+        if let Ok((seq, _)) = check_frame(&bytes[at..]) {
+            if seq >= min_seq {
+                return Some((at, seq));
+            }
+        }
+        at += RECORD_ALIGN;
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests;

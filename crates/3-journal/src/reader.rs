@@ -1,0 +1,272 @@
+//! Concurrent readers of the durable prefix.
+//!
+//! A reader never trusts bytes past a segment's durable length, and never
+//! stops at damage: it reports the unreadable range as [`Item::Damaged`] and
+//! resynchronises on the next frame whose checksum and sequence number are
+//! right, so one bad sector costs only the records on it.
+
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use cj_types::{JournalId, Record};
+
+use crate::error::{io, Error};
+use crate::format::{self, check_frame, decode_record, SegmentHeader, RECORD_BYTES_MAX, SEGMENT_HEADER_LEN};
+use crate::Shared;
+
+/// One step of a scan.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Item {
+    Record(Record),
+    /// Records `first..=last` exist but cannot be read.
+    Damaged { first: u64, last: u64 },
+}
+
+/// Bytes read from a segment per `pread`.
+const READ_CHUNK_BYTES: usize = 1 << 20;
+const _: () = assert!(READ_CHUNK_BYTES > RECORD_BYTES_MAX);
+
+#[derive(Clone)]
+pub struct Reader {
+    shared: Arc<Shared>,
+}
+
+struct SegView {
+    first_seq: u64,
+    /// Last sequence number this segment can hold.
+    last_seq: u64,
+    path: PathBuf,
+    durable_len: u64,
+}
+
+impl Reader {
+    pub(crate) fn new(shared: Arc<Shared>) -> Reader {
+        Reader { shared }
+    }
+
+    pub fn journal_id(&self) -> JournalId {
+        self.shared.id
+    }
+
+    /// The oldest sequence number still retained. A cursor below
+    /// `first_seq() - 1` has expired.
+    pub fn first_seq(&self) -> u64 {
+        let state = self.shared.state.read().unwrap_or_else(|e| e.into_inner());
+        state.segments.first().map(|s| s.first_seq).unwrap_or(1)
+    }
+
+    /// The highest sequence number known durable.
+    pub fn durable_seq(&self) -> u64 {
+        self.shared.state.read().unwrap_or_else(|e| e.into_inner()).durable_seq
+    }
+
+    /// Bytes on disk in all segments.
+    pub fn disk_bytes(&self) -> u64 {
+        let state = self.shared.state.read().unwrap_or_else(|e| e.into_inner());
+        state.segments.iter().map(|s| s.durable_len).sum()
+    }
+
+    pub fn segment_count(&self) -> usize {
+        self.shared.state.read().unwrap_or_else(|e| e.into_inner()).segments.len()
+    }
+
+    /// Waits until `seq` is durable. False on timeout.
+    pub fn wait_durable(&self, seq: u64, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        let mut d = self.shared.durable_lock.lock().unwrap_or_else(|e| e.into_inner());
+        while *d < seq {
+            let now = Instant::now();
+            if now >= deadline {
+                return false;
+            }
+            d = self
+                .shared
+                .durable_cv
+                .wait_timeout(d, deadline - now)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+        true
+    }
+
+    fn views(&self) -> Vec<SegView> {
+        let state = self.shared.state.read().unwrap_or_else(|e| e.into_inner());
+        let n = state.segments.len();
+        (0..n)
+            .map(|i| {
+                let s = &state.segments[i];
+                let last_seq = if i + 1 < n {
+                    state.segments[i + 1].first_seq - 1
+                } else {
+                    state.durable_seq
+                };
+                SegView {
+                    first_seq: s.first_seq,
+                    last_seq,
+                    path: s.path.clone(),
+                    durable_len: s.durable_len,
+                }
+            })
+            .collect()
+    }
+
+    /// Calls `f` for every record with `after < seq <= upto`, in order, and
+    /// for every damaged range overlapping it. `f` returns false to stop.
+    /// Records below [`Reader::first_seq`] are silently absent: check expiry
+    /// first.
+    pub fn scan(
+        &self,
+        after: u64,
+        upto: u64,
+        mut f: impl FnMut(Item) -> bool,
+    ) -> Result<(), Error> {
+        for view in self.views() {
+            if view.last_seq <= after || view.first_seq > upto || view.last_seq < view.first_seq {
+                continue;
+            }
+            if !scan_segment(&view, after, upto, &mut f)? {
+                break;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Sliding window over the durable prefix of one segment file.
+struct Window {
+    file: File,
+    path: PathBuf,
+    limit: u64,
+    base: u64,
+    buf: Vec<u8>,
+}
+
+impl Window {
+    /// The bytes from `off` on (at least `RECORD_BYTES_MAX` of them unless the
+    /// durable end is nearer).
+    fn at(&mut self, off: u64) -> Result<&[u8], Error> {
+        let want_end = (off + RECORD_BYTES_MAX as u64).min(self.limit);
+        let have_end = self.base + self.buf.len() as u64;
+        if off < self.base || want_end > have_end {
+            let len = (READ_CHUNK_BYTES as u64).min(self.limit.saturating_sub(off)) as usize;
+            self.buf.resize(len, 0);
+            let mut got = 0;
+            while got < len {
+                match self.file.read_at(&mut self.buf[got..], off + got as u64) {
+                    Ok(0) => break,
+                    Ok(n) => got += n,
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                    Err(e) => return Err(io(&self.path, "read")(e)),
+                }
+            }
+            self.buf.truncate(got);
+            self.base = off;
+        }
+        let start = (off - self.base) as usize;
+        Ok(&self.buf[start.min(self.buf.len())..])
+    }
+}
+
+fn scan_segment(
+    view: &SegView,
+    after: u64,
+    upto: u64,
+    f: &mut impl FnMut(Item) -> bool,
+) -> Result<bool, Error> {
+    let damaged_all = |f: &mut dyn FnMut(Item) -> bool, first: u64| {
+        let first = first.max(after + 1);
+        let last = view.last_seq.min(upto);
+        if first <= last {
+            f(Item::Damaged { first, last })
+        } else {
+            true
+        }
+    };
+    let file = match File::open(&view.path) {
+        Ok(file) => file,
+        // Deleted by retention after we listed it: the range has expired,
+        // which the caller detects through first_seq().
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(true),
+        Err(e) => return Err(io(&view.path, "open segment")(e)),
+    };
+    let mut w = Window {
+        file,
+        path: view.path.clone(),
+        limit: view.durable_len,
+        base: 0,
+        buf: Vec::new(),
+    };
+    let header_ok = SegmentHeader::decode(w.at(0)?)
+        .map(|h| h.first_seq == view.first_seq)
+        .unwrap_or(false);
+    if !header_ok {
+        return Ok(damaged_all(f, view.first_seq));
+    }
+    let mut off = SEGMENT_HEADER_LEN as u64;
+    let mut expected = view.first_seq;
+    while expected <= view.last_seq && expected <= upto {
+        let bytes = w.at(off)?;
+        if bytes.is_empty() {
+            // The durable end came before the last seq this segment should
+            // hold: the rest is unreadable.
+            return Ok(damaged_all(f, expected));
+        }
+        match check_frame(bytes) {
+            Ok((seq, len)) if seq == expected => {
+                if seq > after {
+                    match decode_record(bytes) {
+                        Ok((record, _)) => {
+                            if !f(Item::Record(record)) {
+                                return Ok(false);
+                            }
+                        }
+                        Err(_) => {
+                            if !f(Item::Damaged { first: seq, last: seq }) {
+                                return Ok(false);
+                            }
+                        }
+                    }
+                }
+                expected = seq + 1;
+                off += len as u64;
+            }
+            _ => {
+                // Damage: find the next good frame in this segment.
+                match resync_window(&mut w, off, expected, view.last_seq)? {
+                    Some((at, seq)) => {
+                        let (first, last) = (expected.max(after + 1), (seq - 1).min(upto));
+                        if first <= last && !f(Item::Damaged { first, last }) {
+                            return Ok(false);
+                        }
+                        expected = seq;
+                        off = at;
+                    }
+                    None => return Ok(damaged_all(f, expected)),
+                }
+            }
+        }
+    }
+    Ok(expected <= upto)
+}
+
+fn resync_window(
+    w: &mut Window,
+    from: u64,
+    min_seq: u64,
+    max_seq: u64,
+) -> Result<Option<(u64, u64)>, Error> {
+    let mut at = from + format::RECORD_ALIGN as u64;
+    while at + format::RECORD_HEADER_LEN as u64 <= w.limit {
+        let bytes = w.at(at)?;
+        if let Ok((seq, _)) = check_frame(bytes) {
+            if seq >= min_seq && seq <= max_seq {
+                return Ok(Some((at, seq)));
+            }
+        }
+        at += format::RECORD_ALIGN as u64;
+    }
+    Ok(None)
+}

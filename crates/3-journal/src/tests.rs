@@ -1,0 +1,243 @@
+use super::*;
+use cj_types::{Changes, EventRecord, ObjectKind, RecordBody};
+use std::os::unix::fs::FileExt;
+
+fn event(i: u64) -> RecordBody {
+    RecordBody::Event(EventRecord {
+        changes: Changes::MODIFIED,
+        kind: ObjectKind::File,
+        fsid: 1,
+        path: format!("/t/file-{i:06}").into_bytes(),
+        name: format!("file-{i:06}").into_bytes(),
+        ..Default::default()
+    })
+}
+
+fn small() -> Options {
+    Options {
+        segment_bytes: 4096,
+        retain_bytes: u64::MAX,
+        retain_age: Duration::from_secs(3600),
+    }
+}
+
+fn collect(r: &Reader, after: u64, upto: u64) -> Vec<Item> {
+    let mut out = Vec::new();
+    r.scan(after, upto, |i| {
+        out.push(i);
+        true
+    })
+    .unwrap();
+    out
+}
+
+fn seqs(items: &[Item]) -> Vec<u64> {
+    items
+        .iter()
+        .filter_map(|i| match i {
+            Item::Record(r) => Some(r.seq),
+            _ => None,
+        })
+        .collect()
+}
+
+fn write_n(w: &mut Writer, n: u64) -> u64 {
+    let mut last = 0;
+    for i in 0..n {
+        last = w.append(1000 + i, &event(i)).unwrap();
+    }
+    assert_eq!(w.commit().unwrap(), last);
+    last
+}
+
+#[test]
+fn append_commit_reopen_keeps_everything() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut w, r, rec) = open(dir.path(), small()).unwrap();
+    assert!(rec.created);
+    let id = r.journal_id();
+    assert_eq!(write_n(&mut w, 200), 200);
+    assert!(r.segment_count() > 3, "rotation happened");
+    assert_eq!(seqs(&collect(&r, 0, 200)), (1..=200).collect::<Vec<_>>());
+    assert_eq!(seqs(&collect(&r, 150, 160)), (151..=160).collect::<Vec<_>>());
+    drop((w, r));
+    let (mut w, r, rec) = open(dir.path(), small()).unwrap();
+    assert!(!rec.created);
+    assert_eq!(rec.last_seq, 200);
+    assert_eq!(rec.truncated_bytes, 0);
+    assert_eq!(r.journal_id(), id);
+    assert_eq!(w.append(1, &event(0)).unwrap(), 201);
+    w.commit().unwrap();
+    assert_eq!(seqs(&collect(&r, 195, 300)), (196..=201).collect::<Vec<_>>());
+}
+
+#[test]
+fn second_writer_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let _first = open(dir.path(), small()).unwrap();
+    assert!(matches!(open(dir.path(), small()), Err(Error::Locked { .. })));
+}
+
+fn last_segment(dir: &Path) -> PathBuf {
+    let mut v = list_segments(dir).unwrap();
+    segment_path(dir, v.pop().unwrap())
+}
+
+#[test]
+fn torn_tail_is_cut_and_seq_continues() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut w, r, _) = open(dir.path(), Options::default()).unwrap();
+    write_n(&mut w, 10);
+    drop((w, r));
+    let seg = last_segment(dir.path());
+    let len = fs::metadata(&seg).unwrap().len();
+    // A half-written record: a valid frame cut short.
+    let mut frame = Vec::new();
+    format::encode_record(11, 5, &event(11), &mut frame);
+    let f = OpenOptions::new().write(true).open(&seg).unwrap();
+    f.write_all_at(&frame[..frame.len() / 2], len).unwrap();
+    drop(f);
+    let (mut w, r, rec) = open(dir.path(), Options::default()).unwrap();
+    assert_eq!(rec.last_seq, 10);
+    assert_eq!(rec.truncated_bytes, (frame.len() / 2) as u64);
+    assert!(rec.damaged.is_empty());
+    assert_eq!(fs::metadata(&seg).unwrap().len(), len);
+    assert_eq!(w.append(1, &event(11)).unwrap(), 11);
+    w.commit().unwrap();
+    assert_eq!(seqs(&collect(&r, 0, 100)), (1..=11).collect::<Vec<_>>());
+}
+
+#[test]
+fn zeroed_tail_is_cut() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut w, r, _) = open(dir.path(), Options::default()).unwrap();
+    write_n(&mut w, 5);
+    drop((w, r));
+    let seg = last_segment(dir.path());
+    let len = fs::metadata(&seg).unwrap().len();
+    OpenOptions::new()
+        .write(true)
+        .open(&seg)
+        .unwrap()
+        .set_len(len + 8192)
+        .unwrap();
+    let (_w, _r, rec) = open(dir.path(), Options::default()).unwrap();
+    assert_eq!(rec.truncated_bytes, 8192);
+    assert_eq!(rec.last_seq, 5);
+}
+
+/// Flips one byte inside record `seq` of the segment file.
+fn corrupt_record(dir: &Path, seq: u64) {
+    for first in list_segments(dir).unwrap() {
+        let path = segment_path(dir, first);
+        let bytes = fs::read(&path).unwrap();
+        let mut off = SEGMENT_HEADER_LEN;
+        while off < bytes.len() {
+            let (s, len) = check_frame(&bytes[off..]).unwrap();
+            if s == seq {
+                let f = OpenOptions::new().write(true).open(&path).unwrap();
+                f.write_all_at(&[bytes[off + 40] ^ 0xff], (off + 40) as u64)
+                    .unwrap();
+                return;
+            }
+            off += len;
+        }
+    }
+    panic!("seq {seq} not found");
+}
+
+#[test]
+fn mid_file_corruption_costs_only_the_damaged_records() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut w, r, _) = open(dir.path(), small()).unwrap();
+    write_n(&mut w, 100);
+    drop((w, r));
+    // One record in an old segment, one in the active (last) segment.
+    corrupt_record(dir.path(), 99);
+    corrupt_record(dir.path(), 7);
+    let (mut w, r, rec) = open(dir.path(), small()).unwrap();
+    assert_eq!(rec.last_seq, 100, "valid records after the damage are kept");
+    assert_eq!(rec.damaged, vec![(99, 99)]);
+    assert_eq!(rec.truncated_bytes, 0);
+    // The daemon keeps journaling.
+    assert_eq!(w.append(1, &event(1)).unwrap(), 101);
+    w.commit().unwrap();
+    let items = collect(&r, 0, 101);
+    let got = seqs(&items);
+    let want: Vec<u64> = (1..=101).filter(|s| *s != 7 && *s != 99).collect();
+    assert_eq!(got, want);
+    let damaged: Vec<_> = items
+        .iter()
+        .filter(|i| matches!(i, Item::Damaged { .. }))
+        .cloned()
+        .collect();
+    assert_eq!(
+        damaged,
+        vec![
+            Item::Damaged { first: 7, last: 7 },
+            Item::Damaged { first: 99, last: 99 }
+        ]
+    );
+    // A range that avoids the damage reads cleanly.
+    assert!(collect(&r, 10, 90)
+        .iter()
+        .all(|i| matches!(i, Item::Record(_))));
+}
+
+#[test]
+fn damaged_active_header_is_quarantined_without_seq_reuse() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut w, r, _) = open(dir.path(), Options::default()).unwrap();
+    write_n(&mut w, 20);
+    drop((w, r));
+    let seg = last_segment(dir.path());
+    OpenOptions::new()
+        .write(true)
+        .open(&seg)
+        .unwrap()
+        .write_all_at(b"XXXX", 0)
+        .unwrap();
+    let (mut w, r, rec) = open(dir.path(), Options::default()).unwrap();
+    assert_eq!(rec.quarantined.len(), 1);
+    assert_eq!(rec.damaged.len(), 1);
+    let (lo, hi) = rec.damaged[0];
+    assert_eq!(lo, 1);
+    let next = w.append(1, &event(0)).unwrap();
+    assert!(next > 20 && next == hi + 1, "seq {next} must pass every old seq");
+    w.commit().unwrap();
+    assert_eq!(seqs(&collect(&r, 0, u64::MAX)), vec![next]);
+}
+
+#[test]
+fn retention_by_size_drops_oldest_segments() {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = Options {
+        segment_bytes: 4096,
+        retain_bytes: 16 * 1024,
+        retain_age: Duration::from_secs(3600),
+    };
+    let (mut w, r, _) = open(dir.path(), opts.clone()).unwrap();
+    write_n(&mut w, 2000);
+    assert!(r.disk_bytes() <= 16 * 1024 + 4096);
+    let first = r.first_seq();
+    assert!(first > 1);
+    assert_eq!(
+        seqs(&collect(&r, 0, 2000)),
+        (first..=2000).collect::<Vec<_>>()
+    );
+    drop((w, r));
+    let (_w, r, rec) = open(dir.path(), opts).unwrap();
+    assert_eq!(r.first_seq(), first);
+    assert_eq!(rec.last_seq, 2000);
+}
+
+#[test]
+fn retention_by_age() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut w, r, _) = open(dir.path(), small()).unwrap();
+    write_n(&mut w, 300);
+    let before = r.segment_count();
+    let removed = w.enforce_retention(now_ns() + 7200 * 1_000_000_000).unwrap();
+    assert_eq!(removed, before - 1, "all but the active segment");
+    assert_eq!(r.segment_count(), 1);
+}

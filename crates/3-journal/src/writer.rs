@@ -1,0 +1,237 @@
+//! The single appender. Group commit: `append` only encodes into memory;
+//! `commit` writes everything pending with one `write` and makes it durable
+//! with one `fdatasync`, then publishes the new durable sequence number.
+//! Nothing is acknowledged before its `fdatasync` returned.
+
+use std::fs::{self, File, OpenOptions};
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use cj_types::{JournalId, RecordBody};
+
+use crate::error::{io, Error};
+use crate::format::{encode_record, SegmentHeader, RECORD_ALIGN, SEGMENT_HEADER_LEN};
+use crate::{fsync_dir, now_ns, segment_path, Options, SegMeta, Shared};
+
+/// Creates a new segment file holding only its header, durably (file and
+/// directory entry), before any record may go into it. Returns its creation time.
+pub(crate) fn create_segment(dir: &Path, id: JournalId, first_seq: u64) -> Result<u64, Error> {
+    let path = segment_path(dir, first_seq);
+    let created_ns = now_ns();
+    let header = SegmentHeader {
+        journal_id: id.0,
+        first_seq,
+        created_ns,
+    };
+    let f = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .custom_flags(libc::O_CLOEXEC | libc::O_NOFOLLOW)
+        .open(&path)
+        .map_err(io(&path, "create segment"))?;
+    f.write_all_at(&header.encode(), 0)
+        .map_err(io(&path, "write segment header"))?;
+    f.sync_all().map_err(io(&path, "fsync segment"))?;
+    fsync_dir(dir)?;
+    Ok(created_ns)
+}
+
+/// The one appender of a journal. Not `Sync`: owned by the writer thread.
+pub struct Writer {
+    shared: Arc<Shared>,
+    file: File,
+    _lock: File,
+    seg_first_seq: u64,
+    /// Bytes in the active segment file (all durable after each commit).
+    file_len: u64,
+    next_seq: u64,
+    /// Encoded frames not yet written.
+    pending: Vec<u8>,
+    pending_records: u64,
+    scratch: Vec<u8>,
+    poisoned: bool,
+    options: Options,
+}
+
+impl Writer {
+    pub(crate) fn new(
+        shared: Arc<Shared>,
+        file: File,
+        lock: File,
+        seg_first_seq: u64,
+        file_len: u64,
+        next_seq: u64,
+        options: Options,
+    ) -> Writer {
+        Writer {
+            shared,
+            file,
+            _lock: lock,
+            seg_first_seq,
+            file_len,
+            next_seq,
+            pending: Vec::with_capacity(1 << 20),
+            pending_records: 0,
+            scratch: Vec::new(),
+            poisoned: false,
+            options,
+        }
+    }
+
+    /// The sequence number the next appended record will get.
+    pub fn next_seq(&self) -> u64 {
+        self.next_seq
+    }
+
+    /// Bytes appended but not yet committed.
+    pub fn pending_bytes(&self) -> usize {
+        self.pending.len()
+    }
+
+    /// Encodes one record into the pending batch and returns its sequence
+    /// number. It is durable only once a later [`Writer::commit`] returns.
+    pub fn append(&mut self, time_ns: u64, body: &RecordBody) -> Result<u64, Error> {
+        if self.poisoned {
+            return Err(Error::Poisoned);
+        }
+        self.scratch.clear();
+        let seq = self.next_seq;
+        let len = encode_record(seq, time_ns, body, &mut self.scratch);
+        let projected = self.file_len + (self.pending.len() + len) as u64;
+        let segment_has_records =
+            self.file_len > SEGMENT_HEADER_LEN as u64 || !self.pending.is_empty();
+        if projected > self.options.segment_bytes && segment_has_records {
+            self.commit()?;
+            self.rotate()?;
+        }
+        self.pending.extend_from_slice(&self.scratch);
+        self.pending_records += 1;
+        self.next_seq += 1;
+        Ok(seq)
+    }
+
+    /// Writes and syncs everything pending. Returns the durable sequence number.
+    pub fn commit(&mut self) -> Result<u64, Error> {
+        if self.poisoned {
+            return Err(Error::Poisoned);
+        }
+        if self.pending.is_empty() {
+            return Ok(self.next_seq - 1);
+        }
+        assert!(self.pending.len() % RECORD_ALIGN == 0);
+        assert!(self.file_len % RECORD_ALIGN as u64 == 0);
+        let path = segment_path(&self.shared.dir, self.seg_first_seq);
+        let result = self
+            .file
+            .write_all_at(&self.pending, self.file_len)
+            .map_err(io(&path, "append"))
+            .and_then(|()| self.file.sync_data().map_err(io(&path, "fdatasync")));
+        if let Err(e) = result {
+            // After a failed fdatasync the kernel may have dropped the dirty
+            // pages: retrying could report data durable that is not. Stop.
+            self.poisoned = true;
+            return Err(e);
+        }
+        self.file_len += self.pending.len() as u64;
+        self.pending.clear();
+        self.pending_records = 0;
+        let durable = self.next_seq - 1;
+        self.publish(durable);
+        Ok(durable)
+    }
+
+    fn publish(&self, durable: u64) {
+        {
+            let mut state = self.shared.state.write().unwrap_or_else(|e| e.into_inner());
+            if let Some(seg) = state.segments.last_mut() {
+                assert_eq!(seg.first_seq, self.seg_first_seq);
+                seg.durable_len = self.file_len;
+            }
+            assert!(durable >= state.durable_seq, "durable seq went backwards");
+            state.durable_seq = durable;
+        }
+        let mut d = self.shared.durable_lock.lock().unwrap_or_else(|e| e.into_inner());
+        *d = durable;
+        self.shared.durable_cv.notify_all();
+    }
+
+    fn rotate(&mut self) -> Result<(), Error> {
+        assert!(self.pending.is_empty());
+        let first_seq = self.next_seq;
+        let created_ns = create_segment(&self.shared.dir, self.shared.id, first_seq)?;
+        let path = segment_path(&self.shared.dir, first_seq);
+        self.file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .custom_flags(libc::O_CLOEXEC | libc::O_NOFOLLOW)
+            .open(&path)
+            .map_err(io(&path, "open new segment"))?;
+        self.seg_first_seq = first_seq;
+        self.file_len = SEGMENT_HEADER_LEN as u64;
+        let mut state = self.shared.state.write().unwrap_or_else(|e| e.into_inner());
+        state.segments.push(SegMeta {
+            first_seq,
+            path,
+            durable_len: self.file_len,
+            created_ns,
+        });
+        drop(state);
+        self.enforce_retention(now_ns())?;
+        Ok(())
+    }
+
+    /// Deletes the oldest closed segments while the journal is over its size
+    /// budget or their newest record is past the age limit. The active
+    /// segment is never deleted. Returns how many segments were removed.
+    pub fn enforce_retention(&mut self, now_ns: u64) -> Result<usize, Error> {
+        let age_ns = duration_ns(self.options.retain_age);
+        let mut removed = 0;
+        loop {
+            let victim = {
+                let state = self.shared.state.read().unwrap_or_else(|e| e.into_inner());
+                let total: u64 = state.segments.iter().map(|s| s.durable_len).sum();
+                if state.segments.len() < 2 {
+                    None
+                } else {
+                    // A segment's newest record is older than the next
+                    // segment's creation.
+                    let newest_ns = state.segments[1].created_ns;
+                    let too_old = newest_ns != 0 && now_ns.saturating_sub(newest_ns) > age_ns;
+                    (total > self.options.retain_bytes || too_old)
+                        .then(|| state.segments[0].path.clone())
+                }
+            };
+            let Some(path) = victim else { break };
+            // Readers take the segment list first, so drop it from the list
+            // before unlinking: a reader that already opened the file keeps
+            // reading it; one that has not sees the range as expired.
+            {
+                let mut state = self.shared.state.write().unwrap_or_else(|e| e.into_inner());
+                state.segments.remove(0);
+            }
+            match fs::remove_file(&path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => {
+                    return Err(Error::Io {
+                        path,
+                        op: "delete expired segment",
+                        source: e,
+                    })
+                }
+            }
+            removed += 1;
+        }
+        if removed > 0 {
+            fsync_dir(&self.shared.dir)?;
+        }
+        Ok(removed)
+    }
+}
+
+fn duration_ns(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+}
