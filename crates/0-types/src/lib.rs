@@ -8,6 +8,7 @@
 mod cursor;
 mod path;
 mod record;
+pub mod protocol;
 
 pub use cursor::{Cursor, CursorError, JournalId};
 pub use path::{escape_path, unescape_path, PathText};

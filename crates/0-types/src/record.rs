@@ -131,6 +131,13 @@ impl std::ops::BitOr for Changes {
     }
 }
 
+impl std::ops::BitAnd for Changes {
+    type Output = Changes;
+    fn bitand(self, rhs: Changes) -> Changes {
+        Changes(self.0 & rhs.0)
+    }
+}
+
 impl std::ops::BitOrAssign for Changes {
     fn bitor_assign(&mut self, rhs: Changes) {
         self.0 |= rhs.0;

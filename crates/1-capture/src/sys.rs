@@ -152,15 +152,16 @@ impl Fanotify {
         } else {
             libc::FAN_MARK_ADD
         };
-        // SAFETY: `dir` is a valid descriptor owned by the caller; a null
-        // pathname makes the kernel use `dir` itself.
+        // SAFETY: `dir` is a valid descriptor owned by the caller; "." is
+        // looked up relative to it (an O_PATH descriptor is accepted as a
+        // directory fd, not as the object itself), and "." is never a symlink.
         let rc = unsafe {
             libc::fanotify_mark(
                 self.fd.as_raw_fd(),
-                action | libc::FAN_MARK_FILESYSTEM,
+                action | libc::FAN_MARK_FILESYSTEM | libc::FAN_MARK_DONT_FOLLOW,
                 EVENT_MASK,
                 dir,
-                std::ptr::null(),
+                c".".as_ptr(),
             )
         };
         let Err(e) = cvt(rc) else { return Ok(()) };
@@ -217,6 +218,28 @@ impl Fanotify {
             return Err(e);
         }
         Ok((fds[0].revents != 0, fds[1].revents != 0))
+    }
+}
+
+impl Fanotify {
+    /// Sleeps up to `timeout_ms` unless `waker` is woken (events are not
+    /// looked at: this is the nap that lets a batch build up).
+    pub fn wait_waker_only(&self, waker: &Waker, timeout_ms: i32) -> io::Result<bool> {
+        let mut fds = [libc::pollfd {
+            fd: waker.fd.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        }];
+        // SAFETY: `fds` is a valid array of one pollfd.
+        let rc = unsafe { libc::poll(fds.as_mut_ptr(), 1, timeout_ms) };
+        if rc < 0 {
+            let e = io::Error::last_os_error();
+            if e.raw_os_error() == Some(libc::EINTR) {
+                return Ok(false);
+            }
+            return Err(e);
+        }
+        Ok(fds[0].revents != 0)
     }
 }
 

@@ -1,1 +1,243 @@
-//! cj-service
+//! Stage 4 of cj: the daemon.
+//!
+//! [`run`] opens the state directory and the journal (recovering it), records
+//! a gap for the time the daemon was down, starts the capture ->
+//! normalisation -> journal pipeline ([`pipeline`]), re-arms the stored
+//! roots, and answers clients on a Unix socket ([`server`]) until SIGTERM or
+//! SIGINT, when it drains the kernel queue, commits, and leaves a clean-stop
+//! marker.
+
+mod error;
+pub mod pipeline;
+pub mod query;
+pub mod server;
+pub mod state;
+
+use std::fs;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicUsize;
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use cj_capture::{Fanotify, QueueLimit};
+use cj_normalize::Normalizer;
+use cj_types::{GapReason, GapRecord, RecordBody};
+
+pub use error::Error;
+use error::io;
+use pipeline::{Ctl, Exit, Pipeline};
+
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/cj";
+pub const DEFAULT_SOCKET: &str = "/run/cj/cj.sock";
+
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub state_dir: PathBuf,
+    pub socket: PathBuf,
+    /// `KernelDefault` only to force overflows in tests.
+    pub queue: QueueLimit,
+    pub journal: cj_journal::Options,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            state_dir: DEFAULT_STATE_DIR.into(),
+            socket: DEFAULT_SOCKET.into(),
+            queue: QueueLimit::Unlimited,
+            journal: cj_journal::Options::default(),
+        }
+    }
+}
+
+fn log(msg: impl std::fmt::Display) {
+    eprintln!("cj daemon: {msg}");
+}
+
+/// Runs the daemon in the foreground until SIGTERM/SIGINT.
+pub fn run(config: Config) -> Result<(), Error> {
+    let signals = block_signals();
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&config.state_dir)
+        .map_err(io(&config.state_dir, "create state directory"))?;
+    let state_dir = fs::canonicalize(&config.state_dir)
+        .map_err(io(&config.state_dir, "resolve state directory"))?;
+    fs::set_permissions(&state_dir, fs::Permissions::from_mode(0o700))
+        .map_err(io(&state_dir, "chmod"))?;
+    let (writer, reader, recovery) =
+        cj_journal::open(&state_dir.join("journal"), config.journal.clone())?;
+    if recovery.truncated_bytes > 0 {
+        log(format!(
+            "recovered the journal: cut {} bytes of unacknowledged tail",
+            recovery.truncated_bytes
+        ));
+    }
+    for (a, b) in &recovery.damaged {
+        log(format!("journal records {a}..={b} are damaged; queries spanning them will ask for a rescan"));
+    }
+    let clean_stop = state::take_clean_stop(&state_dir)?;
+    let roots = state::load_roots(&state_dir)?;
+    raise_fd_limit();
+    let fan = Fanotify::new(config.queue).map_err(Error::Fanotify)?;
+    let excluded = vec![state_dir.as_os_str().as_bytes().to_vec()];
+    // SAFETY: getpid has no preconditions.
+    let normalizer = Normalizer::new(unsafe { libc::getpid() }, excluded);
+    let (exit_tx, exit_rx) = mpsc::sync_channel::<Exit>(16);
+    let pipeline = Pipeline::start(fan, normalizer, writer, exit_tx.clone())
+        .map_err(io(&state_dir, "start threads"))?;
+    for root in &roots {
+        let (tx, rx) = mpsc::sync_channel(1);
+        let _ = pipeline.send(Ctl::Track {
+            path: root.clone(),
+            journal: false,
+            reply: tx,
+        });
+        if let Ok(Err(e)) = rx.recv() {
+            log(format!("root {} is not captured for now: {e}", String::from_utf8_lossy(root)));
+        }
+    }
+    if !recovery.created {
+        // Marks are in place before this record, so every change after it
+        // is captured; everything between the last record and here is not.
+        let clean = clean_stop == Some(recovery.last_seq);
+        let (reason, detail) = if clean {
+            (GapReason::DaemonDown, "the daemon was stopped")
+        } else {
+            (GapReason::UncleanStop, "the daemon stopped without a clean shutdown (crash, kill -9 or power loss)")
+        };
+        let gap = RecordBody::Gap(GapRecord {
+            reason,
+            fsid: 0,
+            scope: Vec::new(),
+            start_time_ns: recovery.last_time_ns,
+            detail: detail.as_bytes().to_vec(),
+        });
+        let (tx, rx) = mpsc::sync_channel(1);
+        let _ = pipeline.send(Ctl::Records(vec![gap]));
+        let _ = pipeline.send(Ctl::Barrier(tx));
+        match rx.recv() {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => return Err(Error::WriterFailed(e)),
+            Err(_) => return Err(Error::WriterFailed("pipeline stopped".into())),
+        }
+    }
+    let listener = bind_socket(&config.socket)?;
+    let ctx = Arc::new(server::Context {
+        reader,
+        ctl: pipeline.ctl.clone(),
+        waker: pipeline.waker.clone(),
+        shared: pipeline.shared.clone(),
+        state_dir: state_dir.clone(),
+        socket: config.socket.clone(),
+        started: Instant::now(),
+        roots_lock: Mutex::new(()),
+        connections: AtomicUsize::new(0),
+    });
+    let ctx2 = ctx.clone();
+    std::thread::Builder::new()
+        .name("cj-accept".into())
+        .spawn(move || server::serve(listener, ctx2))
+        .map_err(io(&config.socket, "start server thread"))?;
+    let exit_signal = exit_tx.clone();
+    std::thread::Builder::new()
+        .name("cj-signals".into())
+        .spawn(move || wait_signals(signals, exit_signal))
+        .map_err(io(&config.socket, "start signal thread"))?;
+    log(format!(
+        "ready: journal {} at seq {}, socket {}, {} root(s)",
+        ctx.reader.journal_id(),
+        ctx.reader.durable_seq(),
+        config.socket.display(),
+        roots.len()
+    ));
+    let exit = exit_rx.recv().unwrap_or(Exit::Fatal("exit channel closed".into()));
+    let _ = fs::remove_file(&config.socket);
+    match exit {
+        Exit::Signal(sig) => {
+            log(format!("signal {sig}: draining and committing"));
+            let last = pipeline.shutdown().map_err(Error::WriterFailed)?;
+            state::write_clean_stop(&state_dir, last)?;
+            log(format!("stopped cleanly at seq {last}"));
+            Ok(())
+        }
+        Exit::Fatal(e) => Err(Error::WriterFailed(e)),
+    }
+}
+
+fn bind_socket(path: &Path) -> Result<UnixListener, Error> {
+    if let Some(dir) = path.parent() {
+        if !dir.as_os_str().is_empty() {
+            fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o755)
+                .create(dir)
+                .map_err(io(dir, "create socket directory"))?;
+        }
+    }
+    if let Ok(meta) = fs::symlink_metadata(path) {
+        use std::os::unix::fs::FileTypeExt;
+        if !meta.file_type().is_socket() {
+            return Err(Error::BadState {
+                path: path.to_path_buf(),
+                detail: "exists and is not a socket".into(),
+            });
+        }
+        if UnixStream::connect(path).is_ok() {
+            return Err(Error::SocketInUse {
+                path: path.to_path_buf(),
+            });
+        }
+        fs::remove_file(path).map_err(io(path, "remove stale socket"))?;
+    }
+    // SAFETY: umask only changes this process's file creation mask; the
+    // socket is created 0660 with no window where it is wider.
+    let old = unsafe { libc::umask(0o117) };
+    let bound = UnixListener::bind(path);
+    unsafe { libc::umask(old) };
+    let listener = bound.map_err(io(path, "bind socket"))?;
+    fs::set_permissions(path, fs::Permissions::from_mode(0o660)).map_err(io(path, "chmod socket"))?;
+    Ok(listener)
+}
+
+fn block_signals() -> libc::sigset_t {
+    // SAFETY: sigset manipulation on a local set; blocking in the main thread
+    // before any thread starts makes every thread inherit the mask, so only
+    // the signal thread receives them (through sigwait).
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGTERM);
+        libc::sigaddset(&mut set, libc::SIGINT);
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+        set
+    }
+}
+
+fn wait_signals(set: libc::sigset_t, exit: mpsc::SyncSender<Exit>) {
+    loop {
+        let mut sig: libc::c_int = 0;
+        // SAFETY: `set` is a valid signal set.
+        if unsafe { libc::sigwait(&set, &mut sig) } == 0 {
+            let _ = exit.try_send(Exit::Signal(sig));
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+fn raise_fd_limit() {
+    // SAFETY: get/setrlimit on a local struct.
+    unsafe {
+        let mut lim: libc::rlimit = std::mem::zeroed();
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
+            lim.rlim_cur = lim.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+        }
+    }
+}

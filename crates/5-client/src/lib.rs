@@ -1,1 +1,291 @@
-//! cj-client
+//! Stage 5 of cj: the client library.
+//!
+//! ```no_run
+//! let mut client = cj_client::Client::connect_default()?;
+//! let cursor = client.cursor(None)?;
+//! // ... later, even after a reboot:
+//! let answer = client.changes(&cursor, None)?;
+//! if !answer.complete {
+//!     for r in &answer.rescan { /* rescan r.path recursively */ }
+//! }
+//! for change in &answer.entries { /* look at change.path */ }
+//! let next = answer.cursor; // store it for the next call
+//! # Ok::<(), cj_client::Error>(())
+//! ```
+//!
+//! Paths are bytes (`Vec<u8>`): Linux names need not be UTF-8.
+
+use std::fmt;
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+
+use cj_types::protocol::{get_path, put_path};
+use serde_json::{json, Map, Value};
+
+pub use cj_types::protocol::{EXIT_COMPLETE, EXIT_ERROR, EXIT_INCOMPLETE, EXIT_USAGE};
+
+/// Where the daemon listens unless `CJ_SOCKET` says otherwise.
+pub const DEFAULT_SOCKET: &str = "/run/cj/cj.sock";
+/// One answer line longer than this is a protocol error.
+pub const RESPONSE_LINE_BYTES_MAX: usize = 1 << 20;
+
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum Error {
+    /// Nothing listens on the socket.
+    NotRunning { socket: PathBuf, source: std::io::Error },
+    /// The socket or the daemon refused us.
+    PermissionDenied { socket: PathBuf, detail: String },
+    /// The daemon answered with an error.
+    Daemon { code: String, message: String },
+    /// The daemon's answer was not understood.
+    Protocol(String),
+    Io(std::io::Error),
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Error::NotRunning { socket, source } => write!(
+                f,
+                "the cj daemon is not running (cannot connect to {}: {source}); start it with \
+                 `cj daemon`, or set CJ_SOCKET / --socket if it listens elsewhere",
+                socket.display()
+            ),
+            Error::PermissionDenied { socket, detail } => write!(
+                f,
+                "permission denied talking to the cj daemon at {} ({detail}); cj answers only \
+                 root: run the command as root",
+                socket.display()
+            ),
+            Error::Daemon { message, .. } => f.write_str(message),
+            Error::Protocol(e) => write!(f, "unexpected answer from the cj daemon: {e}"),
+            Error::Io(e) => write!(f, "talking to the cj daemon: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for Error {}
+
+impl From<std::io::Error> for Error {
+    fn from(e: std::io::Error) -> Self {
+        Error::Io(e)
+    }
+}
+
+/// One changed path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Change {
+    pub path: Vec<u8>,
+    /// "file", "dir", "symlink", "other" or "unknown".
+    pub kind: String,
+    /// Whether the path exists now (when the answer was made).
+    pub exists: bool,
+    /// What happened: "created", "deleted", "modified", "attrib",
+    /// "renamed_from", "renamed_to", "close_write", "replaced".
+    pub changes: Vec<String>,
+    pub renamed_from: Option<Vec<u8>>,
+    pub renamed_to: Option<Vec<u8>>,
+}
+
+/// A directory whose whole subtree must be rescanned, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rescan {
+    pub path: Vec<u8>,
+    pub reason: String,
+}
+
+/// The answer to `changes since`.
+#[derive(Debug, Clone)]
+pub struct Answer {
+    pub entries: Vec<Change>,
+    /// Pass this to the next call.
+    pub cursor: String,
+    /// True when `entries` holds every change; false when `rescan` is not empty.
+    pub complete: bool,
+    pub rescan: Vec<Rescan>,
+}
+
+pub struct Client {
+    socket: PathBuf,
+    reader: BufReader<UnixStream>,
+    writer: UnixStream,
+}
+
+/// The socket path: `CJ_SOCKET` if set, else the default.
+pub fn socket_path() -> PathBuf {
+    std::env::var_os("CJ_SOCKET")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_SOCKET))
+}
+
+impl Client {
+    pub fn connect_default() -> Result<Client, Error> {
+        Client::connect(&socket_path())
+    }
+
+    pub fn connect(socket: &Path) -> Result<Client, Error> {
+        let stream = UnixStream::connect(socket).map_err(|e| match e.kind() {
+            std::io::ErrorKind::PermissionDenied => Error::PermissionDenied {
+                socket: socket.to_path_buf(),
+                detail: e.to_string(),
+            },
+            _ => Error::NotRunning {
+                socket: socket.to_path_buf(),
+                source: e,
+            },
+        })?;
+        Ok(Client {
+            socket: socket.to_path_buf(),
+            reader: BufReader::new(stream.try_clone()?),
+            writer: stream,
+        })
+    }
+
+    fn request(&mut self, req: Value) -> Result<(), Error> {
+        let mut line = serde_json::to_vec(&req).map_err(|e| Error::Protocol(e.to_string()))?;
+        line.push(b'\n');
+        self.writer.write_all(&line)?;
+        Ok(())
+    }
+
+    /// Reads one answer line; daemon errors become `Err`.
+    fn line(&mut self) -> Result<Map<String, Value>, Error> {
+        let mut buf = Vec::new();
+        let n = std::io::Read::take(&mut self.reader, RESPONSE_LINE_BYTES_MAX as u64)
+            .read_until(b'\n', &mut buf)?;
+        if n == 0 {
+            return Err(Error::Protocol("the daemon closed the connection".into()));
+        }
+        let v: Value = serde_json::from_slice(&buf).map_err(|e| Error::Protocol(e.to_string()))?;
+        let Value::Object(m) = v else {
+            return Err(Error::Protocol("answer is not an object".into()));
+        };
+        if let Some(msg) = m.get("error").and_then(|e| e.as_str()) {
+            let code = m.get("code").and_then(|c| c.as_str()).unwrap_or("").to_string();
+            if code == "permission_denied" {
+                return Err(Error::PermissionDenied {
+                    socket: self.socket.clone(),
+                    detail: msg.to_string(),
+                });
+            }
+            return Err(Error::Daemon {
+                code,
+                message: msg.to_string(),
+            });
+        }
+        Ok(m)
+    }
+
+    fn with_path(op: &str, path: Option<&[u8]>) -> Map<String, Value> {
+        let mut m = Map::new();
+        m.insert("op".into(), Value::from(op));
+        if let Some(p) = path {
+            put_path(&mut m, "path", p);
+        }
+        m
+    }
+
+    pub fn ping(&mut self) -> Result<(), Error> {
+        self.request(json!({"op": "ping"}))?;
+        self.line().map(|_| ())
+    }
+
+    /// A cursor covering every change made before this call.
+    pub fn cursor(&mut self, path: Option<&[u8]>) -> Result<String, Error> {
+        self.request(Value::Object(Client::with_path("cursor", path)))?;
+        let m = self.line()?;
+        m.get("cursor")
+            .and_then(|c| c.as_str())
+            .map(str::to_owned)
+            .ok_or_else(|| Error::Protocol("no cursor in answer".into()))
+    }
+
+    /// Streams the raw answer lines of `changes since` to `f` (entries, then
+    /// the final object holding `cursor`). Returns the final object.
+    pub fn changes_raw(
+        &mut self,
+        since: &str,
+        path: Option<&[u8]>,
+        mut f: impl FnMut(&Map<String, Value>) -> Result<(), Error>,
+    ) -> Result<Map<String, Value>, Error> {
+        let mut req = Client::with_path("changes", path);
+        req.insert("since".into(), Value::from(since));
+        self.request(Value::Object(req))?;
+        loop {
+            let m = self.line()?;
+            if m.contains_key("cursor") {
+                return Ok(m);
+            }
+            f(&m)?;
+        }
+    }
+
+    /// Every change since `since`, coalesced per path.
+    pub fn changes(&mut self, since: &str, path: Option<&[u8]>) -> Result<Answer, Error> {
+        let mut entries = Vec::new();
+        let last = self.changes_raw(since, path, |m| {
+            entries.push(parse_change(m)?);
+            Ok(())
+        })?;
+        parse_final(&last, entries)
+    }
+
+    pub fn track(&mut self, path: &[u8]) -> Result<(), Error> {
+        self.request(Value::Object(Client::with_path("track", Some(path))))?;
+        self.line().map(|_| ())
+    }
+
+    pub fn untrack(&mut self, path: &[u8]) -> Result<(), Error> {
+        self.request(Value::Object(Client::with_path("untrack", Some(path))))?;
+        self.line().map(|_| ())
+    }
+
+    /// The daemon's status document (see `docs/protocol.md`).
+    pub fn status(&mut self) -> Result<Map<String, Value>, Error> {
+        self.request(json!({"op": "status"}))?;
+        self.line()
+    }
+}
+
+fn need_path(m: &Map<String, Value>, stem: &str) -> Result<Option<Vec<u8>>, Error> {
+    get_path(m, stem).map_err(Error::Protocol)
+}
+
+pub fn parse_change(m: &Map<String, Value>) -> Result<Change, Error> {
+    let path = need_path(m, "path")?.ok_or_else(|| Error::Protocol("entry without path".into()))?;
+    Ok(Change {
+        path,
+        kind: m.get("kind").and_then(|k| k.as_str()).unwrap_or("unknown").to_string(),
+        exists: m.get("exists").and_then(|e| e.as_bool()).unwrap_or(false),
+        changes: m
+            .get("changes")
+            .and_then(|c| c.as_array())
+            .map(|a| a.iter().filter_map(|x| x.as_str().map(str::to_owned)).collect())
+            .unwrap_or_default(),
+        renamed_from: need_path(m, "renamed_from")?,
+        renamed_to: need_path(m, "renamed_to")?,
+    })
+}
+
+pub fn parse_final(m: &Map<String, Value>, entries: Vec<Change>) -> Result<Answer, Error> {
+    let cursor = m
+        .get("cursor")
+        .and_then(|c| c.as_str())
+        .ok_or_else(|| Error::Protocol("no cursor".into()))?
+        .to_string();
+    let mut rescan = Vec::new();
+    for r in m.get("rescan").and_then(|r| r.as_array()).into_iter().flatten() {
+        let Some(obj) = r.as_object() else { continue };
+        let path = need_path(obj, "path")?.unwrap_or_default();
+        let reason = obj.get("reason").and_then(|x| x.as_str()).unwrap_or("").to_string();
+        rescan.push(Rescan { path, reason });
+    }
+    Ok(Answer {
+        entries,
+        cursor,
+        complete: rescan.is_empty() && m.get("complete").and_then(|c| c.as_bool()).unwrap_or(false),
+        rescan,
+    })
+}

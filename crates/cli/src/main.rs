@@ -1,1 +1,349 @@
-fn main(){}
+//! `cj`: a thin binary over the library crates. main -> run -> one function
+//! per subcommand.
+
+use std::ffi::OsString;
+use std::io::Write;
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::path::{Component, Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
+use cj_client::{Client, EXIT_COMPLETE, EXIT_ERROR, EXIT_INCOMPLETE};
+use cj_types::{escape_path, Cursor};
+
+#[derive(Parser)]
+#[command(name = "cj", version, about = "A persistent change journal for Linux filesystems")]
+struct Cli {
+    /// The daemon's socket [env: CJ_SOCKET] [default: /run/cj/cj.sock]
+    #[arg(long, global = true, value_name = "PATH")]
+    socket: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the daemon in the foreground (as root).
+    Daemon {
+        /// Where the journal and tracked roots are kept.
+        #[arg(long, value_name = "DIR", default_value = cj_service::DEFAULT_STATE_DIR)]
+        state_dir: PathBuf,
+        /// Journal size budget in MiB; oldest segments are deleted past it.
+        #[arg(long, value_name = "MIB", default_value_t = 2048)]
+        retain_mib: u64,
+        /// Journal age budget in days.
+        #[arg(long, value_name = "DAYS", default_value_t = 30)]
+        retain_days: u64,
+        /// Testing only: use the kernel's bounded event queue so that
+        /// overflows can be forced.
+        #[arg(long, hide = true)]
+        test_bounded_queue: bool,
+    },
+    /// Start tracking the tree under DIR (persists across restarts).
+    Track { dir: PathBuf },
+    /// Stop tracking the tree under DIR.
+    Untrack { dir: PathBuf },
+    /// Show roots, journal range, disk use and commit lag.
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print a cursor that covers every change made before this command.
+    Cursor { path: Option<PathBuf> },
+    /// Print the changes since CURSOR, then the new cursor.
+    ///
+    /// Exit status 0: the answer is complete. 3: it cannot be complete (the
+    /// cursor is unknown, foreign or expired, or history has a gap); the
+    /// output names the directories to rescan and why.
+    Changes {
+        /// A cursor from `cj cursor` or an earlier `cj changes`.
+        #[arg(long, value_name = "CURSOR")]
+        since: String,
+        /// Only changes at or below this path.
+        path: Option<PathBuf>,
+        /// JSON lines: one object per path, then {"cursor": ...}.
+        #[arg(long, conflicts_with = "null")]
+        json: bool,
+        /// Raw paths separated by NUL; the first item is the new cursor.
+        /// Rescan scopes are listed with a trailing '/'.
+        #[arg(short = '0', long = "null")]
+        null: bool,
+        /// Also write the new cursor to FILE (replaced atomically).
+        #[arg(long, value_name = "FILE")]
+        cursor_file: Option<PathBuf>,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(code) => ExitCode::from(code as u8),
+        Err(e) => {
+            if is_broken_pipe(&e) {
+                return ExitCode::from(EXIT_COMPLETE as u8);
+            }
+            eprintln!("cj: {e:#}");
+            ExitCode::from(EXIT_ERROR as u8)
+        }
+    }
+}
+
+fn is_broken_pipe(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+    })
+}
+
+fn run(cli: Cli) -> Result<i32> {
+    let socket = cli.socket.clone().unwrap_or_else(cj_client::socket_path);
+    match cli.command {
+        Command::Daemon {
+            state_dir,
+            retain_mib,
+            retain_days,
+            test_bounded_queue,
+        } => daemon(socket, state_dir, retain_mib, retain_days, test_bounded_queue),
+        Command::Track { dir } => track(&socket, &dir, true),
+        Command::Untrack { dir } => track(&socket, &dir, false),
+        Command::Status { json } => status(&socket, json),
+        Command::Cursor { path } => cursor(&socket, path.as_deref()),
+        Command::Changes {
+            since,
+            path,
+            json,
+            null,
+            cursor_file,
+        } => changes(&socket, &since, path.as_deref(), json, null, cursor_file.as_deref()),
+    }
+}
+
+fn daemon(socket: PathBuf, state_dir: PathBuf, retain_mib: u64, retain_days: u64, bounded: bool) -> Result<i32> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        bail!("the daemon must run as root (fanotify filesystem marks need CAP_SYS_ADMIN)");
+    }
+    let config = cj_service::Config {
+        state_dir,
+        socket,
+        queue: if bounded {
+            cj_capture::QueueLimit::KernelDefault
+        } else {
+            cj_capture::QueueLimit::Unlimited
+        },
+        journal: cj_journal::Options {
+            retain_bytes: retain_mib.saturating_mul(1 << 20),
+            retain_age: std::time::Duration::from_secs(retain_days.saturating_mul(86_400)),
+            ..Default::default()
+        },
+    };
+    cj_service::run(config)?;
+    Ok(EXIT_COMPLETE)
+}
+
+/// An absolute, normalised path without resolving symlinks in the last part
+/// when it does not exist (so a deleted directory can still be asked about).
+fn absolute(path: &Path) -> Result<Vec<u8>> {
+    if let Ok(p) = std::fs::canonicalize(path) {
+        return Ok(p.into_os_string().into_vec());
+    }
+    let joined = if path.is_absolute() {
+        path.to_path_buf()
+    } else {
+        std::env::current_dir()
+            .context("reading the current directory")?
+            .join(path)
+    };
+    let mut out = PathBuf::from("/");
+    for c in joined.components() {
+        match c {
+            Component::ParentDir => {
+                out.pop();
+            }
+            Component::Normal(n) => out.push(n),
+            _ => {}
+        }
+    }
+    Ok(out.into_os_string().into_vec())
+}
+
+fn connect(socket: &Path) -> Result<Client> {
+    Ok(Client::connect(socket)?)
+}
+
+fn track(socket: &Path, dir: &Path, add: bool) -> Result<i32> {
+    let meta = std::fs::metadata(dir);
+    if add && !meta.as_ref().is_ok_and(|m| m.is_dir()) {
+        bail!("{} is not a directory", dir.display());
+    }
+    let path = absolute(dir)?;
+    let mut client = connect(socket)?;
+    if add {
+        client.track(&path)?;
+        println!("tracking {}", escape_path(&path));
+    } else {
+        client.untrack(&path)?;
+        println!("no longer tracking {}", escape_path(&path));
+    }
+    Ok(EXIT_COMPLETE)
+}
+
+fn status(socket: &Path, json: bool) -> Result<i32> {
+    let mut client = connect(socket)?;
+    let s = client.status()?;
+    let mut out = std::io::stdout().lock();
+    if json {
+        writeln!(out, "{}", serde_json::Value::Object(s))?;
+        return Ok(EXIT_COMPLETE);
+    }
+    let g = |path: &[&str]| -> serde_json::Value {
+        let mut v = serde_json::Value::Object(s.clone());
+        for p in path {
+            v = v.get(*p).cloned().unwrap_or(serde_json::Value::Null);
+        }
+        v
+    };
+    writeln!(out, "daemon      pid {} up {}s, socket {}", g(&["pid"]), g(&["uptime_s"]), g(&["socket"]).as_str().unwrap_or(""))?;
+    writeln!(
+        out,
+        "journal     {} seq {}..{} ({} segments, {} bytes)",
+        g(&["journal", "id"]).as_str().unwrap_or(""),
+        g(&["journal", "first_seq"]),
+        g(&["journal", "last_seq"]),
+        g(&["journal", "segments"]),
+        g(&["journal", "disk_bytes"])
+    )?;
+    writeln!(
+        out,
+        "commit lag  p50 {} us, p99 {} us, max {} us over the last commits",
+        g(&["commit", "latency_us_p50"]),
+        g(&["commit", "latency_us_p99"]),
+        g(&["commit", "latency_us_max"])
+    )?;
+    writeln!(
+        out,
+        "capture     {} events -> {} records; {} outside roots, {} unresolved, {} overflows",
+        g(&["capture", "events"]),
+        g(&["capture", "records"]),
+        g(&["capture", "dropped_outside_roots"]),
+        g(&["capture", "unresolved_objects"]),
+        g(&["capture", "overflows"])
+    )?;
+    let roots = g(&["roots"]);
+    let roots = roots.as_array().cloned().unwrap_or_default();
+    if roots.is_empty() {
+        writeln!(out, "roots       none (add one with `cj track DIR`)")?;
+    }
+    for r in roots {
+        let obj = r.as_object().cloned().unwrap_or_default();
+        let path = cj_types::protocol::get_path(&obj, "path").ok().flatten().unwrap_or_default();
+        let fs = obj.get("filesystem").and_then(|f| f.as_str()).unwrap_or("?");
+        let state = match obj.get("problem").and_then(|p| p.as_str()) {
+            Some(p) => format!("NOT CAPTURED: {p}"),
+            None => "captured".into(),
+        };
+        writeln!(out, "root        {} ({fs}) {state}", escape_path(&path))?;
+    }
+    Ok(EXIT_COMPLETE)
+}
+
+fn cursor(socket: &Path, path: Option<&Path>) -> Result<i32> {
+    let path = path.map(absolute).transpose()?;
+    let mut client = connect(socket)?;
+    let c = client.cursor(path.as_deref())?;
+    println!("{c}");
+    Ok(EXIT_COMPLETE)
+}
+
+fn write_cursor_file(file: &Path, cursor: &str) -> Result<()> {
+    let tmp = {
+        let mut name = OsString::from(file.as_os_str());
+        name.push(".tmp");
+        PathBuf::from(name)
+    };
+    std::fs::write(&tmp, format!("{cursor}\n")).with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, file).with_context(|| format!("renaming to {}", file.display()))?;
+    Ok(())
+}
+
+fn changes(
+    socket: &Path,
+    since: &str,
+    path: Option<&Path>,
+    json: bool,
+    null: bool,
+    cursor_file: Option<&Path>,
+) -> Result<i32> {
+    if let Err(e) = Cursor::parse(since) {
+        eprintln!("cj: {e}; answering with a rescan of the whole scope");
+    }
+    let path = path.map(absolute).transpose()?;
+    let mut client = connect(socket)?;
+    let stdout = std::io::stdout();
+    let mut out = std::io::BufWriter::new(stdout.lock());
+    let mut entries = Vec::new();
+    let mut io_error: Option<std::io::Error> = None;
+    let last = client.changes_raw(since, path.as_deref(), |m| {
+        if json {
+            if let Err(e) = writeln!(out, "{}", serde_json::Value::Object(m.clone())) {
+                io_error.get_or_insert(e);
+            }
+        } else {
+            entries.push(cj_client::parse_change(m)?);
+        }
+        Ok(())
+    })?;
+    if let Some(e) = io_error {
+        return Err(e.into());
+    }
+    let answer = cj_client::parse_final(&last, entries)?;
+    if json {
+        writeln!(out, "{}", serde_json::Value::Object(last))?;
+    } else if null {
+        out.write_all(answer.cursor.as_bytes())?;
+        out.write_all(b"\0")?;
+        for e in &answer.entries {
+            out.write_all(&e.path)?;
+            out.write_all(b"\0")?;
+        }
+        for r in &answer.rescan {
+            out.write_all(&r.path)?;
+            if !r.path.ends_with(b"/") {
+                out.write_all(b"/")?;
+            }
+            out.write_all(b"\0")?;
+        }
+    } else {
+        for e in &answer.entries {
+            let state = if e.exists { "exists" } else { "gone" };
+            write!(out, "{}\t{}\t{}\t{}", e.changes.join(","), e.kind, state, escape_path(&e.path))?;
+            if let Some(f) = &e.renamed_from {
+                write!(out, "\tfrom {}", escape_path(f))?;
+            }
+            if let Some(t) = &e.renamed_to {
+                write!(out, "\tto {}", escape_path(t))?;
+            }
+            writeln!(out)?;
+        }
+        for r in &answer.rescan {
+            writeln!(out, "rescan\t{}\t{}", r.reason, escape_path(&r.path))?;
+        }
+        writeln!(out, "cursor\t{}", answer.cursor)?;
+    }
+    out.flush()?;
+    if let Some(f) = cursor_file {
+        write_cursor_file(f, &answer.cursor)?;
+    }
+    if answer.complete {
+        return Ok(EXIT_COMPLETE);
+    }
+    for r in &answer.rescan {
+        eprintln!(
+            "cj: incomplete answer: rescan {} ({})",
+            String::from_utf8_lossy(Path::new(std::ffi::OsStr::from_bytes(&r.path)).as_os_str().as_bytes()),
+            r.reason
+        );
+    }
+    Ok(EXIT_INCOMPLETE)
+}

@@ -1,0 +1,138 @@
+//! Bounded caches: directory handle -> path (+ descriptor), and file handle
+//! -> names seen. Both are plain hash maps that are emptied when full: simple,
+//! bounded, and a miss only costs one `open_by_handle_at`.
+
+use std::collections::HashMap;
+use std::os::unix::io::OwnedFd;
+
+/// Directories kept with their path and, once needed, an `O_PATH` descriptor.
+/// Bounded below the default soft `RLIMIT_NOFILE` headroom the daemon raises.
+pub const DIR_CACHE_ENTRIES_MAX: usize = 8192;
+/// File handles whose names are remembered (for handle-only events).
+pub const NAME_CACHE_ENTRIES_MAX: usize = 262_144;
+/// Names remembered per file handle (hard links).
+pub const NAMES_PER_FILE_MAX: usize = 8;
+
+/// Cache key: fsid, handle type and handle bytes.
+pub fn key_into(out: &mut Vec<u8>, fsid: u64, handle_type: i32, handle: &[u8]) {
+    out.clear();
+    out.extend_from_slice(&fsid.to_le_bytes());
+    out.extend_from_slice(&handle_type.to_le_bytes());
+    out.extend_from_slice(handle);
+}
+
+pub struct CachedDir {
+    pub path: Vec<u8>,
+    pub fd: Option<OwnedFd>,
+}
+
+#[derive(Default)]
+pub struct DirCache {
+    map: HashMap<Vec<u8>, CachedDir>,
+}
+
+impl DirCache {
+    pub fn get(&self, key: &[u8]) -> Option<&CachedDir> {
+        self.map.get(key)
+    }
+
+    pub fn get_mut(&mut self, key: &[u8]) -> Option<&mut CachedDir> {
+        self.map.get_mut(key)
+    }
+
+    pub fn insert(&mut self, key: &[u8], path: Vec<u8>, fd: Option<OwnedFd>) {
+        if self.map.len() >= DIR_CACHE_ENTRIES_MAX && !self.map.contains_key(key) {
+            self.map.clear();
+        }
+        self.map.insert(key.to_vec(), CachedDir { path, fd });
+    }
+
+    pub fn remove(&mut self, key: &[u8]) {
+        self.map.remove(key);
+    }
+
+    /// Drops every directory at or below `path` on the filesystem `fsid`:
+    /// after a directory rename or removal their cached paths are wrong.
+    pub fn invalidate_below(&mut self, fsid: u64, path: &[u8]) {
+        let fsid = fsid.to_le_bytes();
+        self.map
+            .retain(|k, v| !(k.starts_with(&fsid) && is_at_or_below(&v.path, path)));
+    }
+
+    #[cfg(test)]
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+}
+
+/// True if `path` is `root` or inside it.
+pub fn is_at_or_below(path: &[u8], root: &[u8]) -> bool {
+    if root == b"/" {
+        return path.starts_with(b"/");
+    }
+    path.starts_with(root) && (path.len() == root.len() || path[root.len()] == b'/')
+}
+
+#[derive(Default)]
+pub struct NameCache {
+    map: HashMap<Vec<u8>, Vec<Vec<u8>>>,
+}
+
+impl NameCache {
+    pub fn add(&mut self, key: &[u8], path: &[u8]) {
+        if self.map.len() >= NAME_CACHE_ENTRIES_MAX && !self.map.contains_key(key) {
+            self.map.clear();
+        }
+        let names = self.map.entry(key.to_vec()).or_default();
+        if !names.iter().any(|n| n == path) {
+            if names.len() >= NAMES_PER_FILE_MAX {
+                names.remove(0);
+            }
+            names.push(path.to_vec());
+        }
+    }
+
+    pub fn remove_name(&mut self, key: &[u8], path: &[u8]) {
+        if let Some(names) = self.map.get_mut(key) {
+            names.retain(|n| n != path);
+            if names.is_empty() {
+                self.map.remove(key);
+            }
+        }
+    }
+
+    pub fn take(&mut self, key: &[u8]) -> Vec<Vec<u8>> {
+        self.map.remove(key).unwrap_or_default()
+    }
+
+    pub fn get(&self, key: &[u8]) -> &[Vec<u8>] {
+        self.map.get(key).map(|v| v.as_slice()).unwrap_or(&[])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn below() {
+        assert!(is_at_or_below(b"/a/b", b"/a"));
+        assert!(is_at_or_below(b"/a", b"/a"));
+        assert!(!is_at_or_below(b"/ab", b"/a"));
+        assert!(is_at_or_below(b"/x", b"/"));
+    }
+
+    #[test]
+    fn caches_stay_bounded() {
+        let mut d = DirCache::default();
+        for i in 0..DIR_CACHE_ENTRIES_MAX * 2 {
+            d.insert(&i.to_le_bytes(), vec![b'/'], None);
+        }
+        assert!(d.len() <= DIR_CACHE_ENTRIES_MAX);
+        let mut n = NameCache::default();
+        for i in 0..20 {
+            n.add(b"k", format!("/{i}").as_bytes());
+        }
+        assert_eq!(n.get(b"k").len(), NAMES_PER_FILE_MAX);
+    }
+}

@@ -1,0 +1,626 @@
+//! The three threads data flows through, joined by bounded channels:
+//!
+//! ```text
+//!  kernel --read()--> [capture] --buffers--> [normalise] --records--> [journal writer] --> disk
+//!     ^                   |  ^                                              |
+//!     marks           control (track, untrack, barrier)           durable seq, barrier replies
+//! ```
+//!
+//! Back-pressure: the capture thread owns a fixed pool of read buffers. When
+//! normalisation or the disk is slow, the pool runs dry and capture stops
+//! reading; events then wait in the kernel's (unlimited) queue instead of in
+//! our memory. Clients never sit on this path: queries read the journal files
+//! through their own readers, so a slow client cannot stall capture.
+//!
+//! Barriers make `cj cursor` exact. A barrier registered before a read that
+//! drained the kernel queue proves every event queued before the barrier was
+//! read; it then travels behind those events through normalisation and is
+//! answered by the writer with the durable sequence number that covers them.
+
+use std::collections::{HashMap, VecDeque};
+use std::os::unix::io::{AsRawFd, OwnedFd};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender};
+use std::sync::{Arc, Mutex};
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
+
+use cj_capture::{fsid_of, Fanotify, Waker};
+use cj_journal::Writer;
+use cj_normalize::{sys as nsys, Normalizer, Stats};
+use cj_types::{GapReason, GapRecord, RecordBody, RootRecord};
+
+use crate::state::ROOTS_MAX;
+
+/// Bytes per `read(2)` of the fanotify descriptor.
+pub const READ_BUFFER_BYTES: usize = 512 * 1024;
+/// Read buffers in flight between capture and normalisation.
+pub const READ_BUFFERS: usize = 8;
+/// No single fanotify event is longer (header + 3 handles + 2 names, padded).
+pub const EVENT_BYTES_MAX: usize = 4096;
+/// After draining the queue, capture waits this long before reading again,
+/// so the next read returns a large batch (and the kernel merges more).
+pub const NAP_MS: u64 = 10;
+/// Period of root health checks (unmount detection, retries).
+pub const HOUSEKEEPING_MS: u64 = 1000;
+pub const CONTROL_QUEUE_MAX: usize = 256;
+pub const NORMALIZE_QUEUE_MAX: usize = READ_BUFFERS + 64;
+pub const WRITE_QUEUE_MAX: usize = 64;
+/// A commit is started once this many bytes are pending, even if more
+/// records are queued.
+pub const COMMIT_BYTES_MAX: usize = 8 << 20;
+/// Commit latencies kept for the status percentiles.
+pub const COMMIT_SAMPLES_MAX: usize = 1024;
+/// Barriers waiting at once.
+pub const BARRIERS_MAX: usize = 1024;
+
+const _: () = assert!(EVENT_BYTES_MAX * 8 < READ_BUFFER_BYTES);
+
+/// Why the daemon's main thread should stop.
+pub enum Exit {
+    /// SIGTERM or SIGINT: stop cleanly.
+    Signal(i32),
+    /// A pipeline thread hit an error it cannot recover from.
+    Fatal(String),
+}
+
+/// Answered with the durable sequence number that covers the request.
+pub type Completion = SyncSender<Result<u64, String>>;
+
+pub enum Ctl {
+    /// Start tracking a root. `journal`: write a Track record (false when
+    /// re-arming roots at start-up).
+    Track {
+        path: Vec<u8>,
+        journal: bool,
+        reply: Completion,
+    },
+    Untrack {
+        path: Vec<u8>,
+        reply: Completion,
+    },
+    Barrier(Completion),
+    /// Records to journal in order with captured events (start-up gaps).
+    Records(Vec<RecordBody>),
+    Shutdown,
+}
+
+enum NormMsg {
+    Events(Vec<u8>, usize),
+    AddRoot { path: Vec<u8>, fsid: u64, fd: OwnedFd },
+    RemoveRoot(Vec<u8>),
+    Records(Vec<RecordBody>),
+    Barrier(Completion),
+    Shutdown,
+}
+
+enum WriteMsg {
+    Records(Vec<RecordBody>),
+    Barrier(Completion),
+    Shutdown,
+}
+
+/// Health of one tracked root, as shown by `status` and used by queries.
+#[derive(Clone, Debug)]
+pub struct RootState {
+    pub path: Vec<u8>,
+    pub fsid: u64,
+    pub fs_type: String,
+    /// `None` while events are captured; otherwise why not.
+    pub unavailable: Option<String>,
+}
+
+#[derive(Default, Clone, Debug)]
+pub struct CommitStats {
+    pub commits: u64,
+    pub records: u64,
+    pub recent_us: VecDeque<u64>,
+}
+
+/// What the threads publish for `status` and queries.
+#[derive(Default)]
+pub struct Shared {
+    pub roots: Mutex<Vec<RootState>>,
+    pub normalize: Mutex<Stats>,
+    pub commit: Mutex<CommitStats>,
+}
+
+pub struct Pipeline {
+    pub ctl: SyncSender<Ctl>,
+    pub waker: Arc<Waker>,
+    pub shared: Arc<Shared>,
+    threads: Vec<JoinHandle<()>>,
+    done: Receiver<Result<u64, String>>,
+}
+
+impl Pipeline {
+    pub fn start(
+        fan: Fanotify,
+        normalizer: Normalizer,
+        writer: Writer,
+        fatal: SyncSender<Exit>,
+    ) -> std::io::Result<Pipeline> {
+        let waker = Arc::new(Waker::new()?);
+        let shared = Arc::new(Shared::default());
+        let (ctl_tx, ctl_rx) = mpsc::sync_channel(CONTROL_QUEUE_MAX);
+        let (norm_tx, norm_rx) = mpsc::sync_channel(NORMALIZE_QUEUE_MAX);
+        let (write_tx, write_rx) = mpsc::sync_channel(WRITE_QUEUE_MAX);
+        let (free_tx, free_rx) = mpsc::sync_channel(READ_BUFFERS);
+        for _ in 0..READ_BUFFERS {
+            free_tx.send(vec![0u8; READ_BUFFER_BYTES]).expect("pool has room");
+        }
+        let (done_tx, done_rx) = mpsc::sync_channel(1);
+        let mut threads = Vec::new();
+        let capture = Capture {
+            fan,
+            waker: waker.clone(),
+            ctl: ctl_rx,
+            out: norm_tx,
+            free: free_rx,
+            roots: HashMap::new(),
+            marked: HashMap::new(),
+            pending_barriers: Vec::new(),
+            shared: shared.clone(),
+            fatal: fatal.clone(),
+        };
+        threads.push(spawn("cj-capture", move || capture.run())?);
+        let sh = shared.clone();
+        threads.push(spawn("cj-normalize", move || {
+            normalize_loop(normalizer, norm_rx, write_tx, free_tx, sh)
+        })?);
+        let sh = shared.clone();
+        threads.push(spawn("cj-writer", move || {
+            writer_loop(writer, write_rx, sh, fatal, done_tx)
+        })?);
+        Ok(Pipeline {
+            ctl: ctl_tx,
+            waker,
+            shared,
+            threads,
+            done: done_rx,
+        })
+    }
+
+    /// Sends a control message and wakes the capture thread.
+    pub fn send(&self, msg: Ctl) -> Result<(), String> {
+        self.ctl
+            .send(msg)
+            .map_err(|_| "the capture thread has stopped".to_string())?;
+        self.waker.wake();
+        Ok(())
+    }
+
+    /// Stops reading, drains what the kernel queued, commits it, and returns
+    /// the last durable sequence number.
+    pub fn shutdown(self) -> Result<u64, String> {
+        let _ = self.send(Ctl::Shutdown);
+        let result = self
+            .done
+            .recv()
+            .unwrap_or_else(|_| Err("journal writer stopped without a result".into()));
+        for t in self.threads {
+            let _ = t.join();
+        }
+        result
+    }
+}
+
+fn spawn(name: &str, f: impl FnOnce() + Send + 'static) -> std::io::Result<JoinHandle<()>> {
+    thread::Builder::new().name(name.into()).spawn(f)
+}
+
+struct MarkedRoot {
+    fsid: u64,
+    dev: u64,
+}
+
+struct Capture {
+    fan: Fanotify,
+    waker: Arc<Waker>,
+    ctl: Receiver<Ctl>,
+    out: SyncSender<NormMsg>,
+    free: Receiver<Vec<u8>>,
+    /// Tracked roots and the filesystem they were marked on.
+    roots: HashMap<Vec<u8>, Option<MarkedRoot>>,
+    /// fsid -> number of roots on it.
+    marked: HashMap<u64, usize>,
+    pending_barriers: Vec<Completion>,
+    shared: Arc<Shared>,
+    fatal: SyncSender<Exit>,
+}
+
+fn dev_of(path: &[u8]) -> Option<u64> {
+    let fd = nsys::open_dir_nofollow(path).ok()?;
+    // SAFETY: fstat into a zeroed stat buffer.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    if unsafe { libc::fstat(fd.as_raw_fd(), &mut st) } != 0 {
+        return None;
+    }
+    Some(st.st_dev)
+}
+
+fn fs_type_of(fd: &OwnedFd) -> String {
+    // SAFETY: fstatfs into a zeroed buffer.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::fstatfs(fd.as_raw_fd(), &mut st) } != 0 {
+        return "unknown".into();
+    }
+    match st.f_type as u64 {
+        0xef53 => "ext4".into(),
+        0x5846_5342 => "xfs".into(),
+        0x9123_683e => "btrfs".into(),
+        0x0102_1994 => "tmpfs".into(),
+        other => format!("{other:#x}"),
+    }
+}
+
+impl Capture {
+    fn run(mut self) {
+        let mut last_housekeeping = Instant::now();
+        loop {
+            let shutdown = self.control();
+            let armed = std::mem::take(&mut self.pending_barriers);
+            if !self.drain() {
+                return;
+            }
+            for b in armed {
+                if self.out.send(NormMsg::Barrier(b)).is_err() {
+                    return;
+                }
+            }
+            if shutdown {
+                let _ = self.out.send(NormMsg::Shutdown);
+                return;
+            }
+            if last_housekeeping.elapsed() >= Duration::from_millis(HOUSEKEEPING_MS) {
+                self.housekeeping();
+                last_housekeeping = Instant::now();
+            }
+            if !self.pending_barriers.is_empty() {
+                continue;
+            }
+            // Nap (interruptible by control messages), then wait for events.
+            let _ = self.fan.wait_waker_only(&self.waker, NAP_MS as i32);
+            match self.fan.wait(&self.waker, HOUSEKEEPING_MS as i32) {
+                Ok(_) => {}
+                Err(e) => {
+                    let _ = self.fatal.try_send(Exit::Fatal(format!("poll on fanotify failed: {e}")));
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Reads until a read returns less than a full buffer, which proves the
+    /// kernel queue was empty at that moment. False if the pipeline is gone.
+    fn drain(&mut self) -> bool {
+        loop {
+            let Ok(mut buf) = self.free.recv() else { return false };
+            let n = match self.fan.read(&mut buf) {
+                Ok(n) => n,
+                Err(e) => {
+                    let _ = self.fatal.try_send(Exit::Fatal(format!("reading fanotify events failed: {e}")));
+                    return false;
+                }
+            };
+            let drained = n + EVENT_BYTES_MAX < buf.len();
+            if n == 0 {
+                // Return the buffer through the normaliser's pool channel.
+                if self.out.send(NormMsg::Events(buf, 0)).is_err() {
+                    return false;
+                }
+            } else if self.out.send(NormMsg::Events(buf, n)).is_err() {
+                return false;
+            }
+            if drained {
+                return true;
+            }
+        }
+    }
+
+    /// Handles queued control messages. Returns true on shutdown.
+    fn control(&mut self) -> bool {
+        self.waker.drain();
+        let mut shutdown = false;
+        while let Ok(msg) = self.ctl.try_recv() {
+            match msg {
+                Ctl::Track {
+                    path,
+                    journal,
+                    reply,
+                } => self.track(path, journal, reply),
+                Ctl::Untrack { path, reply } => self.untrack(path, reply),
+                Ctl::Barrier(c) => {
+                    if self.pending_barriers.len() >= BARRIERS_MAX {
+                        let _ = c.send(Err("too many concurrent sync requests; retry".into()));
+                    } else {
+                        self.pending_barriers.push(c);
+                    }
+                }
+                Ctl::Records(r) => {
+                    let _ = self.out.send(NormMsg::Records(r));
+                }
+                Ctl::Shutdown => shutdown = true,
+            }
+        }
+        shutdown
+    }
+
+    fn set_root_state(&self, path: &[u8], fsid: u64, fs_type: String, unavailable: Option<String>) {
+        let mut roots = self.shared.roots.lock().unwrap_or_else(|e| e.into_inner());
+        roots.retain(|r| r.path != path);
+        roots.push(RootState {
+            path: path.to_vec(),
+            fsid,
+            fs_type,
+            unavailable,
+        });
+        roots.sort_by(|a, b| a.path.cmp(&b.path));
+    }
+
+    /// Marks the filesystem of `path` and tells normalisation. On success
+    /// returns the root's fsid.
+    fn arm(&mut self, path: &[u8]) -> Result<u64, String> {
+        let show = String::from_utf8_lossy(path).into_owned();
+        let fd = nsys::open_dir_for_handles(path)
+            .map_err(|e| format!("cannot open {show} as a directory without following symlinks: {e}"))?;
+        let fsid = fsid_of(fd.as_raw_fd()).map_err(|e| format!("statfs {show}: {e}"))?;
+        if !self.marked.contains_key(&fsid) {
+            self.fan
+                .mark_filesystem(fd.as_raw_fd(), std::path::Path::new(&show), false)
+                .map_err(|e| e.to_string())?;
+        }
+        *self.marked.entry(fsid).or_insert(0) += 1;
+        let dev = dev_of(path).unwrap_or(0);
+        self.roots.insert(path.to_vec(), Some(MarkedRoot { fsid, dev }));
+        let fs_type = fs_type_of(&fd);
+        self.set_root_state(path, fsid, fs_type, None);
+        self.out
+            .send(NormMsg::AddRoot {
+                path: path.to_vec(),
+                fsid,
+                fd,
+            })
+            .map_err(|_| "pipeline stopped".to_string())?;
+        Ok(fsid)
+    }
+
+    fn disarm(&mut self, path: &[u8]) {
+        if let Some(Some(m)) = self.roots.get(path) {
+            let fsid = m.fsid;
+            if let Some(n) = self.marked.get_mut(&fsid) {
+                *n -= 1;
+                if *n == 0 {
+                    self.marked.remove(&fsid);
+                    if let Ok(fd) = nsys::open_dir_nofollow(path) {
+                        // Fails harmlessly if the mark already vanished (unmount).
+                        let _ = self.fan.mark_filesystem(
+                            fd.as_raw_fd(),
+                            std::path::Path::new(""),
+                            true,
+                        );
+                    }
+                }
+            }
+        }
+        self.roots.insert(path.to_vec(), None);
+        let _ = self.out.send(NormMsg::RemoveRoot(path.to_vec()));
+    }
+
+    fn track(&mut self, path: Vec<u8>, journal: bool, reply: Completion) {
+        if matches!(self.roots.get(&path), Some(Some(_))) {
+            let _ = self.out.send(NormMsg::Barrier(reply));
+            return;
+        }
+        if self.roots.len() >= ROOTS_MAX && !self.roots.contains_key(&path) {
+            let _ = reply.send(Err(format!("at most {ROOTS_MAX} roots can be tracked")));
+            return;
+        }
+        match self.arm(&path) {
+            Ok(fsid) => {
+                if journal {
+                    let rec = RecordBody::Track(RootRecord {
+                        fsid,
+                        path: path.clone(),
+                    });
+                    let _ = self.out.send(NormMsg::Records(vec![rec]));
+                }
+                let _ = self.out.send(NormMsg::Barrier(reply));
+            }
+            Err(e) => {
+                if !journal {
+                    // A stored root that cannot be armed at start-up stays
+                    // listed as unavailable and is retried.
+                    self.roots.insert(path.clone(), None);
+                    self.set_root_state(&path, 0, "unknown".into(), Some(e.clone()));
+                }
+                let _ = reply.send(Err(e));
+            }
+        }
+    }
+
+    fn untrack(&mut self, path: Vec<u8>, reply: Completion) {
+        if !self.roots.contains_key(&path) {
+            let show = String::from_utf8_lossy(&path).into_owned();
+            let _ = reply.send(Err(format!("{show} is not tracked; `cj status` lists the roots")));
+            return;
+        }
+        let fsid = self.roots.get(&path).and_then(|m| m.as_ref().map(|m| m.fsid)).unwrap_or(0);
+        self.disarm(&path);
+        self.roots.remove(&path);
+        {
+            let mut roots = self.shared.roots.lock().unwrap_or_else(|e| e.into_inner());
+            roots.retain(|r| r.path != path);
+        }
+        let rec = RecordBody::Untrack(RootRecord { fsid, path });
+        let _ = self.out.send(NormMsg::Records(vec![rec]));
+        let _ = self.out.send(NormMsg::Barrier(reply));
+    }
+
+    /// Detects roots whose filesystem went away (the kernel drops the mark
+    /// silently on unmount) and re-arms roots that became available again.
+    /// Each loss becomes a gap record for that root.
+    fn housekeeping(&mut self) {
+        let paths: Vec<Vec<u8>> = self.roots.keys().cloned().collect();
+        for path in paths {
+            match self.roots.get(&path) {
+                Some(Some(m)) => {
+                    if dev_of(&path) != Some(m.dev) {
+                        self.disarm(&path);
+                        let reason = "the filesystem was unmounted or replaced".to_string();
+                        self.set_root_state(&path, 0, "unknown".into(), Some(reason.clone()));
+                        let gap = RecordBody::Gap(GapRecord {
+                            reason: GapReason::Unmounted,
+                            fsid: 0,
+                            scope: path.clone(),
+                            start_time_ns: now_ns(),
+                            detail: reason.into_bytes(),
+                        });
+                        let _ = self.out.send(NormMsg::Records(vec![gap]));
+                    }
+                }
+                Some(None) => {
+                    if self.arm(&path).is_ok() {
+                        let gap = RecordBody::Gap(GapRecord {
+                            reason: GapReason::Unmounted,
+                            fsid: 0,
+                            scope: path.clone(),
+                            start_time_ns: now_ns(),
+                            detail: b"the root was unavailable and is captured again".to_vec(),
+                        });
+                        let _ = self.out.send(NormMsg::Records(vec![gap]));
+                    }
+                }
+                None => {}
+            }
+        }
+    }
+}
+
+pub(crate) fn now_ns() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0)
+}
+
+fn normalize_loop(
+    mut normalizer: Normalizer,
+    input: Receiver<NormMsg>,
+    out: SyncSender<WriteMsg>,
+    free: SyncSender<Vec<u8>>,
+    shared: Arc<Shared>,
+) {
+    let mut records = Vec::new();
+    while let Ok(msg) = input.recv() {
+        let forward = match msg {
+            NormMsg::Events(buf, n) => {
+                normalizer.process(&buf[..n], &mut records);
+                let _ = free.send(buf);
+                *shared.normalize.lock().unwrap_or_else(|e| e.into_inner()) = normalizer.stats;
+                if records.is_empty() {
+                    continue;
+                }
+                WriteMsg::Records(std::mem::take(&mut records))
+            }
+            NormMsg::AddRoot { path, fsid, fd } => {
+                normalizer.add_root(path, fsid, fd);
+                continue;
+            }
+            NormMsg::RemoveRoot(path) => {
+                normalizer.remove_root(&path);
+                continue;
+            }
+            NormMsg::Records(r) => WriteMsg::Records(r),
+            NormMsg::Barrier(c) => WriteMsg::Barrier(c),
+            NormMsg::Shutdown => {
+                let _ = out.send(WriteMsg::Shutdown);
+                return;
+            }
+        };
+        if out.send(forward).is_err() {
+            return;
+        }
+    }
+}
+
+fn writer_loop(
+    mut writer: Writer,
+    input: Receiver<WriteMsg>,
+    shared: Arc<Shared>,
+    fatal: SyncSender<Exit>,
+    done: SyncSender<Result<u64, String>>,
+) {
+    let mut waiting: Vec<Completion> = Vec::new();
+    let mut shutdown = false;
+    let mut last_retention = Instant::now();
+    let mut failed: Option<String> = None;
+    while !shutdown {
+        let first = match input.recv_timeout(Duration::from_secs(60)) {
+            Ok(m) => m,
+            Err(RecvTimeoutError::Timeout) => {
+                if let Err(e) = writer.enforce_retention(now_ns()) {
+                    eprintln!("cj: retention: {e}");
+                }
+                continue;
+            }
+            Err(RecvTimeoutError::Disconnected) => break,
+        };
+        let mut next = Some(first);
+        let mut appended = 0u64;
+        // Group commit: take everything already queued, up to a byte budget.
+        while let Some(msg) = next.take() {
+            match msg {
+                WriteMsg::Records(recs) => {
+                    let time = now_ns();
+                    for r in &recs {
+                        if failed.is_none() {
+                            if let Err(e) = writer.append(time, r) {
+                                failed = Some(e.to_string());
+                            }
+                            appended += 1;
+                        }
+                    }
+                }
+                WriteMsg::Barrier(c) => waiting.push(c),
+                WriteMsg::Shutdown => shutdown = true,
+            }
+            if writer.pending_bytes() < COMMIT_BYTES_MAX && !shutdown {
+                next = input.try_recv().ok();
+            }
+        }
+        let started = Instant::now();
+        let result = match &failed {
+            Some(e) => Err(e.clone()),
+            None => writer.commit().map_err(|e| e.to_string()),
+        };
+        match &result {
+            Ok(_) => {
+                let mut s = shared.commit.lock().unwrap_or_else(|e| e.into_inner());
+                s.commits += 1;
+                s.records += appended;
+                if s.recent_us.len() >= COMMIT_SAMPLES_MAX {
+                    s.recent_us.pop_front();
+                }
+                s.recent_us.push_back(started.elapsed().as_micros() as u64);
+            }
+            Err(e) => {
+                failed = Some(e.clone());
+                let _ = fatal.try_send(Exit::Fatal(format!("journal write failed: {e}")));
+            }
+        }
+        for c in waiting.drain(..) {
+            let _ = c.send(result.clone());
+        }
+        if last_retention.elapsed() > Duration::from_secs(60) {
+            if let Err(e) = writer.enforce_retention(now_ns()) {
+                eprintln!("cj: retention: {e}");
+            }
+            last_retention = Instant::now();
+        }
+    }
+    let result = match failed {
+        Some(e) => Err(e),
+        None => writer.commit().map_err(|e| e.to_string()),
+    };
+    let _ = done.send(result);
+}

@@ -1,0 +1,317 @@
+//! Answers `changes since CURSOR`: reads the journal range, coalesces records
+//! per path, and decides whether the answer is complete.
+//!
+//! An answer is complete only if nothing in the range can hide a change: no
+//! gap record, no damaged journal range, no record whose path is unknown, no
+//! root that started or stopped being tracked, and no root in scope that is
+//! currently not captured. Each such finding adds a rescan scope (a
+//! directory, to be rescanned recursively) with its reason, and the answer is
+//! then incomplete (exit 3). Every record that could be read is still
+//! reported.
+
+use std::collections::BTreeMap;
+
+use cj_journal::{Item, Reader};
+use cj_normalize::{is_at_or_below, sys as nsys};
+use cj_types::{Changes, Cursor, ObjectKind, RecordBody, EVENT_FLAG_PATH_UNKNOWN};
+
+use crate::pipeline::RootState;
+
+/// Distinct paths one answer may hold. Past this the scope is reported for
+/// rescan instead of growing memory without bound.
+pub const QUERY_PATHS_MAX: usize = 2_000_000;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rescan {
+    pub path: Vec<u8>,
+    pub reason: String,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct Entry {
+    pub path: Vec<u8>,
+    pub kind: ObjectKind,
+    pub exists: bool,
+    pub changes: Changes,
+    pub renamed_from: Option<Vec<u8>>,
+    pub renamed_to: Option<Vec<u8>>,
+}
+
+pub struct Answer {
+    pub entries: Vec<Entry>,
+    pub rescans: Vec<Rescan>,
+    pub cursor: Cursor,
+}
+
+/// The narrower of two nested paths, or `None` if they are disjoint.
+pub fn intersect(a: &[u8], b: &[u8]) -> Option<Vec<u8>> {
+    if is_at_or_below(a, b) {
+        Some(a.to_vec())
+    } else if is_at_or_below(b, a) {
+        Some(b.to_vec())
+    } else {
+        None
+    }
+}
+
+struct Builder<'a> {
+    scope: Option<&'a [u8]>,
+    roots: &'a [RootState],
+    paths: BTreeMap<Vec<u8>, Entry>,
+    rescans: Vec<Rescan>,
+    overflowed: bool,
+}
+
+impl Builder<'_> {
+    fn in_scope(&self, path: &[u8]) -> bool {
+        !path.is_empty() && self.scope.is_none_or(|s| is_at_or_below(path, s))
+    }
+
+    fn rescan(&mut self, path: &[u8], reason: &str) {
+        let clipped = match self.scope {
+            Some(s) => intersect(path, s),
+            None => Some(path.to_vec()),
+        };
+        if let Some(path) = clipped {
+            self.rescans.push(Rescan {
+                path,
+                reason: reason.to_owned(),
+            });
+        }
+    }
+
+    /// Every tracked root in scope (or those on `fsid`, when given and known).
+    fn rescan_roots(&mut self, fsid: Option<u64>, reason: &str) {
+        let on_fs: Vec<Vec<u8>> = self
+            .roots
+            .iter()
+            .filter(|r| fsid.is_none_or(|f| r.fsid == f))
+            .map(|r| r.path.clone())
+            .collect();
+        let targets: Vec<Vec<u8>> = if on_fs.is_empty() {
+            self.roots.iter().map(|r| r.path.clone()).collect()
+        } else {
+            on_fs
+        };
+        for t in targets {
+            self.rescan(&t, reason);
+        }
+        if self.roots.is_empty() {
+            if let Some(s) = self.scope {
+                let s = s.to_vec();
+                self.rescan(&s, reason);
+            }
+        }
+    }
+
+    fn entry(&mut self, path: &[u8]) -> Option<&mut Entry> {
+        if !self.paths.contains_key(path) {
+            if self.paths.len() >= QUERY_PATHS_MAX {
+                self.overflowed = true;
+                return None;
+            }
+            self.paths.insert(
+                path.to_vec(),
+                Entry {
+                    path: path.to_vec(),
+                    ..Entry::default()
+                },
+            );
+        }
+        self.paths.get_mut(path)
+    }
+
+    fn add(&mut self, item: Item) {
+        match item {
+            Item::Record(r) => match r.body {
+                RecordBody::Event(e) => {
+                    if e.flags & EVENT_FLAG_PATH_UNKNOWN != 0 {
+                        self.rescan_roots(Some(e.fsid), "unresolved_object");
+                        return;
+                    }
+                    let rename = e.changes.contains(Changes::RENAMED_FROM | Changes::RENAMED_TO)
+                        && !e.old_path.is_empty();
+                    if rename {
+                        if self.in_scope(&e.old_path) {
+                            let to = (!e.path.is_empty()).then(|| e.path.clone());
+                            if let Some(en) = self.entry(&e.old_path) {
+                                en.changes |= Changes::RENAMED_FROM;
+                                en.renamed_to = to;
+                                merge_kind(en, e.kind);
+                            }
+                        }
+                        if self.in_scope(&e.path) {
+                            let from = e.old_path.clone();
+                            if let Some(en) = self.entry(&e.path) {
+                                en.changes |= Changes::RENAMED_TO;
+                                en.renamed_from = Some(from);
+                                merge_kind(en, e.kind);
+                            }
+                        }
+                    } else if self.in_scope(&e.path) {
+                        let changes = if e.old_path.is_empty() && e.path.is_empty() {
+                            return;
+                        } else {
+                            e.changes
+                        };
+                        if let Some(en) = self.entry(&e.path) {
+                            en.changes |= changes;
+                            merge_kind(en, e.kind);
+                        }
+                    }
+                }
+                RecordBody::Gap(g) => {
+                    let reason = g.reason.as_str();
+                    if g.scope.is_empty() {
+                        self.rescan_roots(None, reason);
+                    } else {
+                        self.rescan(&g.scope, reason);
+                    }
+                }
+                RecordBody::Track(t) => self.rescan(&t.path, "tracking_started"),
+                RecordBody::Untrack(t) => self.rescan(&t.path, "untracked"),
+            },
+            Item::Damaged { .. } => self.rescan_roots(None, "journal_damaged"),
+        }
+    }
+}
+
+fn merge_kind(en: &mut Entry, kind: ObjectKind) {
+    if en.kind == ObjectKind::Unknown {
+        en.kind = kind;
+    }
+}
+
+/// Removes rescan scopes below another scope and exact duplicates (keeping
+/// every distinct reason of an exact duplicate).
+pub fn dedupe(mut rescans: Vec<Rescan>) -> Vec<Rescan> {
+    rescans.sort_by(|a, b| a.path.cmp(&b.path));
+    let mut out: Vec<Rescan> = Vec::new();
+    for r in rescans {
+        if let Some(last) = out.last_mut() {
+            if last.path == r.path {
+                if !last.reason.split(',').any(|x| x == r.reason) {
+                    last.reason.push(',');
+                    last.reason.push_str(&r.reason);
+                }
+                continue;
+            }
+        }
+        if out.iter().any(|o| is_at_or_below(&r.path, &o.path)) {
+            continue;
+        }
+        out.push(r);
+    }
+    out
+}
+
+/// Builds the answer for records `(since.seq, end]`. `since` is `Err` with a
+/// reason when the cursor is unusable; the answer is then a full rescan of
+/// the scope.
+pub fn answer(
+    reader: &Reader,
+    roots: &[RootState],
+    since: Result<Cursor, String>,
+    scope: Option<&[u8]>,
+    end: u64,
+) -> Result<Answer, cj_journal::Error> {
+    let cursor = Cursor {
+        journal_id: reader.journal_id(),
+        seq: end,
+    };
+    let mut b = Builder {
+        scope,
+        roots,
+        paths: BTreeMap::new(),
+        rescans: Vec::new(),
+        overflowed: false,
+    };
+    let usable = match since {
+        Err(reason) => {
+            b.rescan_roots(None, &reason);
+            None
+        }
+        Ok(c) if c.journal_id != reader.journal_id() => {
+            b.rescan_roots(None, "foreign_cursor");
+            None
+        }
+        Ok(c) if c.seq > end => {
+            b.rescan_roots(None, "unknown_cursor");
+            None
+        }
+        Ok(c) if c.seq + 1 < reader.first_seq() => {
+            b.rescan_roots(None, "cursor_expired");
+            None
+        }
+        Ok(c) => Some(c),
+    };
+    if let Some(c) = usable {
+        let mut items = Vec::new();
+        reader.scan(c.seq, end, |item| {
+            items.push(item);
+            items.len() < 65_536 || flush(&mut items, &mut b)
+        })?;
+        flush(&mut items, &mut b);
+        // A segment deleted by retention while we scanned.
+        if c.seq + 1 < reader.first_seq() {
+            b.rescan_roots(None, "cursor_expired");
+        }
+    }
+    if b.overflowed {
+        b.rescan_roots(None, "too_many_changes");
+    }
+    for r in roots {
+        if let Some(why) = &r.unavailable {
+            let reason = format!("root_unavailable: {why}");
+            let path = r.path.clone();
+            b.rescan(&path, &reason);
+        }
+    }
+    let rescans = dedupe(std::mem::take(&mut b.rescans));
+    let mut entries: Vec<Entry> = b.paths.into_values().collect();
+    for e in &mut entries {
+        if let Ok(Some(st)) = nsys::stat_path_nofollow(&e.path) {
+            e.exists = true;
+            e.kind = st.kind;
+        }
+    }
+    Ok(Answer {
+        entries,
+        rescans,
+        cursor,
+    })
+}
+
+fn flush(items: &mut Vec<Item>, b: &mut Builder<'_>) -> bool {
+    for item in items.drain(..) {
+        b.add(item);
+    }
+    true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dedupe_keeps_outermost_scopes() {
+        let r = |p: &str, why: &str| Rescan {
+            path: p.as_bytes().to_vec(),
+            reason: why.into(),
+        };
+        let out = dedupe(vec![
+            r("/a/b", "x"),
+            r("/a", "y"),
+            r("/a", "z"),
+            r("/ab", "x"),
+        ]);
+        assert_eq!(out, vec![r("/a", "y,z"), r("/ab", "x")]);
+    }
+
+    #[test]
+    fn intersect_nested_and_disjoint() {
+        assert_eq!(intersect(b"/a/b", b"/a"), Some(b"/a/b".to_vec()));
+        assert_eq!(intersect(b"/a", b"/a/b"), Some(b"/a/b".to_vec()));
+        assert_eq!(intersect(b"/a", b"/b"), None);
+    }
+}

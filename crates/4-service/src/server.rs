@@ -1,0 +1,378 @@
+//! The Unix socket server: one thread per connection, at most
+//! `CONNECTIONS_MAX` at once. Requests and answers are JSON lines
+//! (`docs/protocol.md`). Only root may ask (checked with SO_PEERCRED).
+//!
+//! Connections never touch the capture path: a query reads the journal with
+//! its own reader, and a slow client only blocks its own thread.
+
+use std::io::{BufRead, BufReader, BufWriter, Read, Write};
+use std::os::unix::io::AsRawFd;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc::{self, SyncSender};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use cj_capture::Waker;
+use cj_journal::Reader;
+use cj_normalize::is_at_or_below;
+use cj_types::protocol::{get_path, put_path, PROTOCOL_VERSION, REQUEST_BYTES_MAX};
+use cj_types::Cursor;
+use serde_json::{json, Map, Value};
+
+use crate::pipeline::{Ctl, RootState, Shared};
+use crate::query;
+use crate::state;
+
+/// Concurrent client connections.
+pub const CONNECTIONS_MAX: usize = 64;
+/// A sync (barrier) taking longer than this fails the request.
+pub const SYNC_TIMEOUT: Duration = Duration::from_secs(60);
+/// An idle connection is closed after this long.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(300);
+
+pub struct Context {
+    pub reader: Reader,
+    pub ctl: SyncSender<Ctl>,
+    pub waker: Arc<Waker>,
+    pub shared: Arc<Shared>,
+    pub state_dir: PathBuf,
+    pub socket: PathBuf,
+    pub started: Instant,
+    /// Serialises track/untrack so roots.json matches the pipeline.
+    pub roots_lock: Mutex<()>,
+    pub connections: AtomicUsize,
+}
+
+pub(crate) struct Failure {
+    code: &'static str,
+    message: String,
+}
+
+fn fail(code: &'static str, message: impl Into<String>) -> Failure {
+    Failure {
+        code,
+        message: message.into(),
+    }
+}
+
+impl Context {
+    fn send(&self, msg: Ctl) -> Result<(), Failure> {
+        self.ctl
+            .send(msg)
+            .map_err(|_| fail("shutting_down", "the daemon is shutting down"))?;
+        self.waker.wake();
+        Ok(())
+    }
+
+    fn wait(&self, rx: mpsc::Receiver<Result<u64, String>>) -> Result<u64, Failure> {
+        match rx.recv_timeout(SYNC_TIMEOUT) {
+            Ok(Ok(seq)) => Ok(seq),
+            Ok(Err(e)) => Err(fail("failed", e)),
+            Err(_) => Err(fail(
+                "timeout",
+                "the daemon did not catch up with the kernel queue in time; retry",
+            )),
+        }
+    }
+
+    /// Waits until every change made before this call is journaled durably,
+    /// and returns the sequence number that covers them.
+    pub(crate) fn sync(&self) -> Result<u64, Failure> {
+        let (tx, rx) = mpsc::sync_channel(1);
+        self.send(Ctl::Barrier(tx))?;
+        self.wait(rx)
+    }
+
+    fn roots(&self) -> Vec<RootState> {
+        self.shared.roots.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+}
+
+/// Accepts connections until the process exits.
+pub fn serve(listener: UnixListener, ctx: Arc<Context>) {
+    for stream in listener.incoming() {
+        let Ok(stream) = stream else { continue };
+        if ctx.connections.fetch_add(1, Ordering::SeqCst) >= CONNECTIONS_MAX {
+            ctx.connections.fetch_sub(1, Ordering::SeqCst);
+            let mut s = stream;
+            let _ = writeln!(s, "{}", json!({"error": "too many clients; retry", "code": "busy"}));
+            continue;
+        }
+        let ctx2 = ctx.clone();
+        let spawned = std::thread::Builder::new()
+            .name("cj-client".into())
+            .spawn(move || {
+                let _ = connection(stream, &ctx2);
+                ctx2.connections.fetch_sub(1, Ordering::SeqCst);
+            });
+        if spawned.is_err() {
+            ctx.connections.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+}
+
+fn peer_uid(stream: &UnixStream) -> Option<u32> {
+    // SAFETY: ucred is plain old data; getsockopt fills at most `len` bytes.
+    let mut cred: libc::ucred = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
+    let rc = unsafe {
+        libc::getsockopt(
+            stream.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_PEERCRED,
+            (&mut cred as *mut libc::ucred).cast(),
+            &mut len,
+        )
+    };
+    (rc == 0).then_some(cred.uid)
+}
+
+fn connection(stream: UnixStream, ctx: &Context) -> std::io::Result<()> {
+    stream.set_read_timeout(Some(IDLE_TIMEOUT))?;
+    let mut out = BufWriter::new(stream.try_clone()?);
+    if peer_uid(&stream) != Some(0) {
+        writeln!(
+            out,
+            "{}",
+            json!({"error": "permission denied: the cj daemon answers only root (uid 0); run the command as root", "code": "permission_denied"})
+        )?;
+        return out.flush();
+    }
+    let mut input = BufReader::new(stream);
+    let mut line = Vec::new();
+    loop {
+        line.clear();
+        let n = (&mut input)
+            .take(REQUEST_BYTES_MAX as u64 + 1)
+            .read_until(b'\n', &mut line)?;
+        if n == 0 {
+            return Ok(());
+        }
+        if line.len() > REQUEST_BYTES_MAX {
+            writeln!(out, "{}", json!({"error": "request too long", "code": "bad_request"}))?;
+            return out.flush();
+        }
+        let request: Result<Map<String, Value>, _> = serde_json::from_slice(&line);
+        let result = match request {
+            Ok(req) => dispatch(&req, ctx, &mut out),
+            Err(e) => Err(fail("bad_request", format!("request is not a JSON object: {e}"))),
+        };
+        if let Err(f) = result {
+            writeln!(out, "{}", json!({"error": f.message, "code": f.code}))?;
+        }
+        out.flush()?;
+    }
+}
+
+fn dispatch(req: &Map<String, Value>, ctx: &Context, out: &mut impl Write) -> Result<(), Failure> {
+    let op = req.get("op").and_then(|v| v.as_str()).unwrap_or("");
+    let path = get_path(req, "path").map_err(|e| fail("bad_request", e))?;
+    if let Some(p) = &path {
+        if !p.starts_with(b"/") {
+            return Err(fail("bad_request", "paths must be absolute"));
+        }
+    }
+    let w = |out: &mut dyn Write, v: Value| {
+        let _ = writeln!(out, "{v}");
+    };
+    match op {
+        "ping" => {
+            w(out, json!({"ok": true, "protocol": PROTOCOL_VERSION}));
+            Ok(())
+        }
+        "cursor" => {
+            if let Some(p) = &path {
+                check_tracked(ctx, p)?;
+            }
+            let seq = ctx.sync()?;
+            let cursor = Cursor {
+                journal_id: ctx.reader.journal_id(),
+                seq,
+            };
+            w(out, json!({"cursor": cursor.encode()}));
+            Ok(())
+        }
+        "changes" => changes(req, path, ctx, out),
+        "track" => {
+            let p = path.ok_or_else(|| fail("bad_request", "track needs a path"))?;
+            track(ctx, p, true)?;
+            w(out, json!({"ok": true}));
+            Ok(())
+        }
+        "untrack" => {
+            let p = path.ok_or_else(|| fail("bad_request", "untrack needs a path"))?;
+            track(ctx, p, false)?;
+            w(out, json!({"ok": true}));
+            Ok(())
+        }
+        "status" => {
+            w(out, status(ctx));
+            Ok(())
+        }
+        other => Err(fail("bad_request", format!("unknown op {other:?}"))),
+    }
+}
+
+fn check_tracked(ctx: &Context, path: &[u8]) -> Result<(), Failure> {
+    let roots = ctx.roots();
+    let covered = roots
+        .iter()
+        .any(|r| is_at_or_below(path, &r.path) || is_at_or_below(&r.path, path));
+    if covered {
+        return Ok(());
+    }
+    Err(fail(
+        "not_tracked",
+        format!(
+            "{} is not in a tracked tree; run `cj track DIR` first (`cj status` lists roots)",
+            String::from_utf8_lossy(path)
+        ),
+    ))
+}
+
+fn track(ctx: &Context, path: Vec<u8>, add: bool) -> Result<(), Failure> {
+    let _guard = ctx.roots_lock.lock().unwrap_or_else(|e| e.into_inner());
+    let (tx, rx) = mpsc::sync_channel(1);
+    let msg = if add {
+        Ctl::Track {
+            path: path.clone(),
+            journal: true,
+            reply: tx,
+        }
+    } else {
+        Ctl::Untrack {
+            path: path.clone(),
+            reply: tx,
+        }
+    };
+    ctx.send(msg)?;
+    ctx.wait(rx)?;
+    let mut stored = state::load_roots(&ctx.state_dir).map_err(|e| fail("failed", e.to_string()))?;
+    stored.retain(|p| *p != path);
+    if add {
+        stored.push(path);
+    }
+    state::save_roots(&ctx.state_dir, &stored).map_err(|e| fail("failed", e.to_string()))
+}
+
+fn changes(
+    req: &Map<String, Value>,
+    scope: Option<Vec<u8>>,
+    ctx: &Context,
+    out: &mut impl Write,
+) -> Result<(), Failure> {
+    let since_text = req
+        .get("since")
+        .and_then(|v| v.as_str())
+        .ok_or_else(|| fail("bad_request", "changes needs \"since\" (a cursor)"))?;
+    if let Some(p) = &scope {
+        check_tracked(ctx, p)?;
+    }
+    // The CLI prints the parse error itself; the answer carries a short reason.
+    let since = Cursor::parse(since_text).map_err(|_| "malformed_cursor".to_string());
+    let end = ctx.sync()?;
+    let roots = ctx.roots();
+    let answer = query::answer(&ctx.reader, &roots, since, scope.as_deref(), end)
+        .map_err(|e| fail("failed", e.to_string()))?;
+    for e in &answer.entries {
+        let mut m = Map::new();
+        put_path(&mut m, "path", &e.path);
+        m.insert("kind".into(), Value::from(e.kind.as_str()));
+        m.insert("exists".into(), Value::from(e.exists));
+        let names: Vec<Value> = e.changes.names().map(Value::from).collect();
+        m.insert("changes".into(), Value::Array(names));
+        if let Some(f) = &e.renamed_from {
+            if !f.is_empty() {
+                put_path(&mut m, "renamed_from", f);
+            }
+        }
+        if let Some(t) = &e.renamed_to {
+            put_path(&mut m, "renamed_to", t);
+        }
+        let _ = writeln!(out, "{}", Value::Object(m));
+    }
+    let rescans: Vec<Value> = answer
+        .rescans
+        .iter()
+        .map(|r| {
+            let mut m = Map::new();
+            put_path(&mut m, "path", &r.path);
+            m.insert("reason".into(), Value::from(r.reason.clone()));
+            Value::Object(m)
+        })
+        .collect();
+    let _ = writeln!(
+        out,
+        "{}",
+        json!({
+            "cursor": answer.cursor.encode(),
+            "complete": rescans.is_empty(),
+            "rescan": rescans,
+        })
+    );
+    Ok(())
+}
+
+fn status(ctx: &Context) -> Value {
+    let roots: Vec<Value> = ctx
+        .roots()
+        .iter()
+        .map(|r| {
+            let mut m = Map::new();
+            put_path(&mut m, "path", &r.path);
+            m.insert("filesystem".into(), Value::from(r.fs_type.clone()));
+            m.insert("fsid".into(), Value::from(format!("{:016x}", r.fsid)));
+            m.insert("captured".into(), Value::from(r.unavailable.is_none()));
+            if let Some(u) = &r.unavailable {
+                m.insert("problem".into(), Value::from(u.clone()));
+            }
+            Value::Object(m)
+        })
+        .collect();
+    let n = *ctx.shared.normalize.lock().unwrap_or_else(|e| e.into_inner());
+    let c = ctx.shared.commit.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    let mut lat: Vec<u64> = c.recent_us.iter().copied().collect();
+    lat.sort_unstable();
+    let pct = |p: f64| -> u64 {
+        if lat.is_empty() {
+            0
+        } else {
+            lat[((lat.len() - 1) as f64 * p) as usize]
+        }
+    };
+    json!({
+        "protocol": PROTOCOL_VERSION,
+        "version": env!("CARGO_PKG_VERSION"),
+        "pid": std::process::id(),
+        "uptime_s": ctx.started.elapsed().as_secs(),
+        "socket": ctx.socket.display().to_string(),
+        "state_dir": ctx.state_dir.display().to_string(),
+        "journal": {
+            "id": ctx.reader.journal_id().to_hex(),
+            "first_seq": ctx.reader.first_seq(),
+            "last_seq": ctx.reader.durable_seq(),
+            "disk_bytes": ctx.reader.disk_bytes(),
+            "segments": ctx.reader.segment_count(),
+        },
+        "commit": {
+            "commits": c.commits,
+            "records": c.records,
+            "latency_us_p50": pct(0.5),
+            "latency_us_p99": pct(0.99),
+            "latency_us_max": lat.last().copied().unwrap_or(0),
+        },
+        "capture": {
+            "events": n.events,
+            "records": n.records,
+            "dropped_self": n.dropped_self,
+            "dropped_outside_roots": n.dropped_outside,
+            "gone_directories": n.gone_dirs,
+            "unresolved_objects": n.unknown_paths,
+            "overflows": n.overflows,
+            "parse_errors": n.parse_errors,
+        },
+        "roots": roots,
+    })
+}
