@@ -103,7 +103,9 @@ fn changes_of(m: u64) -> Changes {
         (mask::DELETE_SELF, Changes::DELETED),
         (mask::MODIFY, Changes::MODIFIED),
         (mask::ATTRIB, Changes::ATTRIB),
-        (mask::CLOSE_WRITE, Changes::CLOSE_WRITE),
+        // A store through a shared mmap gives no MODIFY, only CLOSE_WRITE at
+        // the last fput: a close after writing may have changed the content.
+        (mask::CLOSE_WRITE, Changes::CLOSE_WRITE | Changes::MODIFIED),
         (mask::MOVED_FROM, Changes::RENAMED_FROM),
         (mask::MOVED_TO, Changes::RENAMED_TO),
     ] {

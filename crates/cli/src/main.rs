@@ -39,6 +39,9 @@ enum Command {
         /// overflows can be forced.
         #[arg(long, hide = true)]
         test_bounded_queue: bool,
+        /// Testing only: journal segment size in bytes.
+        #[arg(long, hide = true)]
+        test_segment_bytes: Option<u64>,
     },
     /// Start tracking the tree under DIR (persists across restarts).
     Track { dir: PathBuf },
@@ -104,7 +107,15 @@ fn run(cli: Cli) -> Result<i32> {
             retain_mib,
             retain_days,
             test_bounded_queue,
-        } => daemon(socket, state_dir, retain_mib, retain_days, test_bounded_queue),
+            test_segment_bytes,
+        } => daemon(
+            socket,
+            state_dir,
+            retain_mib,
+            retain_days,
+            test_bounded_queue,
+            test_segment_bytes,
+        ),
         Command::Track { dir } => track(&socket, &dir, true),
         Command::Untrack { dir } => track(&socket, &dir, false),
         Command::Status { json } => status(&socket, json),
@@ -119,7 +130,14 @@ fn run(cli: Cli) -> Result<i32> {
     }
 }
 
-fn daemon(socket: PathBuf, state_dir: PathBuf, retain_mib: u64, retain_days: u64, bounded: bool) -> Result<i32> {
+fn daemon(
+    socket: PathBuf,
+    state_dir: PathBuf,
+    retain_mib: u64,
+    retain_days: u64,
+    bounded: bool,
+    segment_bytes: Option<u64>,
+) -> Result<i32> {
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
         bail!("the daemon must run as root (fanotify filesystem marks need CAP_SYS_ADMIN)");
@@ -135,7 +153,7 @@ fn daemon(socket: PathBuf, state_dir: PathBuf, retain_mib: u64, retain_days: u64
         journal: cj_journal::Options {
             retain_bytes: retain_mib.saturating_mul(1 << 20),
             retain_age: std::time::Duration::from_secs(retain_days.saturating_mul(86_400)),
-            ..Default::default()
+            segment_bytes: segment_bytes.unwrap_or(cj_journal::Options::default().segment_bytes),
         },
     };
     cj_service::run(config)?;

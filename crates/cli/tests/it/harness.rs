@@ -1,0 +1,324 @@
+//! Test harness: loop-mounted filesystems and daemons in temp directories.
+//!
+//! Every filesystem is made in a sparse image file inside the test's own temp
+//! directory, mounted with `-o loop` (autoclear: unmounting detaches the loop
+//! device), and unmounted in `Drop` -- also when the test fails. Nothing
+//! outside the temp directory is touched. Needs root.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+pub const CJ: &str = env!("CARGO_BIN_EXE_cj");
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Fs {
+    Ext4,
+    Xfs,
+    Btrfs,
+    Tmpfs,
+}
+
+pub const ALL_FS: [Fs; 4] = [Fs::Ext4, Fs::Xfs, Fs::Btrfs, Fs::Tmpfs];
+
+fn run(cmd: &mut Command) -> Output {
+    let out = cmd.output().unwrap_or_else(|e| panic!("running {cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// A mounted scratch filesystem.
+pub struct Mount {
+    pub fs: Fs,
+    pub dir: tempfile::TempDir,
+    pub mnt: PathBuf,
+    image: PathBuf,
+    mounted: bool,
+}
+
+impl Mount {
+    pub fn new(fs: Fs) -> Mount {
+        let dir = tempfile::Builder::new().prefix("cj-it-").tempdir().unwrap();
+        let mnt = dir.path().join("mnt");
+        std::fs::create_dir(&mnt).unwrap();
+        let image = dir.path().join("fs.img");
+        let mut m = Mount {
+            fs,
+            dir,
+            mnt,
+            image,
+            mounted: false,
+        };
+        m.make();
+        m.mount();
+        m
+    }
+
+    fn make(&self) {
+        if self.fs == Fs::Tmpfs {
+            return;
+        }
+        let f = std::fs::File::create(&self.image).unwrap();
+        f.set_len(512 << 20).unwrap();
+        let img = self.image.to_str().unwrap();
+        match self.fs {
+            Fs::Ext4 => run(Command::new("mkfs.ext4").args(["-q", "-F", img])),
+            Fs::Xfs => run(Command::new("mkfs.xfs").args(["-q", "-f", img])),
+            Fs::Btrfs => run(Command::new("mkfs.btrfs").args(["-q", "-f", img])),
+            Fs::Tmpfs => unreachable!(),
+        };
+    }
+
+    pub fn mount(&mut self) {
+        let mnt = self.mnt.to_str().unwrap();
+        match self.fs {
+            Fs::Tmpfs => run(Command::new("mount").args(["-t", "tmpfs", "-o", "size=512m", "cj-test", mnt])),
+            _ => run(Command::new("mount").args(["-o", "loop", self.image.to_str().unwrap(), mnt])),
+        };
+        self.mounted = true;
+    }
+
+    pub fn unmount(&mut self) {
+        if !self.mounted {
+            return;
+        }
+        for _ in 0..50 {
+            let ok = Command::new("umount").arg(&self.mnt).status().map(|s| s.success());
+            if ok.unwrap_or(false) {
+                self.mounted = false;
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        // Last resort: detach lazily; the loop device is freed once unused.
+        let _ = Command::new("umount").arg("-l").arg(&self.mnt).status();
+        self.mounted = false;
+    }
+}
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        self.unmount();
+    }
+}
+
+/// A daemon with its own state directory and socket.
+pub struct Daemon {
+    pub state: PathBuf,
+    pub socket: PathBuf,
+    pub child: Option<Child>,
+    extra: Vec<String>,
+    pub log: PathBuf,
+}
+
+impl Daemon {
+    /// State and socket live in `dir` (which may be on a tracked filesystem).
+    pub fn start(dir: &Path, extra: &[&str]) -> Daemon {
+        let mut d = Daemon {
+            state: dir.join("state"),
+            socket: dir.join("cj.sock"),
+            child: None,
+            extra: extra.iter().map(|s| s.to_string()).collect(),
+            log: dir.join("daemon.log"),
+        };
+        d.spawn();
+        d
+    }
+
+    pub fn spawn(&mut self) {
+        assert!(self.child.is_none());
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .unwrap();
+        let child = Command::new(CJ)
+            .arg("daemon")
+            .arg("--state-dir")
+            .arg(&self.state)
+            .arg("--socket")
+            .arg(&self.socket)
+            .args(&self.extra)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if std::os::unix::net::UnixStream::connect(&self.socket).is_ok() {
+                return;
+            }
+            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!("daemon exited with {status}: {}", self.log_text());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("daemon did not start: {}", self.log_text());
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// SIGTERM and wait: a clean stop.
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+            let status = c.wait().unwrap();
+            assert!(status.success(), "clean stop failed: {}", self.log_text());
+        }
+    }
+
+    /// SIGKILL: a crash.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn cj(&self, args: &[&str]) -> Output {
+        Command::new(CJ)
+            .arg("--socket")
+            .arg(&self.socket)
+            .args(args)
+            .output()
+            .unwrap()
+    }
+
+    pub fn ok(&self, args: &[&str]) -> String {
+        let out = self.cj(args);
+        assert!(
+            out.status.success(),
+            "cj {args:?} failed ({}): {}{}\n--- daemon log ---\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr),
+            self.log_text()
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    pub fn track(&self, dir: &Path) {
+        self.ok(&["track", dir.to_str().unwrap()]);
+    }
+
+    pub fn cursor(&self) -> String {
+        self.ok(&["cursor"]).trim().to_string()
+    }
+
+    /// `cj changes --json`: (entries, final object, exit code).
+    pub fn changes(&self, since: &str, path: Option<&Path>) -> Answer {
+        let mut args = vec!["changes", "--json", "--since", since];
+        let p;
+        if let Some(path) = path {
+            p = path.to_str().unwrap().to_string();
+            args.push(&p);
+        }
+        let out = self.cj(&args);
+        let code = out.status.code().unwrap_or(-1);
+        assert!(
+            code == 0 || code == 3,
+            "changes failed ({code}): {}\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            self.log_text()
+        );
+        let mut entries = Vec::new();
+        let mut last = Value::Null;
+        for line in out.stdout.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
+            let v: Value = serde_json::from_slice(line).unwrap();
+            if v.get("cursor").is_some() {
+                last = v;
+            } else {
+                entries.push(v);
+            }
+        }
+        Answer {
+            entries,
+            last,
+            code,
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+pub struct Answer {
+    pub entries: Vec<Value>,
+    pub last: Value,
+    pub code: i32,
+}
+
+impl Answer {
+    pub fn path_bytes(v: &Value, stem: &str) -> Option<Vec<u8>> {
+        cj_types_path(v.as_object()?, stem)
+    }
+
+    /// The entry for `path`, if any.
+    pub fn get(&self, path: &Path) -> Option<&Value> {
+        use std::os::unix::ffi::OsStrExt;
+        let want = path.as_os_str().as_bytes();
+        self.entries
+            .iter()
+            .find(|e| Answer::path_bytes(e, "path").as_deref() == Some(want))
+    }
+
+    pub fn changes_of(&self, path: &Path) -> Vec<String> {
+        self.get(path)
+            .and_then(|e| e["changes"].as_array().cloned())
+            .unwrap_or_default()
+            .iter()
+            .map(|c| c.as_str().unwrap().to_string())
+            .collect()
+    }
+
+    pub fn rescans(&self) -> Vec<(Vec<u8>, String)> {
+        self.last["rescan"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+            .iter()
+            .map(|r| {
+                (
+                    Answer::path_bytes(r, "path").unwrap_or_default(),
+                    r["reason"].as_str().unwrap_or("").to_string(),
+                )
+            })
+            .collect()
+    }
+
+    pub fn cursor(&self) -> String {
+        self.last["cursor"].as_str().unwrap().to_string()
+    }
+
+    pub fn dump(&self) -> String {
+        let mut s = String::new();
+        for e in &self.entries {
+            s.push_str(&e.to_string());
+            s.push('\n');
+        }
+        s.push_str(&self.last.to_string());
+        s
+    }
+}
+
+fn cj_types_path(obj: &serde_json::Map<String, Value>, stem: &str) -> Option<Vec<u8>> {
+    use base64::Engine;
+    if let Some(s) = obj.get(stem).and_then(|v| v.as_str()) {
+        return Some(s.as_bytes().to_vec());
+    }
+    let b = obj.get(&format!("{stem}_b64"))?.as_str()?;
+    base64::engine::general_purpose::STANDARD.decode(b).ok()
+}

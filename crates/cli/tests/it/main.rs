@@ -1,0 +1,7 @@
+//! Integration tests. They need root (fanotify filesystem marks, loop
+//! devices) and mkfs.ext4, mkfs.xfs and mkfs.btrfs; `.ci/run` installs them.
+
+mod bad_input;
+mod harness;
+mod operations;
+mod restarts;
