@@ -24,11 +24,7 @@ impl JournalId {
         while filled < bytes.len() {
             // SAFETY: the pointer and length describe the unfilled tail of `bytes`.
             let n = unsafe {
-                libc::getrandom(
-                    bytes[filled..].as_mut_ptr().cast(),
-                    bytes.len() - filled,
-                    0,
-                )
+                libc::getrandom(bytes[filled..].as_mut_ptr().cast(), bytes.len() - filled, 0)
             };
             if n < 0 {
                 let err = std::io::Error::last_os_error();
@@ -94,7 +90,11 @@ const CURSOR_PREFIX: &str = "cj1";
 
 impl Cursor {
     fn body(&self) -> String {
-        format!("{CURSOR_PREFIX}.{}.{:016x}", self.journal_id.to_hex(), self.seq)
+        format!(
+            "{CURSOR_PREFIX}.{}.{:016x}",
+            self.journal_id.to_hex(),
+            self.seq
+        )
     }
 
     pub fn encode(&self) -> String {

@@ -7,8 +7,8 @@
 
 mod cursor;
 mod path;
-mod record;
 pub mod protocol;
+mod record;
 
 pub use cursor::{Cursor, CursorError, JournalId};
 pub use path::{escape_path, unescape_path, PathText};

@@ -51,7 +51,12 @@ mod tests {
             put_path(&mut m, "path", p);
             let text = serde_json::to_string(&Value::Object(m)).unwrap();
             let back: Value = serde_json::from_str(&text).unwrap();
-            assert_eq!(get_path(back.as_object().unwrap(), "path").unwrap().unwrap(), p);
+            assert_eq!(
+                get_path(back.as_object().unwrap(), "path")
+                    .unwrap()
+                    .unwrap(),
+                p
+            );
         }
     }
 }

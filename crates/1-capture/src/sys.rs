@@ -60,14 +60,27 @@ impl std::error::Error for InitError {}
 #[non_exhaustive]
 pub enum MarkError {
     /// A btrfs subvolume other than the top-level one.
-    BtrfsSubvolume { path: PathBuf },
+    BtrfsSubvolume {
+        path: PathBuf,
+    },
     /// FUSE and other filesystems without an fsid.
-    NoFsid { path: PathBuf, fs_type: String },
+    NoFsid {
+        path: PathBuf,
+        fs_type: String,
+    },
     /// overlayfs without `nfs_export=on` (or another filesystem without
     /// file handle support).
-    NoFileHandles { path: PathBuf, fs_type: String },
-    PermissionDenied { path: PathBuf },
-    Io { path: PathBuf, source: io::Error },
+    NoFileHandles {
+        path: PathBuf,
+        fs_type: String,
+    },
+    PermissionDenied {
+        path: PathBuf,
+    },
+    Io {
+        path: PathBuf,
+        source: io::Error,
+    },
 }
 
 impl fmt::Display for MarkError {
@@ -303,4 +316,3 @@ fn fs_type_name(fd: RawFd) -> String {
         other => format!("type {other:#x}"),
     }
 }
-

@@ -269,13 +269,21 @@ impl Normalizer {
     }
 
     /// Looks at what `name` in the directory is now.
-    fn verify(&mut self, dir: &Fid<'_>, name: &[u8], object: Option<Fid<'_>>, compare: bool) -> Verified {
+    fn verify(
+        &mut self,
+        dir: &Fid<'_>,
+        name: &[u8],
+        object: Option<Fid<'_>>,
+        compare: bool,
+    ) -> Verified {
         let none = Verified {
             kind: ObjectKind::Unknown,
             flags: 0,
             nlink: 0,
         };
-        let Some(fd) = self.dir_fd(dir) else { return none };
+        let Some(fd) = self.dir_fd(dir) else {
+            return none;
+        };
         let Ok(Some(st)) = sys::stat_at(fd, name) else {
             return none;
         };
@@ -319,7 +327,13 @@ impl Normalizer {
         }));
     }
 
-    fn entry(&mut self, buf: &[u8], event: &Event<'_>, de: DirEntry<'_>, out: &mut Vec<RecordBody>) {
+    fn entry(
+        &mut self,
+        buf: &[u8],
+        event: &Event<'_>,
+        de: DirEntry<'_>,
+        out: &mut Vec<RecordBody>,
+    ) {
         let Some(dir_path) = self.dir_path(&de.dir) else {
             self.stats.gone_dirs += 1;
             return;
@@ -386,7 +400,14 @@ impl Normalizer {
         if !ondir && same && v.nlink > 1 {
             if let Some(fid) = event.fid {
                 let alias_changes = changes & (Changes::MODIFIED | Changes::ATTRIB);
-                self.aliases(buf, fid, &path, v.nlink, alias_changes | Changes::ATTRIB, out);
+                self.aliases(
+                    buf,
+                    fid,
+                    &path,
+                    v.nlink,
+                    alias_changes | Changes::ATTRIB,
+                    out,
+                );
             }
         }
     }
@@ -424,7 +445,9 @@ impl Normalizer {
             if path.as_slice() == known {
                 continue;
             }
-            let Some((_, name)) = sys::split_parent(path) else { continue };
+            let Some((_, name)) = sys::split_parent(path) else {
+                continue;
+            };
             let name = name.to_vec();
             self.push_event(
                 out,
@@ -469,11 +492,21 @@ impl Normalizer {
         }
     }
 
-    fn rename(&mut self, event: &Event<'_>, old: DirEntry<'_>, new: DirEntry<'_>, out: &mut Vec<RecordBody>) {
+    fn rename(
+        &mut self,
+        event: &Event<'_>,
+        old: DirEntry<'_>,
+        new: DirEntry<'_>,
+        out: &mut Vec<RecordBody>,
+    ) {
         let old_path = self.dir_path(&old.dir).map(|d| join(&d, old.name));
         let new_path = self.dir_path(&new.dir).map(|d| join(&d, new.name));
-        let in_old = old_path.as_deref().is_some_and(|p| self.in_roots(p) && !self.excluded(p));
-        let in_new = new_path.as_deref().is_some_and(|p| self.in_roots(p) && !self.excluded(p));
+        let in_old = old_path
+            .as_deref()
+            .is_some_and(|p| self.in_roots(p) && !self.excluded(p));
+        let in_new = new_path
+            .as_deref()
+            .is_some_and(|p| self.in_roots(p) && !self.excluded(p));
         let ondir = event.mask & mask::ONDIR != 0;
         if let Some(fid) = event.fid {
             key_into(&mut self.key, fid.fsid, fid.handle_type, fid.handle);
@@ -531,7 +564,12 @@ impl Normalizer {
         if changes.is_empty() {
             return;
         }
-        key_into(&mut self.key, de.dir.fsid, de.dir.handle_type, de.dir.handle);
+        key_into(
+            &mut self.key,
+            de.dir.fsid,
+            de.dir.handle_type,
+            de.dir.handle,
+        );
         let cached = self.dirs.get(&self.key).map(|d| d.path.clone());
         let path = if event.mask & mask::DELETE_SELF != 0 {
             // Gone: only a cached path can name it; the parent's DELETE
@@ -572,7 +610,13 @@ impl Normalizer {
 
     /// Events that carry only the object's handle: link-count changes
     /// (ATTRIB) and DELETE_SELF / MOVE_SELF of non-directories.
-    fn handle_only(&mut self, buf: &[u8], event: &Event<'_>, fid: Fid<'_>, out: &mut Vec<RecordBody>) {
+    fn handle_only(
+        &mut self,
+        buf: &[u8],
+        event: &Event<'_>,
+        fid: Fid<'_>,
+        out: &mut Vec<RecordBody>,
+    ) {
         key_into(&mut self.key, fid.fsid, fid.handle_type, fid.handle);
         if event.mask & mask::DELETE_SELF != 0 {
             // The last name went away through a DELETE or a rename over it,
@@ -589,7 +633,9 @@ impl Normalizer {
                 if matches!(sys::stat_path_nofollow(&path), Ok(Some(_))) {
                     changes |= Changes::REPLACED;
                 }
-                let name = sys::split_parent(&path).map(|(_, n)| n.to_vec()).unwrap_or_default();
+                let name = sys::split_parent(&path)
+                    .map(|(_, n)| n.to_vec())
+                    .unwrap_or_default();
                 self.push_event(
                     out,
                     EventRecord {
@@ -608,12 +654,16 @@ impl Normalizer {
         if event.mask & (mask::ATTRIB | mask::MODIFY) == 0 {
             return; // MOVE_SELF alone: the RENAME event carries the paths.
         }
-        let Some(mount) = self.mount_fd(&fid) else { return };
+        let Some(mount) = self.mount_fd(&fid) else {
+            return;
+        };
         let fd = match sys::open_by_handle(mount, fid.handle_type, fid.handle) {
             Ok(fd) => fd,
             Err(_) => return, // gone since: its DELETE names it
         };
-        let Ok(Some(st)) = sys::stat_fd(fd.as_raw_fd()) else { return };
+        let Ok(Some(st)) = sys::stat_fd(fd.as_raw_fd()) else {
+            return;
+        };
         if st.nlink == 0 {
             return;
         }
@@ -626,7 +676,9 @@ impl Normalizer {
         let changes = changes_of(event.mask) | Changes::ATTRIB;
         match own {
             Some(p) => {
-                let name = sys::split_parent(&p).map(|(_, n)| n.to_vec()).unwrap_or_default();
+                let name = sys::split_parent(&p)
+                    .map(|(_, n)| n.to_vec())
+                    .unwrap_or_default();
                 self.push_event(
                     out,
                     EventRecord {

@@ -75,7 +75,11 @@ pub struct Stat {
 
 pub fn stat_at(dir: RawFd, name: &[u8]) -> io::Result<Option<Stat>> {
     let cname = CString::new(name).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
-    stat_at_c(dir, &cname, libc::AT_SYMLINK_NOFOLLOW | libc::AT_STATX_DONT_SYNC)
+    stat_at_c(
+        dir,
+        &cname,
+        libc::AT_SYMLINK_NOFOLLOW | libc::AT_STATX_DONT_SYNC,
+    )
 }
 
 /// Stats the directory descriptor itself.
@@ -185,7 +189,11 @@ pub fn split_parent(path: &[u8]) -> Option<(&[u8], &[u8])> {
     if name.is_empty() {
         return None;
     }
-    let parent = if slash == 0 { &b"/"[..] } else { &path[..slash] };
+    let parent = if slash == 0 {
+        &b"/"[..]
+    } else {
+        &path[..slash]
+    };
     Some((parent, name))
 }
 

@@ -55,7 +55,10 @@ impl std::error::Error for Error {
     }
 }
 
-pub(crate) fn io(path: impl Into<PathBuf>, op: &'static str) -> impl FnOnce(std::io::Error) -> Error {
+pub(crate) fn io(
+    path: impl Into<PathBuf>,
+    op: &'static str,
+) -> impl FnOnce(std::io::Error) -> Error {
     let path = path.into();
     move |source| Error::Io { path, op, source }
 }

@@ -27,8 +27,8 @@ pub const RECORD_BYTES_MAX: usize = RECORD_HEADER_LEN
     + 2 * PATH_BYTES_MAX
     + RECORD_ALIGN;
 
-const _: () = assert!(SEGMENT_HEADER_LEN % RECORD_ALIGN == 0);
-const _: () = assert!(RECORD_HEADER_LEN % RECORD_ALIGN == 0);
+const _: () = assert!(SEGMENT_HEADER_LEN.is_multiple_of(RECORD_ALIGN));
+const _: () = assert!(RECORD_HEADER_LEN.is_multiple_of(RECORD_ALIGN));
 const _: () = assert!(RECORD_BYTES_MAX < u32::MAX as usize);
 const _: () = assert!(HANDLE_BYTES_MAX <= u8::MAX as usize);
 const _: () = assert!(NAME_BYTES_MAX <= u16::MAX as usize);
@@ -63,7 +63,10 @@ impl SegmentHeader {
 
     pub fn decode(b: &[u8]) -> Result<SegmentHeader, String> {
         if b.len() < SEGMENT_HEADER_LEN {
-            return Err(format!("header is {} bytes, expected {SEGMENT_HEADER_LEN}", b.len()));
+            return Err(format!(
+                "header is {} bytes, expected {SEGMENT_HEADER_LEN}",
+                b.len()
+            ));
         }
         if b[0..8] != SEGMENT_MAGIC {
             return Err("not a cj journal segment (bad magic)".into());
@@ -131,7 +134,10 @@ pub fn encode_record(seq: u64, time_ns: u64, body: &RecordBody, out: &mut Vec<u8
         }
     };
     let len = out.len() - start;
-    assert!(len <= RECORD_BYTES_MAX, "record of {len} bytes exceeds RECORD_BYTES_MAX");
+    assert!(
+        len <= RECORD_BYTES_MAX,
+        "record of {len} bytes exceeds RECORD_BYTES_MAX"
+    );
     let h = &mut out[start..start + RECORD_HEADER_LEN];
     h[0..4].copy_from_slice(&(len as u32).to_le_bytes());
     h[8..16].copy_from_slice(&seq.to_le_bytes());
@@ -245,10 +251,7 @@ pub fn decode_record(b: &[u8]) -> Result<(Record, usize), DecodeError> {
 }
 
 /// Splits `p` into consecutive parts of the given lengths; all bytes must be used.
-fn split_exact<'a, const N: usize>(
-    mut p: &'a [u8],
-    lens: [usize; N],
-) -> Result<[&'a [u8]; N], DecodeError> {
+fn split_exact<const N: usize>(mut p: &[u8], lens: [usize; N]) -> Result<[&[u8]; N], DecodeError> {
     let mut parts: [&[u8]; N] = [&[]; N];
     for (slot, len) in parts.iter_mut().zip(lens) {
         if p.len() < len {

@@ -145,7 +145,10 @@ pub fn open(dir: &Path, options: Options) -> Result<(Writer, Reader, Recovery), 
                 if h.first_seq != first_seq {
                     return Err(Error::Corrupt {
                         path,
-                        detail: format!("header says first seq {} but name says {first_seq}", h.first_seq),
+                        detail: format!(
+                            "header says first seq {} but name says {first_seq}",
+                            h.first_seq
+                        ),
                     });
                 }
                 match id {
@@ -393,14 +396,15 @@ fn recover_tail(seg: &mut SegMeta, recovery: &mut Recovery) -> Result<Tail, Erro
     let cut = bytes.len() - good_end;
     if cut > 0 {
         // Assert before cutting: the kept prefix must end on a frame boundary.
-        assert!(good_end % RECORD_ALIGN == 0 && good_end >= SEGMENT_HEADER_LEN);
+        assert!(good_end.is_multiple_of(RECORD_ALIGN) && good_end >= SEGMENT_HEADER_LEN);
         let f = OpenOptions::new()
             .write(true)
             .open(&seg.path)
             .map_err(error::io(&seg.path, "open for truncate"))?;
         f.set_len(good_end as u64)
             .map_err(error::io(&seg.path, "truncate torn tail"))?;
-        f.sync_all().map_err(error::io(&seg.path, "fsync after truncate"))?;
+        f.sync_all()
+            .map_err(error::io(&seg.path, "fsync after truncate"))?;
         recovery.truncated_bytes = cut as u64;
     }
     seg.durable_len = good_end as u64;

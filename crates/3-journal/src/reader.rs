@@ -14,15 +14,20 @@ use std::time::{Duration, Instant};
 use cj_types::{JournalId, Record};
 
 use crate::error::{io, Error};
-use crate::format::{self, check_frame, decode_record, SegmentHeader, RECORD_BYTES_MAX, SEGMENT_HEADER_LEN};
+use crate::format::{
+    self, check_frame, decode_record, SegmentHeader, RECORD_BYTES_MAX, SEGMENT_HEADER_LEN,
+};
 use crate::Shared;
 
 /// One step of a scan.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Item {
-    Record(Record),
+    Record(Box<Record>),
     /// Records `first..=last` exist but cannot be read.
-    Damaged { first: u64, last: u64 },
+    Damaged {
+        first: u64,
+        last: u64,
+    },
 }
 
 /// Bytes read from a segment per `pread`.
@@ -60,7 +65,11 @@ impl Reader {
 
     /// The highest sequence number known durable.
     pub fn durable_seq(&self) -> u64 {
-        self.shared.state.read().unwrap_or_else(|e| e.into_inner()).durable_seq
+        self.shared
+            .state
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .durable_seq
     }
 
     /// Bytes on disk in all segments.
@@ -70,13 +79,22 @@ impl Reader {
     }
 
     pub fn segment_count(&self) -> usize {
-        self.shared.state.read().unwrap_or_else(|e| e.into_inner()).segments.len()
+        self.shared
+            .state
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .segments
+            .len()
     }
 
     /// Waits until `seq` is durable. False on timeout.
     pub fn wait_durable(&self, seq: u64, timeout: Duration) -> bool {
         let deadline = Instant::now() + timeout;
-        let mut d = self.shared.durable_lock.lock().unwrap_or_else(|e| e.into_inner());
+        let mut d = self
+            .shared
+            .durable_lock
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
         while *d < seq {
             let now = Instant::now();
             if now >= deadline {
@@ -219,12 +237,15 @@ fn scan_segment(
                 if seq > after {
                     match decode_record(bytes) {
                         Ok((record, _)) => {
-                            if !f(Item::Record(record)) {
+                            if !f(Item::Record(Box::new(record))) {
                                 return Ok(false);
                             }
                         }
                         Err(_) => {
-                            if !f(Item::Damaged { first: seq, last: seq }) {
+                            if !f(Item::Damaged {
+                                first: seq,
+                                last: seq,
+                            }) {
                                 return Ok(false);
                             }
                         }

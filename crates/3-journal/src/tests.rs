@@ -59,7 +59,10 @@ fn append_commit_reopen_keeps_everything() {
     assert_eq!(write_n(&mut w, 200), 200);
     assert!(r.segment_count() > 3, "rotation happened");
     assert_eq!(seqs(&collect(&r, 0, 200)), (1..=200).collect::<Vec<_>>());
-    assert_eq!(seqs(&collect(&r, 150, 160)), (151..=160).collect::<Vec<_>>());
+    assert_eq!(
+        seqs(&collect(&r, 150, 160)),
+        (151..=160).collect::<Vec<_>>()
+    );
     drop((w, r));
     let (mut w, r, rec) = open(dir.path(), small()).unwrap();
     assert!(!rec.created);
@@ -68,14 +71,20 @@ fn append_commit_reopen_keeps_everything() {
     assert_eq!(r.journal_id(), id);
     assert_eq!(w.append(1, &event(0)).unwrap(), 201);
     w.commit().unwrap();
-    assert_eq!(seqs(&collect(&r, 195, 300)), (196..=201).collect::<Vec<_>>());
+    assert_eq!(
+        seqs(&collect(&r, 195, 300)),
+        (196..=201).collect::<Vec<_>>()
+    );
 }
 
 #[test]
 fn second_writer_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let _first = open(dir.path(), small()).unwrap();
-    assert!(matches!(open(dir.path(), small()), Err(Error::Locked { .. })));
+    assert!(matches!(
+        open(dir.path(), small()),
+        Err(Error::Locked { .. })
+    ));
 }
 
 fn last_segment(dir: &Path) -> PathBuf {
@@ -175,7 +184,10 @@ fn mid_file_corruption_costs_only_the_damaged_records() {
         damaged,
         vec![
             Item::Damaged { first: 7, last: 7 },
-            Item::Damaged { first: 99, last: 99 }
+            Item::Damaged {
+                first: 99,
+                last: 99
+            }
         ]
     );
     // A range that avoids the damage reads cleanly.
@@ -203,7 +215,10 @@ fn damaged_active_header_is_quarantined_without_seq_reuse() {
     let (lo, hi) = rec.damaged[0];
     assert_eq!(lo, 1);
     let next = w.append(1, &event(0)).unwrap();
-    assert!(next > 20 && next == hi + 1, "seq {next} must pass every old seq");
+    assert!(
+        next > 20 && next == hi + 1,
+        "seq {next} must pass every old seq"
+    );
     w.commit().unwrap();
     assert_eq!(seqs(&collect(&r, 0, u64::MAX)), vec![next]);
 }
@@ -237,7 +252,9 @@ fn retention_by_age() {
     let (mut w, r, _) = open(dir.path(), small()).unwrap();
     write_n(&mut w, 300);
     let before = r.segment_count();
-    let removed = w.enforce_retention(now_ns() + 7200 * 1_000_000_000).unwrap();
+    let removed = w
+        .enforce_retention(now_ns() + 7200 * 1_000_000_000)
+        .unwrap();
     assert_eq!(removed, before - 1, "all but the active segment");
     assert_eq!(r.segment_count(), 1);
 }

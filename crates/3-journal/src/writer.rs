@@ -121,8 +121,8 @@ impl Writer {
         if self.pending.is_empty() {
             return Ok(self.next_seq - 1);
         }
-        assert!(self.pending.len() % RECORD_ALIGN == 0);
-        assert!(self.file_len % RECORD_ALIGN as u64 == 0);
+        assert!(self.pending.len().is_multiple_of(RECORD_ALIGN));
+        assert!(self.file_len.is_multiple_of(RECORD_ALIGN as u64));
         let path = segment_path(&self.shared.dir, self.seg_first_seq);
         let result = self
             .file
@@ -153,7 +153,11 @@ impl Writer {
             assert!(durable >= state.durable_seq, "durable seq went backwards");
             state.durable_seq = durable;
         }
-        let mut d = self.shared.durable_lock.lock().unwrap_or_else(|e| e.into_inner());
+        let mut d = self
+            .shared
+            .durable_lock
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
         *d = durable;
         self.shared.durable_cv.notify_all();
     }

@@ -13,9 +13,14 @@ pub enum Error {
     Journal(cj_journal::Error),
     Fanotify(cj_capture::InitError),
     /// A state file is not what cj wrote.
-    BadState { path: PathBuf, detail: String },
+    BadState {
+        path: PathBuf,
+        detail: String,
+    },
     /// Another daemon answers on the socket.
-    SocketInUse { path: PathBuf },
+    SocketInUse {
+        path: PathBuf,
+    },
     /// The journal writer failed; durability can no longer be promised.
     WriterFailed(String),
 }
@@ -54,7 +59,10 @@ impl From<cj_journal::Error> for Error {
     }
 }
 
-pub(crate) fn io(path: impl Into<PathBuf>, op: &'static str) -> impl FnOnce(std::io::Error) -> Error {
+pub(crate) fn io(
+    path: impl Into<PathBuf>,
+    op: &'static str,
+) -> impl FnOnce(std::io::Error) -> Error {
     let path = path.into();
     move |source| Error::Io { path, op, source }
 }

@@ -27,8 +27,8 @@ use cj_capture::{Fanotify, QueueLimit};
 use cj_normalize::Normalizer;
 use cj_types::{GapReason, GapRecord, RecordBody};
 
-pub use error::Error;
 use error::io;
+pub use error::Error;
 use pipeline::{Ctl, Exit, Pipeline};
 
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/cj";
@@ -79,7 +79,9 @@ pub fn run(config: Config) -> Result<(), Error> {
         ));
     }
     for (a, b) in &recovery.damaged {
-        log(format!("journal records {a}..={b} are damaged; queries spanning them will ask for a rescan"));
+        log(format!(
+            "journal records {a}..={b} are damaged; queries spanning them will ask for a rescan"
+        ));
     }
     let clean_stop = state::take_clean_stop(&state_dir)?;
     let roots = state::load_roots(&state_dir)?;
@@ -99,7 +101,10 @@ pub fn run(config: Config) -> Result<(), Error> {
             reply: tx,
         });
         if let Ok(Err(e)) = rx.recv() {
-            log(format!("root {} is not captured for now: {e}", String::from_utf8_lossy(root)));
+            log(format!(
+                "root {} is not captured for now: {e}",
+                String::from_utf8_lossy(root)
+            ));
         }
     }
     if !recovery.created {
@@ -109,7 +114,10 @@ pub fn run(config: Config) -> Result<(), Error> {
         let (reason, detail) = if clean {
             (GapReason::DaemonDown, "the daemon was stopped")
         } else {
-            (GapReason::UncleanStop, "the daemon stopped without a clean shutdown (crash, kill -9 or power loss)")
+            (
+                GapReason::UncleanStop,
+                "the daemon stopped without a clean shutdown (crash, kill -9 or power loss)",
+            )
         };
         let gap = RecordBody::Gap(GapRecord {
             reason,
@@ -156,7 +164,9 @@ pub fn run(config: Config) -> Result<(), Error> {
         config.socket.display(),
         roots.len()
     ));
-    let exit = exit_rx.recv().unwrap_or(Exit::Fatal("exit channel closed".into()));
+    let exit = exit_rx
+        .recv()
+        .unwrap_or(Exit::Fatal("exit channel closed".into()));
     let _ = fs::remove_file(&config.socket);
     match exit {
         Exit::Signal(sig) => {
@@ -201,7 +211,8 @@ fn bind_socket(path: &Path) -> Result<UnixListener, Error> {
     let bound = UnixListener::bind(path);
     unsafe { libc::umask(old) };
     let listener = bound.map_err(io(path, "bind socket"))?;
-    fs::set_permissions(path, fs::Permissions::from_mode(0o660)).map_err(io(path, "chmod socket"))?;
+    fs::set_permissions(path, fs::Permissions::from_mode(0o660))
+        .map_err(io(path, "chmod socket"))?;
     Ok(listener)
 }
 

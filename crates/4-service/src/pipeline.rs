@@ -86,7 +86,11 @@ pub enum Ctl {
 
 enum NormMsg {
     Events(Vec<u8>, usize),
-    AddRoot { path: Vec<u8>, fsid: u64, fd: OwnedFd },
+    AddRoot {
+        path: Vec<u8>,
+        fsid: u64,
+        fd: OwnedFd,
+    },
     RemoveRoot(Vec<u8>),
     Records(Vec<RecordBody>),
     Barrier(Completion),
@@ -146,7 +150,9 @@ impl Pipeline {
         let (write_tx, write_rx) = mpsc::sync_channel(WRITE_QUEUE_MAX);
         let (free_tx, free_rx) = mpsc::sync_channel(READ_BUFFERS);
         for _ in 0..READ_BUFFERS {
-            free_tx.send(vec![0u8; READ_BUFFER_BYTES]).expect("pool has room");
+            free_tx
+                .send(vec![0u8; READ_BUFFER_BYTES])
+                .expect("pool has room");
         }
         let (done_tx, done_rx) = mpsc::sync_channel(1);
         let mut threads = Vec::new();
@@ -283,7 +289,9 @@ impl Capture {
             match self.fan.wait(&self.waker, HOUSEKEEPING_MS as i32) {
                 Ok(_) => {}
                 Err(e) => {
-                    let _ = self.fatal.try_send(Exit::Fatal(format!("poll on fanotify failed: {e}")));
+                    let _ = self
+                        .fatal
+                        .try_send(Exit::Fatal(format!("poll on fanotify failed: {e}")));
                     return;
                 }
             }
@@ -294,11 +302,15 @@ impl Capture {
     /// kernel queue was empty at that moment. False if the pipeline is gone.
     fn drain(&mut self) -> bool {
         loop {
-            let Ok(mut buf) = self.free.recv() else { return false };
+            let Ok(mut buf) = self.free.recv() else {
+                return false;
+            };
             let n = match self.fan.read(&mut buf) {
                 Ok(n) => n,
                 Err(e) => {
-                    let _ = self.fatal.try_send(Exit::Fatal(format!("reading fanotify events failed: {e}")));
+                    let _ = self
+                        .fatal
+                        .try_send(Exit::Fatal(format!("reading fanotify events failed: {e}")));
                     return false;
                 }
             };
@@ -361,8 +373,9 @@ impl Capture {
     /// returns the root's fsid.
     fn arm(&mut self, path: &[u8]) -> Result<u64, String> {
         let show = String::from_utf8_lossy(path).into_owned();
-        let fd = nsys::open_dir_for_handles(path)
-            .map_err(|e| format!("cannot open {show} as a directory without following symlinks: {e}"))?;
+        let fd = nsys::open_dir_for_handles(path).map_err(|e| {
+            format!("cannot open {show} as a directory without following symlinks: {e}")
+        })?;
         let fsid = fsid_of(fd.as_raw_fd()).map_err(|e| format!("statfs {show}: {e}"))?;
         if !self.marked.contains_key(&fsid) {
             self.fan
@@ -371,7 +384,8 @@ impl Capture {
         }
         *self.marked.entry(fsid).or_insert(0) += 1;
         let dev = dev_of(path).unwrap_or(0);
-        self.roots.insert(path.to_vec(), Some(MarkedRoot { fsid, dev }));
+        self.roots
+            .insert(path.to_vec(), Some(MarkedRoot { fsid, dev }));
         let fs_type = fs_type_of(&fd);
         self.set_root_state(path, fsid, fs_type, None);
         self.out
@@ -441,10 +455,16 @@ impl Capture {
     fn untrack(&mut self, path: Vec<u8>, reply: Completion) {
         if !self.roots.contains_key(&path) {
             let show = String::from_utf8_lossy(&path).into_owned();
-            let _ = reply.send(Err(format!("{show} is not tracked; `cj status` lists the roots")));
+            let _ = reply.send(Err(format!(
+                "{show} is not tracked; `cj status` lists the roots"
+            )));
             return;
         }
-        let fsid = self.roots.get(&path).and_then(|m| m.as_ref().map(|m| m.fsid)).unwrap_or(0);
+        let fsid = self
+            .roots
+            .get(&path)
+            .and_then(|m| m.as_ref().map(|m| m.fsid))
+            .unwrap_or(0);
         self.disarm(&path);
         self.roots.remove(&path);
         {
@@ -462,37 +482,31 @@ impl Capture {
     fn housekeeping(&mut self) {
         let paths: Vec<Vec<u8>> = self.roots.keys().cloned().collect();
         for path in paths {
-            match self.roots.get(&path) {
-                Some(Some(m)) => {
-                    if dev_of(&path) != Some(m.dev) {
-                        self.disarm(&path);
-                        let reason = "the filesystem was unmounted or replaced".to_string();
-                        self.set_root_state(&path, 0, "unknown".into(), Some(reason.clone()));
-                        let gap = RecordBody::Gap(GapRecord {
-                            reason: GapReason::Unmounted,
-                            fsid: 0,
-                            scope: path.clone(),
-                            start_time_ns: now_ns(),
-                            detail: reason.into_bytes(),
-                        });
-                        let _ = self.out.send(NormMsg::Records(vec![gap]));
-                    }
-                }
-                Some(None) => {
-                    if self.arm(&path).is_ok() {
-                        let gap = RecordBody::Gap(GapRecord {
-                            reason: GapReason::Unmounted,
-                            fsid: 0,
-                            scope: path.clone(),
-                            start_time_ns: now_ns(),
-                            detail: b"the root was unavailable and is captured again".to_vec(),
-                        });
-                        let _ = self.out.send(NormMsg::Records(vec![gap]));
-                    }
-                }
-                None => {}
+            let lost = match self.roots.get(&path) {
+                Some(Some(m)) => dev_of(&path) != Some(m.dev),
+                _ => false,
+            };
+            let unarmed = matches!(self.roots.get(&path), Some(None));
+            if lost {
+                self.disarm(&path);
+                let reason = "the filesystem was unmounted or replaced";
+                self.set_root_state(&path, 0, "unknown".into(), Some(reason.into()));
+                self.gap(&path, reason);
+            } else if unarmed && self.arm(&path).is_ok() {
+                self.gap(&path, "the root was unavailable and is captured again");
             }
         }
+    }
+
+    fn gap(&self, scope: &[u8], detail: &str) {
+        let gap = RecordBody::Gap(GapRecord {
+            reason: GapReason::Unmounted,
+            fsid: 0,
+            scope: scope.to_vec(),
+            start_time_ns: now_ns(),
+            detail: detail.as_bytes().to_vec(),
+        });
+        let _ = self.out.send(NormMsg::Records(vec![gap]));
     }
 }
 

@@ -129,7 +129,9 @@ impl Builder<'_> {
                         self.rescan_roots(Some(e.fsid), "unresolved_object");
                         return;
                     }
-                    let rename = e.changes.contains(Changes::RENAMED_FROM | Changes::RENAMED_TO)
+                    let rename = e
+                        .changes
+                        .contains(Changes::RENAMED_FROM | Changes::RENAMED_TO)
                         && !e.old_path.is_empty();
                     if rename {
                         if self.in_scope(&e.old_path) {

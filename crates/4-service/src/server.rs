@@ -86,7 +86,11 @@ impl Context {
     }
 
     fn roots(&self) -> Vec<RootState> {
-        self.shared.roots.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        self.shared
+            .roots
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 }
 
@@ -97,7 +101,11 @@ pub fn serve(listener: UnixListener, ctx: Arc<Context>) {
         if ctx.connections.fetch_add(1, Ordering::SeqCst) >= CONNECTIONS_MAX {
             ctx.connections.fetch_sub(1, Ordering::SeqCst);
             let mut s = stream;
-            let _ = writeln!(s, "{}", json!({"error": "too many clients; retry", "code": "busy"}));
+            let _ = writeln!(
+                s,
+                "{}",
+                json!({"error": "too many clients; retry", "code": "busy"})
+            );
             continue;
         }
         let ctx2 = ctx.clone();
@@ -151,13 +159,20 @@ fn connection(stream: UnixStream, ctx: &Context) -> std::io::Result<()> {
             return Ok(());
         }
         if line.len() > REQUEST_BYTES_MAX {
-            writeln!(out, "{}", json!({"error": "request too long", "code": "bad_request"}))?;
+            writeln!(
+                out,
+                "{}",
+                json!({"error": "request too long", "code": "bad_request"})
+            )?;
             return out.flush();
         }
         let request: Result<Map<String, Value>, _> = serde_json::from_slice(&line);
         let result = match request {
             Ok(req) => dispatch(&req, ctx, &mut out),
-            Err(e) => Err(fail("bad_request", format!("request is not a JSON object: {e}"))),
+            Err(e) => Err(fail(
+                "bad_request",
+                format!("request is not a JSON object: {e}"),
+            )),
         };
         if let Err(f) = result {
             writeln!(out, "{}", json!({"error": f.message, "code": f.code}))?;
@@ -249,7 +264,8 @@ fn track(ctx: &Context, path: Vec<u8>, add: bool) -> Result<(), Failure> {
     };
     ctx.send(msg)?;
     ctx.wait(rx)?;
-    let mut stored = state::load_roots(&ctx.state_dir).map_err(|e| fail("failed", e.to_string()))?;
+    let mut stored =
+        state::load_roots(&ctx.state_dir).map_err(|e| fail("failed", e.to_string()))?;
     stored.retain(|p| *p != path);
     if add {
         stored.push(path);
@@ -331,8 +347,17 @@ fn status(ctx: &Context) -> Value {
             Value::Object(m)
         })
         .collect();
-    let n = *ctx.shared.normalize.lock().unwrap_or_else(|e| e.into_inner());
-    let c = ctx.shared.commit.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    let n = *ctx
+        .shared
+        .normalize
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
+    let c = ctx
+        .shared
+        .commit
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone();
     let mut lat: Vec<u64> = c.recent_us.iter().copied().collect();
     lat.sort_unstable();
     let pct = |p: f64| -> u64 {

@@ -54,7 +54,9 @@ pub fn load_roots(state_dir: &Path) -> Result<Vec<Vec<u8>>, Error> {
         .ok_or_else(|| bad("no \"roots\" array".into()))?;
     let mut out = Vec::new();
     for r in roots.iter().take(ROOTS_MAX) {
-        let obj = r.as_object().ok_or_else(|| bad("root is not an object".into()))?;
+        let obj = r
+            .as_object()
+            .ok_or_else(|| bad("root is not an object".into()))?;
         match get_path(obj, "path").map_err(bad)? {
             Some(p) => out.push(p),
             None => return Err(bad("root without path".into())),
@@ -115,7 +117,11 @@ fn crc32c_of(b: &[u8]) -> u32 {
     for &byte in b {
         crc ^= u32::from(byte);
         for _ in 0..8 {
-            crc = if crc & 1 != 0 { (crc >> 1) ^ 0x82f6_3b78 } else { crc >> 1 };
+            crc = if crc & 1 != 0 {
+                (crc >> 1) ^ 0x82f6_3b78
+            } else {
+                crc >> 1
+            };
         }
     }
     !crc

@@ -34,11 +34,20 @@ pub const RESPONSE_LINE_BYTES_MAX: usize = 1 << 20;
 #[non_exhaustive]
 pub enum Error {
     /// Nothing listens on the socket.
-    NotRunning { socket: PathBuf, source: std::io::Error },
+    NotRunning {
+        socket: PathBuf,
+        source: std::io::Error,
+    },
     /// The socket or the daemon refused us.
-    PermissionDenied { socket: PathBuf, detail: String },
+    PermissionDenied {
+        socket: PathBuf,
+        detail: String,
+    },
     /// The daemon answered with an error.
-    Daemon { code: String, message: String },
+    Daemon {
+        code: String,
+        message: String,
+    },
     /// The daemon's answer was not understood.
     Protocol(String),
     Io(std::io::Error),
@@ -163,7 +172,11 @@ impl Client {
             return Err(Error::Protocol("answer is not an object".into()));
         };
         if let Some(msg) = m.get("error").and_then(|e| e.as_str()) {
-            let code = m.get("code").and_then(|c| c.as_str()).unwrap_or("").to_string();
+            let code = m
+                .get("code")
+                .and_then(|c| c.as_str())
+                .unwrap_or("")
+                .to_string();
             if code == "permission_denied" {
                 return Err(Error::PermissionDenied {
                     socket: self.socket.clone(),
@@ -257,12 +270,20 @@ pub fn parse_change(m: &Map<String, Value>) -> Result<Change, Error> {
     let path = need_path(m, "path")?.ok_or_else(|| Error::Protocol("entry without path".into()))?;
     Ok(Change {
         path,
-        kind: m.get("kind").and_then(|k| k.as_str()).unwrap_or("unknown").to_string(),
+        kind: m
+            .get("kind")
+            .and_then(|k| k.as_str())
+            .unwrap_or("unknown")
+            .to_string(),
         exists: m.get("exists").and_then(|e| e.as_bool()).unwrap_or(false),
         changes: m
             .get("changes")
             .and_then(|c| c.as_array())
-            .map(|a| a.iter().filter_map(|x| x.as_str().map(str::to_owned)).collect())
+            .map(|a| {
+                a.iter()
+                    .filter_map(|x| x.as_str().map(str::to_owned))
+                    .collect()
+            })
             .unwrap_or_default(),
         renamed_from: need_path(m, "renamed_from")?,
         renamed_to: need_path(m, "renamed_to")?,
@@ -276,10 +297,19 @@ pub fn parse_final(m: &Map<String, Value>, entries: Vec<Change>) -> Result<Answe
         .ok_or_else(|| Error::Protocol("no cursor".into()))?
         .to_string();
     let mut rescan = Vec::new();
-    for r in m.get("rescan").and_then(|r| r.as_array()).into_iter().flatten() {
+    for r in m
+        .get("rescan")
+        .and_then(|r| r.as_array())
+        .into_iter()
+        .flatten()
+    {
         let Some(obj) = r.as_object() else { continue };
         let path = need_path(obj, "path")?.unwrap_or_default();
-        let reason = obj.get("reason").and_then(|x| x.as_str()).unwrap_or("").to_string();
+        let reason = obj
+            .get("reason")
+            .and_then(|x| x.as_str())
+            .unwrap_or("")
+            .to_string();
         rescan.push(Rescan { path, reason });
     }
     Ok(Answer {

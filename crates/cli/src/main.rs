@@ -8,12 +8,16 @@ use std::path::{Component, Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{bail, Context, Result};
-use clap::{Parser, Subcommand};
 use cj_client::{Client, EXIT_COMPLETE, EXIT_ERROR, EXIT_INCOMPLETE};
 use cj_types::{escape_path, Cursor};
+use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "cj", version, about = "A persistent change journal for Linux filesystems")]
+#[command(
+    name = "cj",
+    version,
+    about = "A persistent change journal for Linux filesystems"
+)]
 struct Cli {
     /// The daemon's socket [env: CJ_SOCKET] [default: /run/cj/cj.sock]
     #[arg(long, global = true, value_name = "PATH")]
@@ -126,7 +130,14 @@ fn run(cli: Cli) -> Result<i32> {
             json,
             null,
             cursor_file,
-        } => changes(&socket, &since, path.as_deref(), json, null, cursor_file.as_deref()),
+        } => changes(
+            &socket,
+            &since,
+            path.as_deref(),
+            json,
+            null,
+            cursor_file.as_deref(),
+        ),
     }
 }
 
@@ -222,7 +233,13 @@ fn status(socket: &Path, json: bool) -> Result<i32> {
         }
         v
     };
-    writeln!(out, "daemon      pid {} up {}s, socket {}", g(&["pid"]), g(&["uptime_s"]), g(&["socket"]).as_str().unwrap_or(""))?;
+    writeln!(
+        out,
+        "daemon      pid {} up {}s, socket {}",
+        g(&["pid"]),
+        g(&["uptime_s"]),
+        g(&["socket"]).as_str().unwrap_or("")
+    )?;
     writeln!(
         out,
         "journal     {} seq {}..{} ({} segments, {} bytes)",
@@ -255,8 +272,14 @@ fn status(socket: &Path, json: bool) -> Result<i32> {
     }
     for r in roots {
         let obj = r.as_object().cloned().unwrap_or_default();
-        let path = cj_types::protocol::get_path(&obj, "path").ok().flatten().unwrap_or_default();
-        let fs = obj.get("filesystem").and_then(|f| f.as_str()).unwrap_or("?");
+        let path = cj_types::protocol::get_path(&obj, "path")
+            .ok()
+            .flatten()
+            .unwrap_or_default();
+        let fs = obj
+            .get("filesystem")
+            .and_then(|f| f.as_str())
+            .unwrap_or("?");
         let state = match obj.get("problem").and_then(|p| p.as_str()) {
             Some(p) => format!("NOT CAPTURED: {p}"),
             None => "captured".into(),
@@ -280,7 +303,8 @@ fn write_cursor_file(file: &Path, cursor: &str) -> Result<()> {
         name.push(".tmp");
         PathBuf::from(name)
     };
-    std::fs::write(&tmp, format!("{cursor}\n")).with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::write(&tmp, format!("{cursor}\n"))
+        .with_context(|| format!("writing {}", tmp.display()))?;
     std::fs::rename(&tmp, file).with_context(|| format!("renaming to {}", file.display()))?;
     Ok(())
 }
@@ -335,7 +359,14 @@ fn changes(
     } else {
         for e in &answer.entries {
             let state = if e.exists { "exists" } else { "gone" };
-            write!(out, "{}\t{}\t{}\t{}", e.changes.join(","), e.kind, state, escape_path(&e.path))?;
+            write!(
+                out,
+                "{}\t{}\t{}\t{}",
+                e.changes.join(","),
+                e.kind,
+                state,
+                escape_path(&e.path)
+            )?;
             if let Some(f) = &e.renamed_from {
                 write!(out, "\tfrom {}", escape_path(f))?;
             }
@@ -359,7 +390,11 @@ fn changes(
     for r in &answer.rescan {
         eprintln!(
             "cj: incomplete answer: rescan {} ({})",
-            String::from_utf8_lossy(Path::new(std::ffi::OsStr::from_bytes(&r.path)).as_os_str().as_bytes()),
+            String::from_utf8_lossy(
+                Path::new(std::ffi::OsStr::from_bytes(&r.path))
+                    .as_os_str()
+                    .as_bytes()
+            ),
             r.reason
         );
     }

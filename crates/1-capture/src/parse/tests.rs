@@ -71,10 +71,7 @@ fn every_truncation_is_an_error_not_a_panic() {
         assert!(complete <= 13);
         if cut > 0 && results.iter().all(|r| r.is_ok()) {
             // Only when the cut falls exactly on an event boundary.
-            let consumed: usize = all(TMPFS)
-                .iter()
-                .take(complete)
-                .count();
+            let consumed: usize = all(TMPFS).iter().take(complete).count();
             assert_eq!(consumed, complete);
         }
     }
@@ -91,7 +88,7 @@ fn xorshift(state: &mut u64) -> u64 {
 fn mutated_fixtures_never_panic() {
     let mut s = 0x1234_5678_9abc_def0u64;
     for _ in 0..50_000 {
-        let mut b = if xorshift(&mut s) % 2 == 0 {
+        let mut b = if xorshift(&mut s).is_multiple_of(2) {
             TMPFS.to_vec()
         } else {
             EXT4.to_vec()
@@ -115,7 +112,7 @@ fn arbitrary_bytes_never_panic() {
     for _ in 0..50_000 {
         let len = (xorshift(&mut s) % 512) as usize;
         let mut b: Vec<u8> = (0..len).map(|_| xorshift(&mut s) as u8).collect();
-        if len >= 8 && xorshift(&mut s) % 2 == 0 {
+        if len >= 8 && xorshift(&mut s).is_multiple_of(2) {
             // Plausible headers reach deeper code.
             b[0..4].copy_from_slice(&(len as u32).to_ne_bytes());
             b[4] = 3;

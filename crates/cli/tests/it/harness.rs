@@ -21,10 +21,10 @@ pub enum Fs {
     Tmpfs,
 }
 
-pub const ALL_FS: [Fs; 4] = [Fs::Ext4, Fs::Xfs, Fs::Btrfs, Fs::Tmpfs];
-
 fn run(cmd: &mut Command) -> Output {
-    let out = cmd.output().unwrap_or_else(|e| panic!("running {cmd:?}: {e}"));
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("running {cmd:?}: {e}"));
     assert!(
         out.status.success(),
         "{cmd:?} failed: {}{}",
@@ -79,7 +79,9 @@ impl Mount {
     pub fn mount(&mut self) {
         let mnt = self.mnt.to_str().unwrap();
         match self.fs {
-            Fs::Tmpfs => run(Command::new("mount").args(["-t", "tmpfs", "-o", "size=512m", "cj-test", mnt])),
+            Fs::Tmpfs => {
+                run(Command::new("mount").args(["-t", "tmpfs", "-o", "size=512m", "cj-test", mnt]))
+            }
             _ => run(Command::new("mount").args(["-o", "loop", self.image.to_str().unwrap(), mnt])),
         };
         self.mounted = true;
@@ -90,7 +92,10 @@ impl Mount {
             return;
         }
         for _ in 0..50 {
-            let ok = Command::new("umount").arg(&self.mnt).status().map(|s| s.success());
+            let ok = Command::new("umount")
+                .arg(&self.mnt)
+                .status()
+                .map(|s| s.success());
             if ok.unwrap_or(false) {
                 self.mounted = false;
                 return;
@@ -121,6 +126,7 @@ pub struct Daemon {
 impl Daemon {
     /// State and socket live in `dir` (which may be on a tracked filesystem).
     pub fn start(dir: &Path, extra: &[&str]) -> Daemon {
+        std::fs::create_dir_all(dir).unwrap();
         let mut d = Daemon {
             state: dir.join("state"),
             socket: dir.join("cj.sock"),

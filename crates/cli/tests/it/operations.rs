@@ -11,21 +11,17 @@ use crate::harness::{Answer, Daemon, Fs, Mount};
 
 fn setxattr(path: &Path) {
     let c = std::ffi::CString::new(path.as_os_str().as_bytes()).unwrap();
-    let rc = unsafe {
-        libc::setxattr(
-            c.as_ptr(),
-            c"user.cj".as_ptr(),
-            b"v".as_ptr().cast(),
-            1,
-            0,
-        )
-    };
+    let rc = unsafe { libc::setxattr(c.as_ptr(), c"user.cj".as_ptr(), b"v".as_ptr().cast(), 1, 0) };
     assert_eq!(rc, 0, "setxattr: {}", std::io::Error::last_os_error());
 }
 
 fn mmap_write(path: &Path) {
     use std::os::unix::io::AsRawFd;
-    let f = fs::OpenOptions::new().read(true).write(true).open(path).unwrap();
+    let f = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .unwrap();
     unsafe {
         let p = libc::mmap(
             std::ptr::null_mut(),
@@ -71,8 +67,17 @@ fn every_operation(fs_kind: Fs) {
     fs::create_dir_all(t.join("sub1")).unwrap();
     fs::create_dir_all(&outside).unwrap();
     for f in [
-        "write_me", "chmod_me", "xattr_me", "rename_src", "cross_src", "over_src", "over_dst",
-        "unlink_me", "trunc_me", "otrunc_me", "unseen_link_src",
+        "write_me",
+        "chmod_me",
+        "xattr_me",
+        "rename_src",
+        "cross_src",
+        "over_src",
+        "over_dst",
+        "unlink_me",
+        "trunc_me",
+        "otrunc_me",
+        "unseen_link_src",
     ] {
         fs::write(t.join(f), b"0123456789").unwrap();
     }
@@ -90,10 +95,16 @@ fn every_operation(fs_kind: Fs) {
     fs::write(t.join("name with space"), b"1").unwrap();
     fs::write(t.join(odd(b"new\nline")), b"1").unwrap();
     fs::write(t.join(odd(b"bad\xff\xfeutf8")), b"1").unwrap();
-    fs::OpenOptions::new().append(true).open(t.join("write_me")).unwrap();
+    fs::OpenOptions::new()
+        .append(true)
+        .open(t.join("write_me"))
+        .unwrap();
     {
         use std::io::Write;
-        let mut f = fs::OpenOptions::new().append(true).open(t.join("write_me")).unwrap();
+        let mut f = fs::OpenOptions::new()
+            .append(true)
+            .open(t.join("write_me"))
+            .unwrap();
         f.write_all(b"more").unwrap();
     }
     fs::set_permissions(t.join("chmod_me"), fs::Permissions::from_mode(0o600)).unwrap();
@@ -107,8 +118,17 @@ fn every_operation(fs_kind: Fs) {
     fs::hard_link(t.join("link_src"), t.join("link_dst")).unwrap();
     fs::remove_file(t.join("unlink_me")).unwrap();
     symlink("target", t.join("sym")).unwrap();
-    fs::OpenOptions::new().write(true).open(t.join("trunc_me")).unwrap().set_len(1).unwrap();
-    fs::OpenOptions::new().write(true).truncate(true).open(t.join("otrunc_me")).unwrap();
+    fs::OpenOptions::new()
+        .write(true)
+        .open(t.join("trunc_me"))
+        .unwrap()
+        .set_len(1)
+        .unwrap();
+    fs::OpenOptions::new()
+        .write(true)
+        .truncate(true)
+        .open(t.join("otrunc_me"))
+        .unwrap();
     mmap_write(&t.join("mmap_me"));
     fs::rename(t.join("dir_move"), t.join("dir_moved")).unwrap();
     fs::write(outside.join("not_tracked"), b"x").unwrap();
@@ -117,7 +137,12 @@ fn every_operation(fs_kind: Fs) {
     assert_eq!(a.code, 0, "complete answer expected\n{}", a.dump());
     check(&a, &t.join("name with space"), &["created"], Some("file"));
     check(&a, &t.join(odd(b"new\nline")), &["created"], Some("file"));
-    check(&a, &t.join(odd(b"bad\xff\xfeutf8")), &["created"], Some("file"));
+    check(
+        &a,
+        &t.join(odd(b"bad\xff\xfeutf8")),
+        &["created"],
+        Some("file"),
+    );
     check(&a, &t.join("write_me"), &["modified"], Some("file"));
     check(&a, &t.join("chmod_me"), &["attrib"], None);
     check(&a, &t.join("xattr_me"), &["attrib"], None);
@@ -128,7 +153,12 @@ fn every_operation(fs_kind: Fs) {
     check(&a, &t.join("over_src"), &["renamed_from"], None);
     check(&a, &t.join("over_dst"), &["renamed_to"], Some("file"));
     // A victim the daemon knew is reported as replaced.
-    check(&a, &t.join("seen_victim"), &["renamed_to", "deleted", "replaced"], Some("file"));
+    check(
+        &a,
+        &t.join("seen_victim"),
+        &["renamed_to", "deleted", "replaced"],
+        Some("file"),
+    );
     check(&a, &t.join("new_dir"), &["created"], Some("dir"));
     check(&a, &t.join("rmdir_me"), &["deleted"], Some("dir"));
     check(&a, &t.join("link_dst"), &["created"], Some("file"));
@@ -163,9 +193,11 @@ fn every_operation(fs_kind: Fs) {
     fs::hard_link(t.join("unseen_link_src"), t.join("unseen_link_dst")).unwrap();
     let a3 = d.changes(&c1, None);
     let named = a3.get(&t.join("unseen_link_src")).is_some();
-    let rescan = a3.rescans().iter().any(|(p, _)| t.as_os_str().as_bytes().starts_with(p));
+    let rescan = a3
+        .rescans()
+        .iter()
+        .any(|(p, _)| t.as_os_str().as_bytes().starts_with(p));
     assert!(named || (rescan && a3.code == 3), "{}", a3.dump());
-
 }
 
 #[test]
