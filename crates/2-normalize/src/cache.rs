@@ -51,6 +51,13 @@ impl DirCache {
         self.map.remove(key);
     }
 
+    /// Drops every entry of one filesystem (its root was untracked or
+    /// unmounted: the descriptors would keep the superblock alive).
+    pub fn clear_fs(&mut self, fsid: u64) {
+        let fsid = fsid.to_le_bytes();
+        self.map.retain(|k, _| !k.starts_with(&fsid));
+    }
+
     /// Drops every directory at or below `path` on the filesystem `fsid`:
     /// after a directory rename or removal their cached paths are wrong.
     pub fn invalidate_below(&mut self, fsid: u64, path: &[u8]) {
@@ -99,6 +106,29 @@ impl NameCache {
                 self.map.remove(key);
             }
         }
+    }
+
+    /// A directory was renamed: names below it move with it. O(entries),
+    /// bounded by `NAME_CACHE_ENTRIES_MAX`; directory renames are rare next
+    /// to file events.
+    pub fn move_below(&mut self, old: &[u8], new: &[u8]) {
+        for names in self.map.values_mut() {
+            for n in names.iter_mut() {
+                if is_at_or_below(n, old) {
+                    let mut moved = new.to_vec();
+                    moved.extend_from_slice(&n[old.len()..]);
+                    *n = moved;
+                }
+            }
+        }
+    }
+
+    /// A directory left every root or vanished: its names are unknown now.
+    pub fn forget_below(&mut self, old: &[u8]) {
+        for names in self.map.values_mut() {
+            names.retain(|n| !is_at_or_below(n, old));
+        }
+        self.map.retain(|_, v| !v.is_empty());
     }
 
     pub fn take(&mut self, key: &[u8]) -> Vec<Vec<u8>> {

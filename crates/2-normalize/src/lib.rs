@@ -146,8 +146,20 @@ impl Normalizer {
 
     pub fn remove_root(&mut self, path: &[u8]) {
         self.roots.retain(|r| r.path != path);
-        let live: Vec<u64> = self.roots.iter().map(|r| r.fsid).collect();
-        self.mounts.retain(|fsid, _| live.contains(fsid));
+        // Drop every descriptor on filesystems no root uses any more: they
+        // would pin the superblock (an unmounted filesystem must be freed).
+        let live: Vec<*const OwnedFd> = self.roots.iter().map(|r| Arc::as_ptr(&r.mount)).collect();
+        let dead: Vec<u64> = self
+            .mounts
+            .iter()
+            .filter(|(_, m)| !live.contains(&Arc::as_ptr(m)))
+            .map(|(fsid, _)| *fsid)
+            .collect();
+        for fsid in dead {
+            self.mounts.remove(&fsid);
+            self.dirs.clear_fs(fsid);
+        }
+        self.names = NameCache::default();
     }
 
     pub fn roots(&self) -> &[Root] {
@@ -434,15 +446,13 @@ impl Normalizer {
             proven.push(known.to_vec());
         }
         for path in candidates {
-            if proven.contains(&path) || !self.in_roots(&path) {
-                continue;
-            }
-            if name_is(&path, &fid) {
+            // Names outside every root count towards nlink but are not reported.
+            if !proven.contains(&path) && name_is(&path, &fid) {
                 proven.push(path);
             }
         }
         for path in &proven {
-            if path.as_slice() == known {
+            if path.as_slice() == known || !self.in_roots(path) || self.excluded(path) {
                 continue;
             }
             let Some((_, name)) = sys::split_parent(path) else {
@@ -514,6 +524,10 @@ impl Normalizer {
             if ondir {
                 if let Some(p) = &old_path {
                     self.dirs.invalidate_below(fid.fsid, p);
+                    match &new_path {
+                        Some(n) => self.names.move_below(p, n),
+                        None => self.names.forget_below(p),
+                    }
                 }
                 self.dirs.remove(&key);
                 if let Some(p) = &new_path {

@@ -17,6 +17,15 @@ use cj_types::{Changes, Cursor, ObjectKind, RecordBody, EVENT_FLAG_PATH_UNKNOWN}
 
 use crate::pipeline::RootState;
 
+/// Changes to a directory entry (as opposed to the object behind it).
+const ENTRY_CHANGES: Changes = Changes(
+    Changes::CREATED.0
+        | Changes::DELETED.0
+        | Changes::RENAMED_FROM.0
+        | Changes::RENAMED_TO.0
+        | Changes::REPLACED.0,
+);
+
 /// Distinct paths one answer may hold. Past this the scope is reported for
 /// rescan instead of growing memory without bound.
 pub const QUERY_PATHS_MAX: usize = 2_000_000;
@@ -121,6 +130,22 @@ impl Builder<'_> {
         self.paths.get_mut(path)
     }
 
+    /// Adding, removing or renaming an entry changes its directory (the
+    /// listing, mtime and ctime): the parent is reported as modified.
+    fn parent_modified(&mut self, path: &[u8]) {
+        let Some((parent, _)) = nsys::split_parent(path) else {
+            return;
+        };
+        if !self.in_scope(parent) || !self.roots.iter().any(|r| is_at_or_below(parent, &r.path)) {
+            return;
+        }
+        let parent = parent.to_vec();
+        if let Some(en) = self.entry(&parent) {
+            en.changes |= Changes::MODIFIED;
+            en.kind = ObjectKind::Dir;
+        }
+    }
+
     fn add(&mut self, item: Item) {
         match item {
             Item::Record(r) => match r.body {
@@ -128,6 +153,10 @@ impl Builder<'_> {
                     if e.flags & EVENT_FLAG_PATH_UNKNOWN != 0 {
                         self.rescan_roots(Some(e.fsid), "unresolved_object");
                         return;
+                    }
+                    if e.changes.intersects(ENTRY_CHANGES) {
+                        self.parent_modified(&e.path);
+                        self.parent_modified(&e.old_path);
                     }
                     let rename = e
                         .changes

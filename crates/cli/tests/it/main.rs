@@ -5,3 +5,6 @@ mod bad_input;
 mod harness;
 mod operations;
 mod restarts;
+mod oracle;
+mod snapshot;
+mod workload;
