@@ -19,5 +19,11 @@ fn main() {
     }
     samples.sort_by(|a, b| a.partial_cmp(b).unwrap());
     let p = |q: f64| samples[((samples.len() - 1) as f64 * q) as usize];
-    println!("{:.2} {:.2} {:.2} {}", p(0.5), p(0.99), samples[samples.len() - 1], samples.len());
+    println!(
+        "{:.2} {:.2} {:.2} {}",
+        p(0.5),
+        p(0.99),
+        samples[samples.len() - 1],
+        samples.len()
+    );
 }

@@ -20,7 +20,8 @@ fn main() {
     }
     let fan = cj_capture::Fanotify::new(cj_capture::QueueLimit::Unlimited).unwrap();
     let d = std::fs::File::open(&dir).unwrap();
-    fan.mark_filesystem(d.as_raw_fd(), std::path::Path::new(&dir), false).unwrap();
+    fan.mark_filesystem(d.as_raw_fd(), std::path::Path::new(&dir), false)
+        .unwrap();
     println!("ready");
     let mut buf = vec![0u8; 512 * 1024];
     let mut events: u64 = 0;
@@ -31,7 +32,8 @@ fn main() {
         // Count events cheaply: walk the length fields only.
         let mut off = 0;
         while off + 4 <= n {
-            let len = u32::from_ne_bytes([buf[off], buf[off + 1], buf[off + 2], buf[off + 3]]) as usize;
+            let len =
+                u32::from_ne_bytes([buf[off], buf[off + 1], buf[off + 2], buf[off + 3]]) as usize;
             if len == 0 {
                 break;
             }

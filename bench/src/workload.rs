@@ -6,7 +6,10 @@ use std::time::Instant;
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     let dir = std::path::PathBuf::from(args.get(1).expect("usage: cj-bench-workload DIR [N]"));
-    let n: usize = args.get(2).map(|s| s.parse().expect("N")).unwrap_or(200_000);
+    let n: usize = args
+        .get(2)
+        .map(|s| s.parse().expect("N"))
+        .unwrap_or(200_000);
     let payload = [b'x'; 100];
     let start = Instant::now();
     for i in 0..n {

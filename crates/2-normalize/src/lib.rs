@@ -65,6 +65,9 @@ pub struct Normalizer {
     dirs: DirCache,
     names: NameCache,
     key: Vec<u8>,
+    /// Targets of the latest renames (bounded by `RECENT_TARGETS_MAX`): a
+    /// handle-only DELETE_SELF of a known name among them is a rename victim.
+    recent_targets: std::collections::VecDeque<Vec<u8>>,
     /// Whether the current batch's names were pre-scanned into `names`.
     batch_names_loaded: bool,
     pub stats: Stats,
@@ -116,6 +119,9 @@ fn changes_of(m: u64) -> Changes {
     c
 }
 
+/// Rename targets remembered to recognise rename victims.
+pub const RECENT_TARGETS_MAX: usize = 4096;
+
 const NAME_CHANGING: u64 = mask::CREATE | mask::DELETE | mask::MOVED_FROM | mask::MOVED_TO;
 
 impl Normalizer {
@@ -131,6 +137,7 @@ impl Normalizer {
             names: NameCache::default(),
             key: Vec::new(),
             batch_names_loaded: false,
+            recent_targets: std::collections::VecDeque::new(),
             stats: Stats::default(),
         }
     }
@@ -297,7 +304,7 @@ impl Normalizer {
             return none;
         };
         let Ok(Some(st)) = sys::stat_at(fd, name) else {
-            return none;
+            return none; // absent: no handle to compare
         };
         let mut flags = EVENT_FLAG_VERIFIED_PRESENT;
         let same = match (compare, object) {
@@ -547,6 +554,12 @@ impl Normalizer {
             self.stats.dropped_outside += 1;
             return;
         }
+        if let (Some(p), false) = (&new_path, ondir) {
+            if self.recent_targets.len() >= RECENT_TARGETS_MAX {
+                self.recent_targets.pop_front();
+            }
+            self.recent_targets.push_back(p.clone());
+        }
         let v = self.verify(&new.dir, new.name, event.fid, true);
         let kind = if ondir {
             ObjectKind::Dir
@@ -640,13 +653,16 @@ impl Normalizer {
             let names = self.names.take(&key);
             self.key = key;
             for path in names {
-                if !self.in_roots(&path) || self.excluded(&path) {
+                // An ordinary unlink's DELETE event already named the path;
+                // only a name that was the target of a recent rename lost
+                // its object without a DELETE of its own.
+                if !self.recent_targets.contains(&path)
+                    || !self.in_roots(&path)
+                    || self.excluded(&path)
+                {
                     continue;
                 }
-                let mut changes = Changes::DELETED;
-                if matches!(sys::stat_path_nofollow(&path), Ok(Some(_))) {
-                    changes |= Changes::REPLACED;
-                }
+                let changes = Changes::DELETED | Changes::REPLACED;
                 let name = sys::split_parent(&path)
                     .map(|(_, n)| n.to_vec())
                     .unwrap_or_default();

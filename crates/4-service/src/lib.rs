@@ -41,6 +41,9 @@ pub struct Config {
     /// `KernelDefault` only to force overflows in tests.
     pub queue: QueueLimit,
     pub journal: cj_journal::Options,
+    /// Minimum time between fdatasyncs when no client waits (the bound on
+    /// how long a change may stay in memory only).
+    pub commit_interval: Duration,
 }
 
 impl Default for Config {
@@ -50,6 +53,7 @@ impl Default for Config {
             socket: DEFAULT_SOCKET.into(),
             queue: QueueLimit::Unlimited,
             journal: cj_journal::Options::default(),
+            commit_interval: Duration::from_millis(pipeline::COMMIT_INTERVAL_DEFAULT_MS),
         }
     }
 }
@@ -91,8 +95,14 @@ pub fn run(config: Config) -> Result<(), Error> {
     // SAFETY: getpid has no preconditions.
     let normalizer = Normalizer::new(unsafe { libc::getpid() }, excluded);
     let (exit_tx, exit_rx) = mpsc::sync_channel::<Exit>(16);
-    let pipeline = Pipeline::start(fan, normalizer, writer, exit_tx.clone())
-        .map_err(io(&state_dir, "start threads"))?;
+    let pipeline = Pipeline::start(
+        config.commit_interval,
+        fan,
+        normalizer,
+        writer,
+        exit_tx.clone(),
+    )
+    .map_err(io(&state_dir, "start threads"))?;
     for root in &roots {
         let (tx, rx) = mpsc::sync_channel(1);
         let _ = pipeline.send(Ctl::Track {

@@ -48,6 +48,9 @@ pub const WRITE_QUEUE_MAX: usize = 64;
 /// A commit is started once this many bytes are pending, even if more
 /// records are queued.
 pub const COMMIT_BYTES_MAX: usize = 8 << 20;
+/// Default minimum time between two fdatasyncs while nobody waits for
+/// durability: the bound on the commit delay (`--commit-interval-ms`).
+pub const COMMIT_INTERVAL_DEFAULT_MS: u64 = 100;
 /// Commit latencies kept for the status percentiles.
 pub const COMMIT_SAMPLES_MAX: usize = 1024;
 /// Barriers waiting at once.
@@ -138,6 +141,7 @@ pub struct Pipeline {
 
 impl Pipeline {
     pub fn start(
+        commit_interval: Duration,
         fan: Fanotify,
         normalizer: Normalizer,
         writer: Writer,
@@ -175,7 +179,7 @@ impl Pipeline {
         })?);
         let sh = shared.clone();
         threads.push(spawn("cj-writer", move || {
-            writer_loop(writer, write_rx, sh, fatal, done_tx)
+            writer_loop(commit_interval, writer, write_rx, sh, fatal, done_tx)
         })?);
         Ok(Pipeline {
             ctl: ctl_tx,
@@ -558,6 +562,7 @@ fn normalize_loop(
 }
 
 fn writer_loop(
+    commit_interval: Duration,
     mut writer: Writer,
     input: Receiver<WriteMsg>,
     shared: Arc<Shared>,
@@ -568,6 +573,7 @@ fn writer_loop(
     let mut shutdown = false;
     let mut last_retention = Instant::now();
     let mut failed: Option<String> = None;
+    let mut last_commit = Instant::now();
     while !shutdown {
         let first = match input.recv_timeout(Duration::from_secs(60)) {
             Ok(m) => m,
@@ -581,6 +587,11 @@ fn writer_loop(
         };
         let mut next = Some(first);
         let mut appended = 0u64;
+        // Pace commits: an fdatasync on a journaling filesystem also commits
+        // the filesystem's own journal, which stalls writers on it. Wait out
+        // the minimum interval (gathering more records) unless a client is
+        // waiting for durability.
+        let pace_until = last_commit + commit_interval;
         // Group commit: take everything already queued, up to a byte budget.
         while let Some(msg) = next.take() {
             match msg {
@@ -600,8 +611,15 @@ fn writer_loop(
             }
             if writer.pending_bytes() < COMMIT_BYTES_MAX && !shutdown {
                 next = input.try_recv().ok();
+                if next.is_none() && waiting.is_empty() {
+                    let now = Instant::now();
+                    if now < pace_until {
+                        next = input.recv_timeout(pace_until - now).ok();
+                    }
+                }
             }
         }
+        last_commit = Instant::now();
         let started = Instant::now();
         let result = match &failed {
             Some(e) => Err(e.clone()),

@@ -38,6 +38,8 @@ pub struct Rescan {
 
 #[derive(Debug, Clone, Default)]
 pub struct Entry {
+    /// The changes of the first record in the range that named this path.
+    pub first: Changes,
     pub path: Vec<u8>,
     pub kind: ObjectKind,
     pub exists: bool,
@@ -141,6 +143,9 @@ impl Builder<'_> {
         }
         let parent = parent.to_vec();
         if let Some(en) = self.entry(&parent) {
+            if en.changes.is_empty() {
+                en.first = Changes::MODIFIED;
+            }
             en.changes |= Changes::MODIFIED;
             en.kind = ObjectKind::Dir;
         }
@@ -166,6 +171,9 @@ impl Builder<'_> {
                         if self.in_scope(&e.old_path) {
                             let to = (!e.path.is_empty()).then(|| e.path.clone());
                             if let Some(en) = self.entry(&e.old_path) {
+                                if en.changes.is_empty() {
+                                    en.first = Changes::RENAMED_FROM;
+                                }
                                 en.changes |= Changes::RENAMED_FROM;
                                 en.renamed_to = to;
                                 merge_kind(en, e.kind);
@@ -174,6 +182,9 @@ impl Builder<'_> {
                         if self.in_scope(&e.path) {
                             let from = e.old_path.clone();
                             if let Some(en) = self.entry(&e.path) {
+                                if en.changes.is_empty() {
+                                    en.first = Changes::RENAMED_TO;
+                                }
                                 en.changes |= Changes::RENAMED_TO;
                                 en.renamed_from = Some(from);
                                 merge_kind(en, e.kind);
@@ -186,6 +197,9 @@ impl Builder<'_> {
                             e.changes
                         };
                         if let Some(en) = self.entry(&e.path) {
+                            if en.changes.is_empty() {
+                                en.first = changes;
+                            }
                             en.changes |= changes;
                             merge_kind(en, e.kind);
                         }
@@ -205,6 +219,20 @@ impl Builder<'_> {
             Item::Damaged { .. } => self.rescan_roots(None, "journal_damaged"),
         }
     }
+}
+
+/// A path that did not exist at the cursor and does not exist now: its first
+/// record in the range created an object there (with `TARGET_FID` a merged
+/// `CREATE|DELETE` is one object, created and removed), and it is gone. An
+/// object that was at the path at the cursor would have had to leave through
+/// a `DELETE` or `RENAME` event, which is queued (or merged) before any
+/// creation at the same name, so the first record would say so.
+fn ephemeral(e: &Entry) -> bool {
+    !e.exists
+        && e.first.contains(Changes::CREATED)
+        && !e
+            .first
+            .intersects(Changes::RENAMED_FROM | Changes::RENAMED_TO | Changes::REPLACED)
 }
 
 fn merge_kind(en: &mut Entry, kind: ObjectKind) {
@@ -306,6 +334,7 @@ pub fn answer(
             e.kind = st.kind;
         }
     }
+    entries.retain(|e| !ephemeral(e));
     Ok(Answer {
         entries,
         rescans,

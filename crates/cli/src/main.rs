@@ -39,6 +39,10 @@ enum Command {
         /// Journal age budget in days.
         #[arg(long, value_name = "DAYS", default_value_t = 30)]
         retain_days: u64,
+        /// Longest time a captured change waits for its fdatasync when no
+        /// client is waiting. Larger values cost less I/O on busy systems.
+        #[arg(long, value_name = "MS", default_value_t = cj_service::pipeline::COMMIT_INTERVAL_DEFAULT_MS)]
+        commit_interval_ms: u64,
         /// Testing only: use the kernel's bounded event queue so that
         /// overflows can be forced.
         #[arg(long, hide = true)]
@@ -112,7 +116,9 @@ fn run(cli: Cli) -> Result<i32> {
             retain_days,
             test_bounded_queue,
             test_segment_bytes,
+            commit_interval_ms,
         } => daemon(
+            commit_interval_ms,
             socket,
             state_dir,
             retain_mib,
@@ -142,6 +148,7 @@ fn run(cli: Cli) -> Result<i32> {
 }
 
 fn daemon(
+    commit_interval_ms: u64,
     socket: PathBuf,
     state_dir: PathBuf,
     retain_mib: u64,
@@ -166,6 +173,7 @@ fn daemon(
             retain_age: std::time::Duration::from_secs(retain_days.saturating_mul(86_400)),
             segment_bytes: segment_bytes.unwrap_or(cj_journal::Options::default().segment_bytes),
         },
+        commit_interval: std::time::Duration::from_millis(commit_interval_ms),
     };
     cj_service::run(config)?;
     Ok(EXIT_COMPLETE)

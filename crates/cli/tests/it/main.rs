@@ -4,7 +4,7 @@
 mod bad_input;
 mod harness;
 mod operations;
-mod restarts;
 mod oracle;
+mod restarts;
 mod snapshot;
 mod workload;

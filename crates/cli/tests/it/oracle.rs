@@ -62,20 +62,27 @@ pub struct Outcome {
 fn covered(p: &Path, answer: &Answer, rescans: &[(Vec<u8>, String)]) -> bool {
     let bytes = p.as_os_str().as_bytes();
     let below = |root: &[u8]| {
-        bytes == root || (bytes.starts_with(root) && (root.ends_with(b"/") || bytes.get(root.len()) == Some(&b'/')))
+        bytes == root
+            || (bytes.starts_with(root)
+                && (root.ends_with(b"/") || bytes.get(root.len()) == Some(&b'/')))
     };
     if rescans.iter().any(|(s, _)| below(s)) {
         return true;
     }
     answer.entries.iter().any(|e| {
-        let Some(ep) = Answer::path_bytes(e, "path") else { return false };
+        let Some(ep) = Answer::path_bytes(e, "path") else {
+            return false;
+        };
         if ep == bytes {
             return true;
         }
         let subtree = e["kind"] == "dir"
             && e["changes"].as_array().is_some_and(|c| {
                 c.iter().any(|x| {
-                    matches!(x.as_str(), Some("created" | "deleted" | "renamed_from" | "renamed_to"))
+                    matches!(
+                        x.as_str(),
+                        Some("created" | "deleted" | "renamed_from" | "renamed_to")
+                    )
                 })
             });
         subtree && below(&ep)
@@ -85,9 +92,15 @@ fn covered(p: &Path, answer: &Answer, rescans: &[(Vec<u8>, String)]) -> bool {
 pub fn check(before: &snapshot::Snapshot, after: &snapshot::Snapshot, answer: &Answer) -> Outcome {
     let expected = snapshot::diff(before, after);
     let rescans = answer.rescans();
-    let misses: Vec<PathBuf> = expected.iter().filter(|p| !covered(p, answer, &rescans)).cloned().collect();
-    let expected_set: std::collections::BTreeSet<Vec<u8>> =
-        expected.iter().map(|p| p.as_os_str().as_bytes().to_vec()).collect();
+    let misses: Vec<PathBuf> = expected
+        .iter()
+        .filter(|p| !covered(p, answer, &rescans))
+        .cloned()
+        .collect();
+    let expected_set: std::collections::BTreeSet<Vec<u8>> = expected
+        .iter()
+        .map(|p| p.as_os_str().as_bytes().to_vec())
+        .collect();
     let false_positives = answer
         .entries
         .iter()
@@ -125,7 +138,12 @@ fn setup(fs: Fs, extra: &[&str], state_outside: bool) -> Setup {
     std::fs::create_dir_all(&tree).unwrap();
     std::fs::create_dir_all(&outside).unwrap();
     d.track(&tree);
-    Setup { m, d, tree, outside }
+    Setup {
+        m,
+        d,
+        tree,
+        outside,
+    }
 }
 
 /// Makes an initial population (seen by the daemon) and per-worker models.
@@ -138,7 +156,10 @@ fn populate(rng: &mut Rng, tree: &Path, outside: &Path, workers: usize) -> Vec<M
             let out = outside.join(format!("w{k}"));
             std::fs::create_dir_all(own.join("sub")).unwrap();
             std::fs::create_dir_all(&out).unwrap();
-            let mut model = Model::new(vec![own.clone(), own.join("sub"), shared.clone()], vec![out]);
+            let mut model = Model::new(
+                vec![own.clone(), own.join("sub"), shared.clone()],
+                vec![out],
+            );
             workload::run(rng, &mut model, 15);
             model
         })
@@ -179,7 +200,10 @@ pub fn scenario(fs: Fs, scenario: Scenario, seed: u64, ops: usize) -> Outcome {
     let mut done = 0;
     match scenario {
         Scenario::Up => {
-            done += run_workers(seed, &mut models, ops).iter().map(Vec::len).sum::<usize>();
+            done += run_workers(seed, &mut models, ops)
+                .iter()
+                .map(Vec::len)
+                .sum::<usize>();
         }
         Scenario::Kill9 => {
             let rounds = 1 + rng.below(2);
@@ -199,15 +223,24 @@ pub fn scenario(fs: Fs, scenario: Scenario, seed: u64, ops: usize) -> Outcome {
             }
         }
         Scenario::Down => {
-            done += run_workers(seed, &mut models, ops / 2).iter().map(Vec::len).sum::<usize>();
+            done += run_workers(seed, &mut models, ops / 2)
+                .iter()
+                .map(Vec::len)
+                .sum::<usize>();
             s.d.stop();
-            done += run_workers(seed ^ 1, &mut models, ops / 2).iter().map(Vec::len).sum::<usize>();
+            done += run_workers(seed ^ 1, &mut models, ops / 2)
+                .iter()
+                .map(Vec::len)
+                .sum::<usize>();
             s.d.spawn();
         }
         Scenario::Overflow => {
             let pid = s.d.child.as_ref().unwrap().id() as i32;
             unsafe { libc::kill(pid, libc::SIGSTOP) };
-            done += run_workers(seed, &mut models, ops).iter().map(Vec::len).sum::<usize>();
+            done += run_workers(seed, &mut models, ops)
+                .iter()
+                .map(Vec::len)
+                .sum::<usize>();
             // Enough events to pass the kernel's 16384-event bound.
             let burst = s.tree.join("burst");
             std::fs::create_dir(&burst).unwrap();
@@ -218,9 +251,15 @@ pub fn scenario(fs: Fs, scenario: Scenario, seed: u64, ops: usize) -> Outcome {
             unsafe { libc::kill(pid, libc::SIGCONT) };
         }
         Scenario::Remount => {
-            done += run_workers(seed, &mut models, ops / 2).iter().map(Vec::len).sum::<usize>();
+            done += run_workers(seed, &mut models, ops / 2)
+                .iter()
+                .map(Vec::len)
+                .sum::<usize>();
             remount(&mut s);
-            done += run_workers(seed ^ 1, &mut models, ops / 2).iter().map(Vec::len).sum::<usize>();
+            done += run_workers(seed ^ 1, &mut models, ops / 2)
+                .iter()
+                .map(Vec::len)
+                .sum::<usize>();
         }
     }
     let after = snapshot::take(&s.tree);
@@ -236,9 +275,16 @@ pub fn scenario(fs: Fs, scenario: Scenario, seed: u64, ops: usize) -> Outcome {
         );
     }
     // Scenario-specific honesty checks.
-    let expect_incomplete = matches!(scenario, Scenario::Kill9 | Scenario::Down | Scenario::Overflow | Scenario::Remount);
+    let expect_incomplete = matches!(
+        scenario,
+        Scenario::Kill9 | Scenario::Down | Scenario::Overflow | Scenario::Remount
+    );
     if expect_incomplete && out.expected > 0 {
-        assert!(!out.complete, "{scenario:?} must answer exit 3 until reconciliation\n{}", answer.dump());
+        assert!(
+            !out.complete,
+            "{scenario:?} must answer exit 3 until reconciliation\n{}",
+            answer.dump()
+        );
     }
     drop(s.d);
     drop(s.m);
@@ -255,14 +301,21 @@ fn wait_status(d: &Daemon, want_captured: bool) {
         }
         std::thread::sleep(Duration::from_millis(100));
     }
-    panic!("root never became captured={want_captured}: {}", d.log_text());
+    panic!(
+        "root never became captured={want_captured}: {}",
+        d.log_text()
+    );
 }
 
 fn remount(s: &mut Setup) {
     // The daemon keeps descriptors on the filesystem, so only a lazy unmount
     // succeeds while it runs; it notices within a second, records a gap and
     // lets go of the filesystem.
-    let ok = Command::new("umount").arg("-l").arg(&s.m.mnt).status().unwrap();
+    let ok = Command::new("umount")
+        .arg("-l")
+        .arg(&s.m.mnt)
+        .status()
+        .unwrap();
     assert!(ok.success());
     wait_status(&s.d, false);
     // Wait until the old superblock is gone before mounting the image again.
@@ -334,7 +387,11 @@ pub fn assert_no_misses(fs: Fs, sc: Scenario, seed: u64, out: &Outcome, ops: usi
     if out.misses.is_empty() {
         return;
     }
-    let repro = if sc == Scenario::Up { shrink(fs, seed, ops) } else { Vec::new() };
+    let repro = if sc == Scenario::Up {
+        shrink(fs, seed, ops)
+    } else {
+        Vec::new()
+    };
     panic!(
         "oracle: {} misses on {fs:?} scenario {sc:?} seed {seed} (re-run: CJ_ORACLE_SEED={seed}); \
          first misses: {:?}\nminimal single-worker reproduction ({} ops): {:#?}\n{}",
@@ -387,11 +444,20 @@ fn oracle_tmpfs() {
 #[test]
 #[ignore]
 fn soak() {
-    let minutes: f64 = std::env::var("CJ_SOAK_MINUTES").ok().and_then(|m| m.parse().ok()).unwrap_or(1.0);
-    let ops: usize = std::env::var("CJ_SOAK_OPS").ok().and_then(|m| m.parse().ok()).unwrap_or(400);
+    let minutes: f64 = std::env::var("CJ_SOAK_MINUTES")
+        .ok()
+        .and_then(|m| m.parse().ok())
+        .unwrap_or(1.0);
+    let ops: usize = std::env::var("CJ_SOAK_OPS")
+        .ok()
+        .and_then(|m| m.parse().ok())
+        .unwrap_or(400);
     let start = Instant::now();
     let end = start + Duration::from_secs_f64(minutes * 60.0);
-    let mut rng = Rng(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64);
+    let mut rng = Rng(std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64);
     let mut totals: std::collections::BTreeMap<String, [u64; 6]> = Default::default();
     let mut next_report = start + Duration::from_secs(60);
     let fss = [Fs::Ext4, Fs::Xfs, Fs::Btrfs, Fs::Tmpfs];
@@ -425,7 +491,11 @@ fn report(totals: &std::collections::BTreeMap<String, [u64; 6]>, elapsed: Durati
     eprintln!("| scenario | runs | ops | ops/min | crash points | misses | false-positive rate |");
     eprintln!("|---|---|---|---|---|---|---|");
     for (sc, t) in totals {
-        let fp = if t[5] == 0 { 0.0 } else { t[4] as f64 / t[5] as f64 };
+        let fp = if t[5] == 0 {
+            0.0
+        } else {
+            t[4] as f64 / t[5] as f64
+        };
         eprintln!(
             "| {sc} | {} | {} | {:.0} | {} | {} | {:.3} |",
             t[0],

@@ -52,7 +52,9 @@ fn clean_restart_keeps_cursors_and_reports_the_downtime() {
     fs::write(t.join("later"), b"1").unwrap();
     let b = d.changes(&c2, None);
     assert_eq!(b.code, 0, "{}", b.dump());
-    assert_eq!(b.entries.len(), 1, "{}", b.dump());
+    // The file, and its directory whose listing changed.
+    assert_eq!(b.entries.len(), 2, "{}", b.dump());
+    assert!(b.get(&t.join("later")).is_some());
 }
 
 /// Writes files as fast as it can; `done` counts files fully written.

@@ -44,7 +44,8 @@ fn xattrs(path: &Path) -> Vec<(Vec<u8>, Vec<u8>)> {
     for name in names.split(|&b| b == 0).filter(|n| !n.is_empty()) {
         let cn = CString::new(name).unwrap();
         let mut val = vec![0u8; 4096];
-        let m = unsafe { libc::lgetxattr(c.as_ptr(), cn.as_ptr(), val.as_mut_ptr().cast(), val.len()) };
+        let m =
+            unsafe { libc::lgetxattr(c.as_ptr(), cn.as_ptr(), val.as_mut_ptr().cast(), val.len()) };
         val.truncate(m.max(0) as usize);
         out.push((name.to_vec(), val));
     }
@@ -59,12 +60,16 @@ pub fn take(root: &Path) -> Snapshot {
 }
 
 fn walk(path: &Path, snap: &mut Snapshot) {
-    let Ok(meta) = std::fs::symlink_metadata(path) else { return };
+    let Ok(meta) = std::fs::symlink_metadata(path) else {
+        return;
+    };
     let ft = meta.file_type();
     let content = if ft.is_file() {
         std::fs::read(path).map(|b| fnv(&b)).unwrap_or(0)
     } else if ft.is_symlink() {
-        std::fs::read_link(path).map(|t| fnv(t.as_os_str().as_bytes())).unwrap_or(0)
+        std::fs::read_link(path)
+            .map(|t| fnv(t.as_os_str().as_bytes()))
+            .unwrap_or(0)
     } else {
         0
     };

@@ -35,7 +35,12 @@ impl Rng {
 #[derive(Clone, Debug)]
 pub enum Op {
     Create(PathBuf),
-    Write { path: PathBuf, offset: u64, len: usize, append: bool },
+    Write {
+        path: PathBuf,
+        offset: u64,
+        len: usize,
+        append: bool,
+    },
     Truncate(PathBuf, u64),
     OTrunc(PathBuf),
     Chmod(PathBuf, u32),
@@ -62,7 +67,18 @@ pub struct Model {
 
 fn name(rng: &mut Rng) -> PathBuf {
     const NAMES: [&[u8]; 12] = [
-        b"a", b"b", b"c", b"d", b"e", b"f", b"g", b"h", b"with space", b"new\nline", b"bad\xff", b"tab\tx",
+        b"a",
+        b"b",
+        b"c",
+        b"d",
+        b"e",
+        b"f",
+        b"g",
+        b"h",
+        b"with space",
+        b"new\nline",
+        b"bad\xff",
+        b"tab\tx",
     ];
     let base = NAMES[rng.below(NAMES.len())];
     let mut n = base.to_vec();
@@ -121,7 +137,11 @@ impl Model {
             5 => Op::Truncate(f, rng.below(300) as u64),
             6 => Op::OTrunc(f),
             7 => Op::Chmod(f, [0o600, 0o644, 0o755, 0o400][rng.below(4)]),
-            8 => Op::Chown(f, [0, 1000, 65534][rng.below(3)], [0, 1000, 65534][rng.below(3)]),
+            8 => Op::Chown(
+                f,
+                [0, 1000, 65534][rng.below(3)],
+                [0, 1000, 65534][rng.below(3)],
+            ),
             9 => Op::Utimes(f, 1_000_000 + rng.below(1_000_000) as i64),
             10 => {
                 if rng.chance(70) {
@@ -141,7 +161,8 @@ impl Model {
                     f
                 };
                 let to = if rng.chance(30) {
-                    self.any_file(rng).unwrap_or_else(|| self.new_path(rng, true))
+                    self.any_file(rng)
+                        .unwrap_or_else(|| self.new_path(rng, true))
                 } else {
                     self.new_path(rng, true)
                 };
@@ -217,13 +238,23 @@ pub fn apply(op: &Op) -> bool {
         } => {
             let data = vec![b'w'; *len];
             if *append {
-                fs::OpenOptions::new().append(true).open(path)?.write_all(&data)
+                fs::OpenOptions::new()
+                    .append(true)
+                    .open(path)?
+                    .write_all(&data)
             } else {
-                fs::OpenOptions::new().write(true).open(path)?.write_all_at(&data, *offset)
+                fs::OpenOptions::new()
+                    .write(true)
+                    .open(path)?
+                    .write_all_at(&data, *offset)
             }
         }
         Op::Truncate(p, len) => fs::OpenOptions::new().write(true).open(p)?.set_len(*len),
-        Op::OTrunc(p) => fs::OpenOptions::new().write(true).truncate(true).open(p).map(|_| ()),
+        Op::OTrunc(p) => fs::OpenOptions::new()
+            .write(true)
+            .truncate(true)
+            .open(p)
+            .map(|_| ()),
         Op::Chmod(p, mode) => {
             if fs::symlink_metadata(p)?.file_type().is_symlink() {
                 return Ok(());
@@ -233,21 +264,52 @@ pub fn apply(op: &Op) -> bool {
         Op::Chown(p, u, g) => std::os::unix::fs::lchown(p, Some(*u), Some(*g)),
         Op::Utimes(p, secs) => {
             let ts = [
-                libc::timespec { tv_sec: *secs, tv_nsec: 0 },
-                libc::timespec { tv_sec: *secs, tv_nsec: 0 },
+                libc::timespec {
+                    tv_sec: *secs,
+                    tv_nsec: 0,
+                },
+                libc::timespec {
+                    tv_sec: *secs,
+                    tv_nsec: 0,
+                },
             ];
             let rc = unsafe {
-                libc::utimensat(libc::AT_FDCWD, cstr(p).as_ptr(), ts.as_ptr(), libc::AT_SYMLINK_NOFOLLOW)
+                libc::utimensat(
+                    libc::AT_FDCWD,
+                    cstr(p).as_ptr(),
+                    ts.as_ptr(),
+                    libc::AT_SYMLINK_NOFOLLOW,
+                )
             };
-            if rc == 0 { Ok(()) } else { Err(std::io::Error::last_os_error()) }
+            if rc == 0 {
+                Ok(())
+            } else {
+                Err(std::io::Error::last_os_error())
+            }
         }
         Op::SetXattr(p, v) => {
-            let rc = unsafe { libc::lsetxattr(cstr(p).as_ptr(), c"user.k".as_ptr(), [*v].as_ptr().cast(), 1, 0) };
-            if rc == 0 { Ok(()) } else { Err(std::io::Error::last_os_error()) }
+            let rc = unsafe {
+                libc::lsetxattr(
+                    cstr(p).as_ptr(),
+                    c"user.k".as_ptr(),
+                    [*v].as_ptr().cast(),
+                    1,
+                    0,
+                )
+            };
+            if rc == 0 {
+                Ok(())
+            } else {
+                Err(std::io::Error::last_os_error())
+            }
         }
         Op::RemoveXattr(p) => {
             let rc = unsafe { libc::lremovexattr(cstr(p).as_ptr(), c"user.k".as_ptr()) };
-            if rc == 0 { Ok(()) } else { Err(std::io::Error::last_os_error()) }
+            if rc == 0 {
+                Ok(())
+            } else {
+                Err(std::io::Error::last_os_error())
+            }
         }
         Op::Rename(a, b) => fs::rename(a, b),
         Op::Link(a, b) => fs::hard_link(a, b),
@@ -272,7 +334,14 @@ fn mmap_store(p: &Path) -> std::io::Result<()> {
         return Ok(());
     }
     unsafe {
-        let m = libc::mmap(std::ptr::null_mut(), 1, libc::PROT_READ | libc::PROT_WRITE, libc::MAP_SHARED, f.as_raw_fd(), 0);
+        let m = libc::mmap(
+            std::ptr::null_mut(),
+            1,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_SHARED,
+            f.as_raw_fd(),
+            0,
+        );
         if m == libc::MAP_FAILED {
             return Err(std::io::Error::last_os_error());
         }
