@@ -45,7 +45,15 @@ pub struct Mount {
 
 impl Mount {
     pub fn new(fs: Fs) -> Mount {
-        let dir = tempfile::Builder::new().prefix("cj-it-").tempdir().unwrap();
+        Mount::new_in(fs, &std::env::temp_dir())
+    }
+
+    /// A filesystem whose image file lives in a fresh temp dir below `parent`.
+    pub fn new_in(fs: Fs, parent: &Path) -> Mount {
+        let dir = tempfile::Builder::new()
+            .prefix("cj-it-")
+            .tempdir_in(parent)
+            .unwrap();
         let mnt = dir.path().join("mnt");
         std::fs::create_dir(&mnt).unwrap();
         let image = dir.path().join("fs.img");
@@ -70,7 +78,7 @@ impl Mount {
         let img = self.image.to_str().unwrap();
         match self.fs {
             Fs::Ext4 => run(Command::new("mkfs.ext4").args(["-q", "-F", img])),
-            Fs::Xfs => run(Command::new("mkfs.xfs").args(["-q", "-f", img])),
+            Fs::Xfs => run(Command::new("mkfs.xfs").args(["-q", "-f", "-m", "reflink=1", img])),
             Fs::Btrfs => run(Command::new("mkfs.btrfs").args(["-q", "-f", img])),
             Fs::Tmpfs => unreachable!(),
         };
@@ -82,9 +90,28 @@ impl Mount {
             Fs::Tmpfs => {
                 run(Command::new("mount").args(["-t", "tmpfs", "-o", "size=512m", "cj-test", mnt]))
             }
+            // nouuid: an xfs crash copy has its original's UUID.
+            Fs::Xfs => run(Command::new("mount").args([
+                "-o",
+                "loop,nouuid",
+                self.image.to_str().unwrap(),
+                mnt,
+            ])),
             _ => run(Command::new("mount").args(["-o", "loop", self.image.to_str().unwrap(), mnt])),
         };
         self.mounted = true;
+    }
+
+    pub fn image(&self) -> &Path {
+        &self.image
+    }
+
+    /// Mounts `image` (a crash copy) at this mount's directory in place of
+    /// the original, which must be unmounted.
+    pub fn mount_image(&mut self, image: &Path) {
+        assert!(!self.mounted);
+        self.image = image.to_path_buf();
+        self.mount();
     }
 
     pub fn unmount(&mut self) {

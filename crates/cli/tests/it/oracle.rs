@@ -31,19 +31,23 @@ pub enum Scenario {
     Overflow,
     /// (f) the filesystem is unmounted and mounted again while the daemon runs.
     Remount,
+    /// (d) a crash image: an atomic reflink copy of the filesystem (journal
+    /// included) taken during the workload, mounted and answered from.
+    CrashImage,
 }
 
-pub const SCENARIOS: [Scenario; 5] = [
+pub const SCENARIOS: [Scenario; 6] = [
     Scenario::Up,
     Scenario::Kill9,
     Scenario::Down,
     Scenario::Overflow,
     Scenario::Remount,
+    Scenario::CrashImage,
 ];
 
 pub fn applies(s: Scenario, fs: Fs) -> bool {
-    // A tmpfs loses its content when unmounted: nothing to compare.
-    !(s == Scenario::Remount && fs == Fs::Tmpfs)
+    // A tmpfs loses its content when unmounted and has no image to copy.
+    !(matches!(s, Scenario::Remount | Scenario::CrashImage) && fs == Fs::Tmpfs)
 }
 
 #[derive(Debug, Default, Clone)]
@@ -186,6 +190,9 @@ fn run_workers(seed: u64, models: &mut [Model], ops: usize) -> Vec<Vec<Op>> {
 const WORKERS: usize = 3;
 
 pub fn scenario(fs: Fs, scenario: Scenario, seed: u64, ops: usize) -> Outcome {
+    if scenario == Scenario::CrashImage {
+        return crash_image(fs, seed, ops);
+    }
     let extra: &[&str] = if scenario == Scenario::Overflow {
         &["--test-bounded-queue"]
     } else {
@@ -208,7 +215,7 @@ pub fn scenario(fs: Fs, scenario: Scenario, seed: u64, ops: usize) -> Outcome {
         Scenario::Kill9 => {
             let rounds = 1 + rng.below(2);
             for r in 0..rounds {
-                let delay = Duration::from_millis(rng.below(40) as u64);
+                let delay = Duration::from_millis(rng.below(300) as u64);
                 let seed_r = seed.wrapping_add(r as u64);
                 let logs = std::thread::scope(|sc| {
                     let models = &mut models;
@@ -261,6 +268,7 @@ pub fn scenario(fs: Fs, scenario: Scenario, seed: u64, ops: usize) -> Outcome {
                 .map(Vec::len)
                 .sum::<usize>();
         }
+        Scenario::CrashImage => unreachable!("handled by crash_image"),
     }
     let after = snapshot::take(&s.tree);
     let answer = s.d.changes(&c0, None);
@@ -288,6 +296,82 @@ pub fn scenario(fs: Fs, scenario: Scenario, seed: u64, ops: usize) -> Outcome {
     }
     drop(s.d);
     drop(s.m);
+    out
+}
+
+/// `_IOW(0x94, 9, int)` from linux/fs.h.
+const FICLONE: libc::c_ulong = 0x4004_9409;
+
+fn ficlone(from: &Path, to: &Path) {
+    use std::os::unix::io::AsRawFd;
+    let src = std::fs::File::open(from).unwrap();
+    let dst = std::fs::File::create(to).unwrap();
+    let rc = unsafe { libc::ioctl(dst.as_raw_fd(), FICLONE, src.as_raw_fd()) };
+    assert_eq!(rc, 0, "FICLONE: {}", std::io::Error::last_os_error());
+}
+
+fn syncfs(path: &Path) {
+    use std::os::unix::io::AsRawFd;
+    let f = std::fs::File::open(path).unwrap();
+    unsafe { libc::syncfs(f.as_raw_fd()) };
+}
+
+/// (d): the state directory is on the tracked filesystem, whose image file
+/// sits on a reflink-capable xfs; FICLONE copies it atomically mid-workload,
+/// so the copy is exactly what a power cut at that instant would leave.
+fn crash_image(fs: Fs, seed: u64, ops: usize) -> Outcome {
+    let host = Mount::new(Fs::Xfs);
+    let mut m = Mount::new_in(fs, &host.mnt);
+    let mut d = Daemon::start(&m.mnt, &[]);
+    let tree = m.mnt.join("tree");
+    let outside = m.mnt.join("outside");
+    std::fs::create_dir_all(&tree).unwrap();
+    std::fs::create_dir_all(&outside).unwrap();
+    d.track(&tree);
+    let mut rng = Rng(seed);
+    let mut models = populate(&mut rng, &tree, &outside, WORKERS);
+    // The starting state must be on disk for the copy to be comparable.
+    syncfs(&m.mnt);
+    let c0 = d.cursor();
+    let before = snapshot::take(&tree);
+    let copy = host.mnt.join("crash.img");
+    let delay = Duration::from_millis(20 + rng.below(300) as u64);
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let done: usize = std::thread::scope(|sc| {
+        let models = &mut models;
+        let h = sc.spawn(move || run_workers(seed, models, ops));
+        // Write back now and then, so that the image holds part of the
+        // workload (without it the guest filesystem may not have written
+        // anything yet when the copy is taken).
+        let mnt = m.mnt.clone();
+        let stop = &stop;
+        let syncer = sc.spawn(move || {
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                syncfs(&mnt);
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        });
+        std::thread::sleep(delay);
+        ficlone(m.image(), &copy);
+        stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        syncer.join().unwrap();
+        h.join().unwrap().iter().map(Vec::len).sum()
+    });
+    d.kill9();
+    m.unmount();
+    m.mount_image(&copy);
+    d.spawn();
+    let after = snapshot::take(&tree);
+    let answer = d.changes(&c0, None);
+    let mut out = check(&before, &after, &answer);
+    out.ops = done;
+    out.crash_points = 1;
+    if !out.misses.is_empty() {
+        out.detail = format!("answer:\n{}\ndaemon log:\n{}", answer.dump(), d.log_text());
+    }
+    drop(d);
+    drop(m);
+    drop(host);
     out
 }
 
