@@ -67,10 +67,23 @@ pub struct Normalizer {
     key: Vec<u8>,
     /// Targets of the latest renames (bounded by `RECENT_TARGETS_MAX`): a
     /// handle-only DELETE_SELF of a known name among them is a rename victim.
-    recent_targets: std::collections::VecDeque<Vec<u8>>,
+    recent_targets: std::collections::VecDeque<(u64, Vec<u8>)>,
+    /// Multiply-linked objects whose names were not all proven yet.
+    pending: Vec<Pending>,
+    /// Counts `process` calls, to age `recent_targets`.
+    batch_no: u64,
     /// Whether the current batch's names were pre-scanned into `names`.
     batch_names_loaded: bool,
     pub stats: Stats,
+}
+
+/// Deferred objects at most (each then counts as an unknown path).
+pub const PENDING_ALIASES_MAX: usize = 4096;
+
+struct Pending {
+    fsid: u64,
+    object: FileHandle,
+    changes: Changes,
 }
 
 struct Verified {
@@ -138,6 +151,8 @@ impl Normalizer {
             key: Vec::new(),
             batch_names_loaded: false,
             recent_targets: std::collections::VecDeque::new(),
+            batch_no: 0,
+            pending: Vec::new(),
             stats: Stats::default(),
         }
     }
@@ -183,6 +198,13 @@ impl Normalizer {
 
     /// Normalises every event in one `read(2)` result, appending records.
     pub fn process(&mut self, buf: &[u8], out: &mut Vec<RecordBody>) {
+        self.batch_names_loaded = false;
+        if !buf.is_empty() {
+            self.batch_no += 1;
+        }
+        // Objects deferred by the previous batch, now that this batch's
+        // names are known. Still unproven after a second look: unknown.
+        self.flush(buf, true, out);
         self.batch_names_loaded = false;
         let before = out.len();
         for event in parse(buf) {
@@ -481,7 +503,80 @@ impl Normalizer {
             );
         }
         if (proven.len() as u64) < u64::from(nlink) {
-            self.unknown(out, fid.fsid, fid_handle(&fid));
+            // A name made after this event (a link) is often only in the
+            // next read; look again then, or at the next barrier.
+            if self.pending.len() < PENDING_ALIASES_MAX {
+                self.pending.push(Pending {
+                    fsid: fid.fsid,
+                    object: fid_handle(&fid),
+                    changes,
+                });
+            } else {
+                self.unknown(out, fid.fsid, fid_handle(&fid));
+            }
+        }
+    }
+
+    /// Re-checks deferred multiply-linked objects. With `last`, whatever is
+    /// still unproven becomes an unknown-path record (called before a
+    /// barrier passes, so no cursor is issued past an unresolved change).
+    pub fn flush(&mut self, buf: &[u8], last: bool, out: &mut Vec<RecordBody>) {
+        if self.pending.is_empty() {
+            return;
+        }
+        if !self.batch_names_loaded && !buf.is_empty() {
+            self.load_batch_names(buf);
+        }
+        for p in std::mem::take(&mut self.pending) {
+            let fid = Fid {
+                fsid: p.fsid,
+                handle_type: p.object.handle_type,
+                handle: &p.object.bytes,
+            };
+            let Some(mount) = self.mount_fd(&fid) else {
+                continue;
+            };
+            let Ok(fd) = sys::open_by_handle(mount, fid.handle_type, fid.handle) else {
+                continue; // gone: every name's removal is an event of its own
+            };
+            let Ok(Some(st)) = sys::stat_fd(fd.as_raw_fd()) else {
+                continue;
+            };
+            key_into(&mut self.key, fid.fsid, fid.handle_type, fid.handle);
+            let candidates: Vec<Vec<u8>> = self.names.get(&self.key).to_vec();
+            let proven: Vec<Vec<u8>> = candidates
+                .into_iter()
+                .filter(|c| name_is(c, &fid))
+                .collect();
+            if (proven.len() as u64) < u64::from(st.nlink) {
+                if last {
+                    self.unknown(out, fid.fsid, p.object.clone());
+                } else {
+                    self.pending.push(p);
+                }
+                continue;
+            }
+            for path in proven {
+                if !self.in_roots(&path) || self.excluded(&path) {
+                    continue;
+                }
+                let name = sys::split_parent(&path)
+                    .map(|(_, n)| n.to_vec())
+                    .unwrap_or_default();
+                self.push_event(
+                    out,
+                    EventRecord {
+                        changes: p.changes,
+                        kind: st.kind,
+                        flags: EVENT_FLAG_VERIFIED_PRESENT | EVENT_FLAG_VERIFIED_SAME,
+                        fsid: fid.fsid,
+                        object: p.object.clone(),
+                        name,
+                        path,
+                        ..Default::default()
+                    },
+                );
+            }
         }
     }
 
@@ -558,7 +653,7 @@ impl Normalizer {
             if self.recent_targets.len() >= RECENT_TARGETS_MAX {
                 self.recent_targets.pop_front();
             }
-            self.recent_targets.push_back(p.clone());
+            self.recent_targets.push_back((self.batch_no, p.clone()));
         }
         let v = self.verify(&new.dir, new.name, event.fid, true);
         let kind = if ondir {
@@ -635,6 +730,37 @@ impl Normalizer {
         );
     }
 
+    fn mark_recent_targets_replaced(&mut self, fid: Fid<'_>, out: &mut Vec<RecordBody>) {
+        let oldest = self.batch_no.saturating_sub(1);
+        let targets: Vec<Vec<u8>> = self
+            .recent_targets
+            .iter()
+            .filter(|(batch, _)| *batch >= oldest)
+            .map(|(_, p)| p.clone())
+            .collect();
+        self.recent_targets.retain(|(batch, _)| *batch < oldest);
+        for path in targets {
+            if !self.in_roots(&path) || self.excluded(&path) {
+                continue;
+            }
+            let name = sys::split_parent(&path)
+                .map(|(_, n)| n.to_vec())
+                .unwrap_or_default();
+            self.push_event(
+                out,
+                EventRecord {
+                    changes: Changes::DELETED | Changes::REPLACED,
+                    kind: ObjectKind::Unknown,
+                    fsid: fid.fsid,
+                    object: fid_handle(&fid),
+                    name,
+                    path,
+                    ..Default::default()
+                },
+            );
+        }
+    }
+
     /// Events that carry only the object's handle: link-count changes
     /// (ATTRIB) and DELETE_SELF / MOVE_SELF of non-directories.
     fn handle_only(
@@ -649,14 +775,27 @@ impl Normalizer {
             // The last name went away through a DELETE or a rename over it,
             // and that event names the path. Known names get a record too,
             // so that a rename victim is reported as replaced.
+            if !self.batch_names_loaded && self.names.get(&self.key).is_empty() {
+                self.load_batch_names(buf);
+                key_into(&mut self.key, fid.fsid, fid.handle_type, fid.handle);
+            }
             let key = std::mem::take(&mut self.key);
             let names = self.names.take(&key);
             self.key = key;
+            if names.is_empty() && event.mask & mask::ONDIR == 0 {
+                // No name known even after reading this batch: an unlink
+                // would have named it (DELETE carries the object), so this is
+                // most likely the victim of a rename over a file the daemon
+                // never saw. Every recent rename target is reported as
+                // replaced: a false positive for the others, never a miss.
+                self.mark_recent_targets_replaced(fid, out);
+                return;
+            }
             for path in names {
                 // An ordinary unlink's DELETE event already named the path;
                 // only a name that was the target of a recent rename lost
                 // its object without a DELETE of its own.
-                if !self.recent_targets.contains(&path)
+                if !self.recent_targets.iter().any(|(_, t)| *t == path)
                     || !self.in_roots(&path)
                     || self.excluded(&path)
                 {

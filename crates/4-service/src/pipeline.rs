@@ -549,8 +549,23 @@ fn normalize_loop(
                 continue;
             }
             NormMsg::Records(r) => WriteMsg::Records(r),
-            NormMsg::Barrier(c) => WriteMsg::Barrier(c),
+            NormMsg::Barrier(c) => {
+                // Nothing deferred may stay behind a cursor.
+                normalizer.flush(&[], true, &mut records);
+                if !records.is_empty()
+                    && out
+                        .send(WriteMsg::Records(std::mem::take(&mut records)))
+                        .is_err()
+                {
+                    return;
+                }
+                WriteMsg::Barrier(c)
+            }
             NormMsg::Shutdown => {
+                normalizer.flush(&[], true, &mut records);
+                if !records.is_empty() {
+                    let _ = out.send(WriteMsg::Records(std::mem::take(&mut records)));
+                }
                 let _ = out.send(WriteMsg::Shutdown);
                 return;
             }

@@ -151,7 +151,13 @@ fn every_operation(fs_kind: Fs) {
     check(&a, &t.join("cross_src"), &["renamed_from"], None);
     check(&a, &t.join("sub1/cross_dst"), &["renamed_to"], Some("file"));
     check(&a, &t.join("over_src"), &["renamed_from"], None);
-    check(&a, &t.join("over_dst"), &["renamed_to"], Some("file"));
+    // The victim was never seen by the daemon: still reported as replaced.
+    check(
+        &a,
+        &t.join("over_dst"),
+        &["renamed_to", "deleted", "replaced"],
+        Some("file"),
+    );
     // A victim the daemon knew is reported as replaced.
     check(
         &a,
