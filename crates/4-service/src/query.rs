@@ -74,8 +74,12 @@ struct Builder<'a> {
 }
 
 impl Builder<'_> {
+    /// Inside the query path and inside a tracked root: the other side of a
+    /// rename out of the roots is not reported.
     fn in_scope(&self, path: &[u8]) -> bool {
-        !path.is_empty() && self.scope.is_none_or(|s| is_at_or_below(path, s))
+        !path.is_empty()
+            && self.scope.is_none_or(|s| is_at_or_below(path, s))
+            && self.roots.iter().any(|r| is_at_or_below(path, &r.path))
     }
 
     fn rescan(&mut self, path: &[u8], reason: &str) {
@@ -223,16 +227,15 @@ impl Builder<'_> {
 
 /// A path that did not exist at the cursor and does not exist now: its first
 /// record in the range created an object there (with `TARGET_FID` a merged
-/// `CREATE|DELETE` is one object, created and removed), and it is gone. An
+/// record concerns one object: created, then maybe renamed away or removed),
+/// and nothing is there now. An
 /// object that was at the path at the cursor would have had to leave through
 /// a `DELETE` or `RENAME` event, which is queued (or merged) before any
 /// creation at the same name, so the first record would say so.
 fn ephemeral(e: &Entry) -> bool {
-    !e.exists
-        && e.first.contains(Changes::CREATED)
-        && !e
-            .first
-            .intersects(Changes::RENAMED_FROM | Changes::RENAMED_TO | Changes::REPLACED)
+    // Whatever else is merged into that first record (a later rename away,
+    // a delete) concerns the created object, not an earlier one.
+    !e.exists && e.first.contains(Changes::CREATED)
 }
 
 fn merge_kind(en: &mut Entry, kind: ObjectKind) {

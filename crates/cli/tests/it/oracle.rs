@@ -110,6 +110,13 @@ pub fn check(before: &snapshot::Snapshot, after: &snapshot::Snapshot, answer: &A
         .iter()
         .filter(|e| Answer::path_bytes(e, "path").is_some_and(|p| !expected_set.contains(&p)))
         .count();
+    if std::env::var_os("CJ_ORACLE_SHOW_FP").is_some() {
+        for e in &answer.entries {
+            if Answer::path_bytes(e, "path").is_some_and(|p| !expected_set.contains(&p)) {
+                eprintln!("false positive: {e}");
+            }
+        }
+    }
     Outcome {
         expected: expected.len(),
         misses,
@@ -542,7 +549,7 @@ fn soak() {
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_nanos() as u64);
-    let mut totals: std::collections::BTreeMap<String, [u64; 6]> = Default::default();
+    let mut totals: std::collections::BTreeMap<String, [u64; 7]> = Default::default();
     let mut next_report = start + Duration::from_secs(60);
     let fss = [Fs::Ext4, Fs::Xfs, Fs::Btrfs, Fs::Tmpfs];
     while Instant::now() < end {
@@ -560,6 +567,7 @@ fn soak() {
         t[3] += out.misses.len() as u64;
         t[4] += out.false_positives as u64;
         t[5] += out.reported as u64;
+        t[6] += u64::from(out.complete);
         assert_no_misses(fs, sc, seed, &out, ops);
         if Instant::now() >= next_report {
             report(&totals, start.elapsed());
@@ -569,11 +577,11 @@ fn soak() {
     report(&totals, start.elapsed());
 }
 
-fn report(totals: &std::collections::BTreeMap<String, [u64; 6]>, elapsed: Duration) {
+fn report(totals: &std::collections::BTreeMap<String, [u64; 7]>, elapsed: Duration) {
     let minutes = elapsed.as_secs_f64() / 60.0;
     eprintln!("soak after {minutes:.1} min:");
-    eprintln!("| scenario | runs | ops | ops/min | crash points | misses | false-positive rate |");
-    eprintln!("|---|---|---|---|---|---|---|");
+    eprintln!("| scenario | runs | ops | ops/min | crash points | misses | false-positive rate | complete answers |");
+    eprintln!("|---|---|---|---|---|---|---|---|");
     for (sc, t) in totals {
         let fp = if t[5] == 0 {
             0.0
@@ -581,13 +589,14 @@ fn report(totals: &std::collections::BTreeMap<String, [u64; 6]>, elapsed: Durati
             t[4] as f64 / t[5] as f64
         };
         eprintln!(
-            "| {sc} | {} | {} | {:.0} | {} | {} | {:.3} |",
+            "| {sc} | {} | {} | {:.0} | {} | {} | {:.3} | {} |",
             t[0],
             t[1],
             t[1] as f64 / minutes,
             t[2],
             t[3],
-            fp
+            fp,
+            t[6]
         );
     }
 }
