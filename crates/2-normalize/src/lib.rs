@@ -28,7 +28,8 @@ use std::sync::Arc;
 use cj_capture::{mask, parse, DirEntry, Event, Fid};
 use cj_types::{
     Changes, EventRecord, FileHandle, GapReason, GapRecord, ObjectKind, RecordBody,
-    EVENT_FLAG_PATH_UNKNOWN, EVENT_FLAG_VERIFIED_PRESENT, EVENT_FLAG_VERIFIED_SAME, PATH_BYTES_MAX,
+    EVENT_FLAG_PATH_UNKNOWN, EVENT_FLAG_VERIFIED_PRESENT, EVENT_FLAG_VERIFIED_SAME, NAME_BYTES_MAX,
+    PATH_BYTES_MAX,
 };
 
 pub use cache::{is_at_or_below, DIR_CACHE_ENTRIES_MAX, NAME_CACHE_ENTRIES_MAX};
@@ -348,7 +349,14 @@ impl Normalizer {
     }
 
     fn push_event(&mut self, out: &mut Vec<RecordBody>, record: EventRecord) {
-        if record.path.len() > PATH_BYTES_MAX || record.old_path.len() > PATH_BYTES_MAX {
+        // The journal refuses records past its bounds (an assertion on the
+        // write path); a path or name that long becomes an unknown-path
+        // record instead, which asks clients to rescan.
+        if record.path.len() > PATH_BYTES_MAX
+            || record.old_path.len() > PATH_BYTES_MAX
+            || record.name.len() > NAME_BYTES_MAX
+            || record.old_name.len() > NAME_BYTES_MAX
+        {
             self.unknown(out, record.fsid, fid_from(&record.object));
             return;
         }

@@ -172,13 +172,14 @@ impl Pipeline {
             shared: shared.clone(),
             fatal: fatal.clone(),
         };
-        threads.push(spawn("cj-capture", move || capture.run())?);
+        threads.push(spawn("cj-capture", fatal.clone(), move || capture.run())?);
         let sh = shared.clone();
-        threads.push(spawn("cj-normalize", move || {
+        threads.push(spawn("cj-normalize", fatal.clone(), move || {
             normalize_loop(normalizer, norm_rx, write_tx, free_tx, sh)
         })?);
         let sh = shared.clone();
-        threads.push(spawn("cj-writer", move || {
+        let fatal2 = fatal.clone();
+        threads.push(spawn("cj-writer", fatal2, move || {
             writer_loop(commit_interval, writer, write_rx, sh, fatal, done_tx)
         })?);
         Ok(Pipeline {
@@ -214,8 +215,21 @@ impl Pipeline {
     }
 }
 
-fn spawn(name: &str, f: impl FnOnce() + Send + 'static) -> std::io::Result<JoinHandle<()>> {
-    thread::Builder::new().name(name.into()).spawn(f)
+/// Starts a pipeline thread. If it panics (a bug), the daemon is told to
+/// stop: a pipeline with a dead stage would silently stop journaling.
+fn spawn(
+    name: &str,
+    fatal: SyncSender<Exit>,
+    f: impl FnOnce() + Send + 'static,
+) -> std::io::Result<JoinHandle<()>> {
+    let label = name.to_string();
+    thread::Builder::new().name(name.into()).spawn(move || {
+        if std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).is_err() {
+            let _ = fatal.try_send(Exit::Fatal(format!(
+                "internal error: thread {label} panicked"
+            )));
+        }
+    })
 }
 
 struct MarkedRoot {

@@ -204,3 +204,38 @@ fn corrupted_middle_segment_costs_only_its_range() {
     assert_eq!(n.code, 0, "{}", n.dump());
     assert!(n.get(&t.join("new")).is_some());
 }
+
+fn last_seq(d: &Daemon) -> u64 {
+    let st: serde_json::Value = serde_json::from_str(&d.ok(&["status", "--json"])).unwrap();
+    st["journal"]["last_seq"].as_u64().unwrap()
+}
+
+#[test]
+fn own_writes_never_show_up_or_feed_back_even_inside_the_root() {
+    let m = Mount::new(Fs::Ext4);
+    let d = Daemon::start(&m.mnt.join("state-parent"), &[]);
+    // Track the whole filesystem: the state directory is inside the root.
+    d.track(&m.mnt);
+    let c0 = d.cursor();
+    for i in 0..50 {
+        fs::write(m.mnt.join(format!("user{i}")), b"x").unwrap();
+        d.cursor(); // a commit each time: the journal writes a lot
+    }
+    let a = d.changes(&c0, None);
+    assert_eq!(a.code, 0, "{}", a.dump());
+    let state = m.mnt.join("state-parent");
+    for e in &a.entries {
+        let p = crate::harness::Answer::path_bytes(e, "path").unwrap();
+        assert!(
+            !p.starts_with(state.as_os_str().as_encoded_bytes()),
+            "own write reported: {e}"
+        );
+    }
+    assert!(a.get(&m.mnt.join("user49")).is_some());
+    // Idle: the journal must not keep writing records about itself.
+    std::thread::sleep(Duration::from_millis(300));
+    let s1 = last_seq(&d);
+    std::thread::sleep(Duration::from_millis(1500));
+    let s2 = last_seq(&d);
+    assert_eq!(s1, s2, "the journal grows on its own: feedback loop");
+}
