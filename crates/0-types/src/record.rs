@@ -241,6 +241,19 @@ pub struct RootRecord {
     pub path: Vec<u8>,
 }
 
+/// Reconciliation closed the gaps (and unknown-path records) with
+/// `seq <= through_seq` below `scope`: the changes they hid are the
+/// `reconciled` records journaled before this one.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub struct ResolvedRecord {
+    pub through_seq: u64,
+    pub fsid: u64,
+    /// A tracked root.
+    pub scope: Vec<u8>,
+    /// How many reconciled records the walk produced.
+    pub records: u64,
+}
+
 /// The payload of one journal record.
 #[derive(Clone, PartialEq, Eq, Debug)]
 pub enum RecordBody {
@@ -248,6 +261,7 @@ pub enum RecordBody {
     Gap(GapRecord),
     Track(RootRecord),
     Untrack(RootRecord),
+    Resolved(ResolvedRecord),
 }
 
 /// One journal record: the payload plus what the journal assigned.

@@ -5,7 +5,7 @@
 
 use cj_types::{
     Changes, EventRecord, FileHandle, GapReason, GapRecord, ObjectKind, Record, RecordBody,
-    RootRecord, HANDLE_BYTES_MAX, NAME_BYTES_MAX, PATH_BYTES_MAX,
+    ResolvedRecord, RootRecord, HANDLE_BYTES_MAX, NAME_BYTES_MAX, PATH_BYTES_MAX,
 };
 
 pub const SEGMENT_MAGIC: [u8; 8] = *b"CJJOURNL";
@@ -37,6 +37,8 @@ pub const RECORD_TYPE_EVENT: u8 = 1;
 pub const RECORD_TYPE_GAP: u8 = 2;
 pub const RECORD_TYPE_TRACK: u8 = 3;
 pub const RECORD_TYPE_UNTRACK: u8 = 4;
+pub const RECORD_TYPE_RESOLVED: u8 = 5;
+const RESOLVED_FIXED_LEN: usize = 32;
 
 /// The fixed header at the start of every segment file.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -132,6 +134,10 @@ pub fn encode_record(seq: u64, time_ns: u64, body: &RecordBody, out: &mut Vec<u8
             encode_root(r, out);
             RECORD_TYPE_UNTRACK
         }
+        RecordBody::Resolved(r) => {
+            encode_resolved(r, out);
+            RECORD_TYPE_RESOLVED
+        }
     };
     let len = out.len() - start;
     assert!(
@@ -207,6 +213,30 @@ fn encode_root(r: &RootRecord, out: &mut Vec<u8>) {
     out.extend_from_slice(&r.path);
 }
 
+fn encode_resolved(r: &ResolvedRecord, out: &mut Vec<u8>) {
+    assert!(r.scope.len() <= PATH_BYTES_MAX);
+    let mut f = [0u8; RESOLVED_FIXED_LEN];
+    f[0..8].copy_from_slice(&r.through_seq.to_le_bytes());
+    f[8..16].copy_from_slice(&r.fsid.to_le_bytes());
+    f[16..20].copy_from_slice(&(r.scope.len() as u32).to_le_bytes());
+    f[24..32].copy_from_slice(&r.records.to_le_bytes());
+    out.extend_from_slice(&f);
+    out.extend_from_slice(&r.scope);
+}
+
+fn decode_resolved(p: &[u8]) -> Result<ResolvedRecord, DecodeError> {
+    if p.len() < RESOLVED_FIXED_LEN {
+        return Err(DecodeError::Invalid("resolved payload too short"));
+    }
+    let [scope] = split_exact(&p[RESOLVED_FIXED_LEN..], [u32_at(p, 16) as usize])?;
+    Ok(ResolvedRecord {
+        through_seq: u64_at(p, 0),
+        fsid: u64_at(p, 8),
+        scope: scope.to_vec(),
+        records: u64_at(p, 24),
+    })
+}
+
 /// Reads just the length and seq of a frame after checking its checksum.
 /// Returns `(seq, frame_len_aligned)`.
 pub fn check_frame(b: &[u8]) -> Result<(u64, usize), DecodeError> {
@@ -245,6 +275,7 @@ pub fn decode_record(b: &[u8]) -> Result<(Record, usize), DecodeError> {
         RECORD_TYPE_GAP => RecordBody::Gap(decode_gap(payload)?),
         RECORD_TYPE_TRACK => RecordBody::Track(decode_root(payload)?),
         RECORD_TYPE_UNTRACK => RecordBody::Untrack(decode_root(payload)?),
+        RECORD_TYPE_RESOLVED => RecordBody::Resolved(decode_resolved(payload)?),
         _ => return Err(DecodeError::Invalid("unknown record type")),
     };
     Ok((Record { seq, time_ns, body }, framed))
@@ -422,6 +453,12 @@ mod tests {
             RecordBody::Untrack(RootRecord {
                 fsid: 5,
                 path: b"/".to_vec(),
+            }),
+            RecordBody::Resolved(ResolvedRecord {
+                through_seq: 77,
+                fsid: 3,
+                scope: b"/srv".to_vec(),
+                records: 12,
             }),
         ];
         for (i, body) in bodies.into_iter().enumerate() {

@@ -10,6 +10,7 @@
 mod error;
 pub mod pipeline;
 pub mod query;
+pub mod reconciler;
 pub mod server;
 pub mod state;
 
@@ -26,6 +27,8 @@ use std::time::{Duration, Instant};
 use cj_capture::{Fanotify, QueueLimit};
 use cj_normalize::Normalizer;
 use cj_types::{GapReason, GapRecord, RecordBody};
+
+pub use cj_reconcile;
 
 use error::io;
 pub use error::Error;
@@ -145,6 +148,31 @@ pub fn run(config: Config) -> Result<(), Error> {
             Err(_) => return Err(Error::WriterFailed("pipeline stopped".into())),
         }
     }
+    let snapshots = state_dir.join("snapshots");
+    let reconciler = reconciler::Reconciler {
+        shared: pipeline.shared.clone(),
+        reader: reader.clone(),
+        ctl: pipeline.ctl.clone(),
+        waker: pipeline.waker.clone(),
+        snapshots: snapshots.clone(),
+        excluded: vec![state_dir.as_os_str().as_bytes().to_vec()],
+    };
+    std::thread::Builder::new()
+        .name("cj-reconcile".into())
+        .spawn(move || reconciler.run())
+        .map_err(io(&state_dir, "start reconciler thread"))?;
+    // Roots without a baseline get one, so that later gaps can be closed.
+    let missing: Vec<reconciler::Request> = roots
+        .iter()
+        .filter(|r| !cj_reconcile::Snapshot::file_for(&snapshots, r).exists())
+        .map(|r| reconciler::Request {
+            seq: 0,
+            scope: Some(r.clone()),
+            fsid: None,
+            baseline: true,
+        })
+        .collect();
+    pipeline.shared.reconcile.push(missing);
     let listener = bind_socket(&config.socket)?;
     let ctx = Arc::new(server::Context {
         reader,
@@ -152,6 +180,7 @@ pub fn run(config: Config) -> Result<(), Error> {
         waker: pipeline.waker.clone(),
         shared: pipeline.shared.clone(),
         state_dir: state_dir.clone(),
+        snapshots,
         socket: config.socket.clone(),
         started: Instant::now(),
         roots_lock: Mutex::new(()),

@@ -127,6 +127,7 @@ pub struct CommitStats {
 #[derive(Default)]
 pub struct Shared {
     pub roots: Mutex<Vec<RootState>>,
+    pub reconcile: crate::reconciler::Queue,
     pub normalize: Mutex<Stats>,
     pub commit: Mutex<CommitStats>,
 }
@@ -528,6 +529,29 @@ impl Capture {
     }
 }
 
+/// Gap records and unknown-path records ask the reconciler to close them.
+fn reconcile_trigger(seq: u64, r: &RecordBody) -> Option<crate::reconciler::Request> {
+    match r {
+        RecordBody::Gap(g) if g.reason != GapReason::JournalDamaged => {
+            Some(crate::reconciler::Request {
+                seq,
+                scope: (!g.scope.is_empty()).then(|| g.scope.clone()),
+                fsid: None,
+                baseline: false,
+            })
+        }
+        RecordBody::Event(e) if e.flags & cj_types::EVENT_FLAG_PATH_UNKNOWN != 0 => {
+            Some(crate::reconciler::Request {
+                seq,
+                scope: None,
+                fsid: Some(e.fsid),
+                baseline: false,
+            })
+        }
+        _ => None,
+    }
+}
+
 pub(crate) fn now_ns() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -616,6 +640,7 @@ fn writer_loop(
         };
         let mut next = Some(first);
         let mut appended = 0u64;
+        let mut triggers = Vec::new();
         // Pace commits: an fdatasync on a journaling filesystem also commits
         // the filesystem's own journal, which stalls writers on it. Wait out
         // the minimum interval (gathering more records) unless a client is
@@ -628,8 +653,13 @@ fn writer_loop(
                     let time = now_ns();
                     for r in &recs {
                         if failed.is_none() {
-                            if let Err(e) = writer.append(time, r) {
-                                failed = Some(e.to_string());
+                            match writer.append(time, r) {
+                                Ok(seq) => {
+                                    if let Some(t) = reconcile_trigger(seq, r) {
+                                        triggers.push(t);
+                                    }
+                                }
+                                Err(e) => failed = Some(e.to_string()),
                             }
                             appended += 1;
                         }
@@ -656,6 +686,18 @@ fn writer_loop(
         };
         match &result {
             Ok(_) => {
+                if !triggers.is_empty() {
+                    if std::env::var_os("CJ_DEBUG_WAIT").is_some() {
+                        eprintln!(
+                            "cj debug: reconcile requests {:?}",
+                            triggers
+                                .iter()
+                                .map(|t: &crate::reconciler::Request| t.seq)
+                                .collect::<Vec<_>>()
+                        );
+                    }
+                    shared.reconcile.push(triggers.drain(..));
+                }
                 let mut s = shared.commit.lock().unwrap_or_else(|e| e.into_inner());
                 s.commits += 1;
                 s.records += appended;

@@ -71,6 +71,10 @@ struct Builder<'a> {
     paths: BTreeMap<Vec<u8>, Entry>,
     rescans: Vec<Rescan>,
     overflowed: bool,
+    /// (seq, scope, reason) of gaps and unknown-path records.
+    pending: Vec<(u64, Vec<u8>, String)>,
+    /// (through_seq, scope) of resolution records.
+    resolutions: Vec<(u64, Vec<u8>)>,
 }
 
 impl Builder<'_> {
@@ -95,20 +99,49 @@ impl Builder<'_> {
         }
     }
 
-    /// Every tracked root in scope (or those on `fsid`, when given and known).
-    fn rescan_roots(&mut self, fsid: Option<u64>, reason: &str) {
+    /// The tracked roots (those on `fsid`, when given and known).
+    fn targets(&self, fsid: Option<u64>) -> Vec<Vec<u8>> {
         let on_fs: Vec<Vec<u8>> = self
             .roots
             .iter()
             .filter(|r| fsid.is_none_or(|f| r.fsid == f))
             .map(|r| r.path.clone())
             .collect();
-        let targets: Vec<Vec<u8>> = if on_fs.is_empty() {
+        if on_fs.is_empty() {
             self.roots.iter().map(|r| r.path.clone()).collect()
         } else {
             on_fs
+        }
+    }
+
+    /// A hole that reconciliation may close later in the range.
+    fn resolvable(&mut self, seq: u64, scope: Option<&[u8]>, fsid: Option<u64>, reason: &str) {
+        let targets = match scope {
+            Some(s) => vec![s.to_vec()],
+            None => self.targets(fsid),
         };
         for t in targets {
+            self.pending.push((seq, t, reason.to_owned()));
+        }
+    }
+
+    /// Open holes become rescans unless a `Resolved` record in the range
+    /// closed them.
+    fn settle(&mut self) {
+        for (seq, path, reason) in std::mem::take(&mut self.pending) {
+            let closed = self
+                .resolutions
+                .iter()
+                .any(|(through, scope)| *through >= seq && is_at_or_below(&path, scope));
+            if !closed {
+                self.rescan(&path, &reason);
+            }
+        }
+    }
+
+    /// Every tracked root in scope (or those on `fsid`, when given and known).
+    fn rescan_roots(&mut self, fsid: Option<u64>, reason: &str) {
+        for t in self.targets(fsid) {
             self.rescan(&t, reason);
         }
         if self.roots.is_empty() {
@@ -160,7 +193,7 @@ impl Builder<'_> {
             Item::Record(r) => match r.body {
                 RecordBody::Event(e) => {
                     if e.flags & EVENT_FLAG_PATH_UNKNOWN != 0 {
-                        self.rescan_roots(Some(e.fsid), "unresolved_object");
+                        self.resolvable(r.seq, None, Some(e.fsid), "unresolved_object");
                         return;
                     }
                     if e.changes.intersects(ENTRY_CHANGES) {
@@ -210,13 +243,10 @@ impl Builder<'_> {
                     }
                 }
                 RecordBody::Gap(g) => {
-                    let reason = g.reason.as_str();
-                    if g.scope.is_empty() {
-                        self.rescan_roots(None, reason);
-                    } else {
-                        self.rescan(&g.scope, reason);
-                    }
+                    let scope = (!g.scope.is_empty()).then_some(g.scope.as_slice());
+                    self.resolvable(r.seq, scope, None, g.reason.as_str());
                 }
+                RecordBody::Resolved(res) => self.resolutions.push((res.through_seq, res.scope)),
                 RecordBody::Track(t) => self.rescan(&t.path, "tracking_started"),
                 RecordBody::Untrack(t) => self.rescan(&t.path, "untracked"),
             },
@@ -287,6 +317,8 @@ pub fn answer(
         paths: BTreeMap::new(),
         rescans: Vec::new(),
         overflowed: false,
+        pending: Vec::new(),
+        resolutions: Vec::new(),
     };
     let usable = match since {
         Err(reason) => {
@@ -319,6 +351,7 @@ pub fn answer(
             b.rescan_roots(None, "cursor_expired");
         }
     }
+    b.settle();
     if b.overflowed {
         b.rescan_roots(None, "too_many_changes");
     }

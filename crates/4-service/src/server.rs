@@ -29,6 +29,9 @@ use crate::state;
 pub const CONNECTIONS_MAX: usize = 64;
 /// A sync (barrier) taking longer than this fails the request.
 pub const SYNC_TIMEOUT: Duration = Duration::from_secs(60);
+/// Longest `wait_ms` a `changes` request may ask for.
+pub const WAIT_MAX_MS: u64 = 3_600_000;
+const WAIT_POLL: Duration = Duration::from_millis(100);
 /// An idle connection is closed after this long.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(300);
 
@@ -38,6 +41,7 @@ pub struct Context {
     pub waker: Arc<Waker>,
     pub shared: Arc<Shared>,
     pub state_dir: PathBuf,
+    pub snapshots: PathBuf,
     pub socket: PathBuf,
     pub started: Instant,
     /// Serialises track/untrack so roots.json matches the pipeline.
@@ -264,6 +268,17 @@ fn track(ctx: &Context, path: Vec<u8>, add: bool) -> Result<(), Failure> {
     };
     ctx.send(msg)?;
     ctx.wait(rx)?;
+    // A snapshot from an earlier tracking period says nothing about the time
+    // in between: drop it, and take a fresh baseline when tracking starts.
+    cj_reconcile::Snapshot::remove(&ctx.snapshots, &path);
+    if add {
+        ctx.shared.reconcile.push([crate::reconciler::Request {
+            seq: 0,
+            scope: Some(path.clone()),
+            fsid: None,
+            baseline: true,
+        }]);
+    }
     let mut stored =
         state::load_roots(&ctx.state_dir).map_err(|e| fail("failed", e.to_string()))?;
     stored.retain(|p| *p != path);
@@ -288,10 +303,32 @@ fn changes(
     }
     // The CLI prints the parse error itself; the answer carries a short reason.
     let since = Cursor::parse(since_text).map_err(|_| "malformed_cursor".to_string());
-    let end = ctx.sync()?;
-    let roots = ctx.roots();
-    let answer = query::answer(&ctx.reader, &roots, since, scope.as_deref(), end)
-        .map_err(|e| fail("failed", e.to_string()))?;
+    let wait = Duration::from_millis(
+        req.get("wait_ms")
+            .and_then(|v| v.as_u64())
+            .unwrap_or(0)
+            .min(WAIT_MAX_MS),
+    );
+    let deadline = Instant::now() + wait;
+    // With a wait, answer once reconciliation has closed the gaps in range
+    // (or has nothing left to do, or time is up).
+    let answer = loop {
+        let end = ctx.sync()?;
+        let roots = ctx.roots();
+        let answer = query::answer(&ctx.reader, &roots, since.clone(), scope.as_deref(), end)
+            .map_err(|e| fail("failed", e.to_string()))?;
+        if answer.rescans.is_empty() || Instant::now() >= deadline || !ctx.shared.reconcile.busy() {
+            if std::env::var_os("CJ_DEBUG_WAIT").is_some() && !answer.rescans.is_empty() {
+                eprintln!(
+                    "cj debug: wait stops at end {end}: busy {} pending {}",
+                    ctx.shared.reconcile.busy(),
+                    ctx.shared.reconcile.pending()
+                );
+            }
+            break answer;
+        }
+        std::thread::sleep(WAIT_POLL);
+    };
     for e in &answer.entries {
         let mut m = Map::new();
         put_path(&mut m, "path", &e.path);
@@ -399,5 +436,36 @@ fn status(ctx: &Context) -> Value {
             "parse_errors": n.parse_errors,
         },
         "roots": roots,
+        "reconcile": reconcile_status(ctx),
     })
+}
+
+fn reconcile_status(ctx: &Context) -> Value {
+    use std::sync::atomic::Ordering::Relaxed;
+    let q = &ctx.shared.reconcile;
+    let st = q.status.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    let mut m = Map::new();
+    m.insert("busy".into(), Value::from(q.busy()));
+    m.insert("pending_requests".into(), Value::from(q.pending()));
+    if let Some(r) = st.running.as_ref().filter(|r| !r.is_empty()) {
+        put_path(&mut m, "walking", r);
+    }
+    m.insert(
+        "entries_walked".into(),
+        Value::from(q.progress.entries.load(Relaxed)),
+    );
+    m.insert(
+        "directories_walked".into(),
+        Value::from(q.progress.directories.load(Relaxed)),
+    );
+    m.insert("walks".into(), Value::from(st.walks));
+    m.insert(
+        "reconciled_records".into(),
+        Value::from(st.reconciled_records),
+    );
+    m.insert("last_walk_ms".into(), Value::from(st.last_walk_ms));
+    if let Some(e) = st.last_error {
+        m.insert("last_error".into(), Value::from(e));
+    }
+    Value::Object(m)
 }

@@ -217,14 +217,22 @@ impl Client {
 
     /// Streams the raw answer lines of `changes since` to `f` (entries, then
     /// the final object holding `cursor`). Returns the final object.
+    ///
+    /// With `wait`, the daemon first waits (up to that long) for
+    /// reconciliation to close the gaps in the range, so that an answer
+    /// spanning a restart or an overflow can still be complete.
     pub fn changes_raw(
         &mut self,
         since: &str,
         path: Option<&[u8]>,
+        wait: Option<std::time::Duration>,
         mut f: impl FnMut(&Map<String, Value>) -> Result<(), Error>,
     ) -> Result<Map<String, Value>, Error> {
         let mut req = Client::with_path("changes", path);
         req.insert("since".into(), Value::from(since));
+        if let Some(w) = wait {
+            req.insert("wait_ms".into(), Value::from(w.as_millis() as u64));
+        }
         self.request(Value::Object(req))?;
         loop {
             let m = self.line()?;
@@ -237,8 +245,18 @@ impl Client {
 
     /// Every change since `since`, coalesced per path.
     pub fn changes(&mut self, since: &str, path: Option<&[u8]>) -> Result<Answer, Error> {
+        self.changes_wait(since, path, None)
+    }
+
+    /// [`Client::changes`], waiting up to `wait` for reconciliation.
+    pub fn changes_wait(
+        &mut self,
+        since: &str,
+        path: Option<&[u8]>,
+        wait: Option<std::time::Duration>,
+    ) -> Result<Answer, Error> {
         let mut entries = Vec::new();
-        let last = self.changes_raw(since, path, |m| {
+        let last = self.changes_raw(since, path, wait, |m| {
             entries.push(parse_change(m)?);
             Ok(())
         })?;

@@ -83,6 +83,15 @@ enum Command {
         /// Also write the new cursor to FILE (replaced atomically).
         #[arg(long, value_name = "FILE")]
         cursor_file: Option<PathBuf>,
+        /// Wait up to SECS (default 300) for reconciliation to close gaps in
+        /// the range (after a restart, crash or overflow) before answering.
+        #[arg(long, value_name = "SECS", num_args = 0..=1, default_missing_value = "300")]
+        wait: Option<u64>,
+    },
+    /// Show reconciliation progress; with --wait, follow it until idle.
+    Reconcile {
+        #[arg(long)]
+        wait: bool,
     },
 }
 
@@ -136,14 +145,16 @@ fn run(cli: Cli) -> Result<i32> {
             json,
             null,
             cursor_file,
+            wait,
         } => changes(
             &socket,
             &since,
             path.as_deref(),
-            json,
-            null,
+            Output { json, null },
             cursor_file.as_deref(),
+            wait.map(std::time::Duration::from_secs),
         ),
+        Command::Reconcile { wait } => reconcile(&socket, wait),
     }
 }
 
@@ -317,14 +328,53 @@ fn write_cursor_file(file: &Path, cursor: &str) -> Result<()> {
     Ok(())
 }
 
+struct Output {
+    json: bool,
+    null: bool,
+}
+
+fn reconcile(socket: &Path, wait: bool) -> Result<i32> {
+    let mut client = connect(socket)?;
+    loop {
+        let s = client.status()?;
+        let r = s.get("reconcile").cloned().unwrap_or_default();
+        let busy = r["busy"].as_bool().unwrap_or(false);
+        let walking = r
+            .as_object()
+            .and_then(|o| cj_types::protocol::get_path(o, "walking").ok().flatten())
+            .map(|p| escape_path(&p))
+            .unwrap_or_else(|| "-".into());
+        let line = format!(
+            "reconcile: {} walking {} ({} entries, {} directories), {} queued, {} walks, {} reconciled records",
+            if busy { "busy" } else { "idle" },
+            walking,
+            r["entries_walked"],
+            r["directories_walked"],
+            r["pending_requests"],
+            r["walks"],
+            r["reconciled_records"]
+        );
+        if !wait || !busy {
+            eprintln!("{line}");
+            if let Some(e) = r["last_error"].as_str() {
+                eprintln!("reconcile: last error: {e}");
+            }
+            return Ok(EXIT_COMPLETE);
+        }
+        eprint!("\r{line}\x1b[K");
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+}
+
 fn changes(
     socket: &Path,
     since: &str,
     path: Option<&Path>,
-    json: bool,
-    null: bool,
+    output: Output,
     cursor_file: Option<&Path>,
+    wait: Option<std::time::Duration>,
 ) -> Result<i32> {
+    let Output { json, null } = output;
     if let Err(e) = Cursor::parse(since) {
         eprintln!("cj: {e}; answering with a rescan of the whole scope");
     }
@@ -334,7 +384,7 @@ fn changes(
     let mut out = std::io::BufWriter::new(stdout.lock());
     let mut entries = Vec::new();
     let mut io_error: Option<std::io::Error> = None;
-    let last = client.changes_raw(since, path.as_deref(), |m| {
+    let last = client.changes_raw(since, path.as_deref(), wait, |m| {
         if json {
             if let Err(e) = writeln!(out, "{}", serde_json::Value::Object(m.clone())) {
                 io_error.get_or_insert(e);

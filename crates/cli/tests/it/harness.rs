@@ -248,9 +248,24 @@ impl Daemon {
         self.ok(&["cursor"]).trim().to_string()
     }
 
+    /// Waits until the reconciler is idle (baselines taken, gaps closed).
+    pub fn reconciled(&self) {
+        self.ok(&["reconcile", "--wait"]);
+    }
+
+    /// `cj changes --json --wait SECS`.
+    pub fn changes_wait(&self, since: &str, secs: u64) -> Answer {
+        self.changes_args(since, None, &["--wait", &secs.to_string()])
+    }
+
     /// `cj changes --json`: (entries, final object, exit code).
     pub fn changes(&self, since: &str, path: Option<&Path>) -> Answer {
+        self.changes_args(since, path, &[])
+    }
+
+    fn changes_args(&self, since: &str, path: Option<&Path>, extra: &[&str]) -> Answer {
         let mut args = vec!["changes", "--json", "--since", since];
+        args.extend_from_slice(extra);
         let p;
         if let Some(path) = path {
             p = path.to_str().unwrap().to_string();

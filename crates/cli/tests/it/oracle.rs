@@ -61,6 +61,10 @@ pub struct Outcome {
     pub complete: bool,
     pub rescans: Vec<String>,
     pub detail: String,
+    /// After waiting for reconciliation.
+    pub reconciled_misses: Vec<PathBuf>,
+    pub reconciled_complete: bool,
+    pub reconciled_reported: usize,
 }
 
 fn covered(p: &Path, answer: &Answer, rescans: &[(Vec<u8>, String)]) -> bool {
@@ -280,25 +284,34 @@ pub fn scenario(fs: Fs, scenario: Scenario, seed: u64, ops: usize) -> Outcome {
     let after = snapshot::take(&s.tree);
     let answer = s.d.changes(&c0, None);
     let mut out = check(&before, &after, &answer);
+    let waited = s.d.changes_wait(&c0, 120);
+    let w = check(&before, &after, &waited);
+    for miss in &w.misses {
+        out.detail.push_str(&format!(
+            "missed {}:\n  before {:?}\n  after  {:?}\n",
+            miss.display(),
+            before.get(miss),
+            after.get(miss)
+        ));
+    }
+    out.reconciled_misses = w.misses;
+    out.reconciled_complete = w.complete;
+    out.reconciled_reported = w.reported;
     out.ops = done;
     out.crash_points = crash_points;
+    if !out.reconciled_misses.is_empty() || !out.reconciled_complete {
+        out.detail += &format!(
+            "reconciled answer:\n{}\ndaemon log:\n{}\nstatus:\n{}",
+            waited.dump(),
+            s.d.log_text(),
+            s.d.ok(&["status", "--json"])
+        );
+    }
     if !out.misses.is_empty() {
         out.detail = format!(
             "answer:\n{}\ndaemon log:\n{}",
             answer.dump(),
             s.d.log_text()
-        );
-    }
-    // Scenario-specific honesty checks.
-    let expect_incomplete = matches!(
-        scenario,
-        Scenario::Kill9 | Scenario::Down | Scenario::Overflow | Scenario::Remount
-    );
-    if expect_incomplete && out.expected > 0 {
-        assert!(
-            !out.complete,
-            "{scenario:?} must answer exit 3 until reconciliation\n{}",
-            answer.dump()
         );
     }
     drop(s.d);
@@ -335,6 +348,7 @@ fn crash_image(fs: Fs, seed: u64, ops: usize) -> Outcome {
     std::fs::create_dir_all(&tree).unwrap();
     std::fs::create_dir_all(&outside).unwrap();
     d.track(&tree);
+    d.reconciled();
     let mut rng = Rng(seed);
     let mut models = populate(&mut rng, &tree, &outside, WORKERS);
     // The starting state must be on disk for the copy to be comparable.
@@ -371,8 +385,29 @@ fn crash_image(fs: Fs, seed: u64, ops: usize) -> Outcome {
     let after = snapshot::take(&tree);
     let answer = d.changes(&c0, None);
     let mut out = check(&before, &after, &answer);
+    let waited = d.changes_wait(&c0, 120);
+    let w = check(&before, &after, &waited);
+    for miss in &w.misses {
+        out.detail.push_str(&format!(
+            "missed {}:\n  before {:?}\n  after  {:?}\n",
+            miss.display(),
+            before.get(miss),
+            after.get(miss)
+        ));
+    }
+    out.reconciled_misses = w.misses;
+    out.reconciled_complete = w.complete;
+    out.reconciled_reported = w.reported;
     out.ops = done;
     out.crash_points = 1;
+    if !out.reconciled_misses.is_empty() || !out.reconciled_complete {
+        out.detail += &format!(
+            "reconciled answer:\n{}\ndaemon log:\n{}\nstatus:\n{}",
+            waited.dump(),
+            d.log_text(),
+            d.ok(&["status", "--json"])
+        );
+    }
     if !out.misses.is_empty() {
         out.detail = format!("answer:\n{}\ndaemon log:\n{}", answer.dump(), d.log_text());
     }
@@ -475,6 +510,18 @@ fn shrink(fs: Fs, seed: u64, ops: usize) -> Vec<Op> {
 }
 
 pub fn assert_no_misses(fs: Fs, sc: Scenario, seed: u64, out: &Outcome, ops: usize) {
+    assert!(
+        out.reconciled_misses.is_empty(),
+        "oracle: {} misses after reconciliation on {fs:?} {sc:?} seed {seed} (CJ_ORACLE_SEED={seed}): {:?}\n{}",
+        out.reconciled_misses.len(),
+        &out.reconciled_misses[..out.reconciled_misses.len().min(10)],
+        out.detail
+    );
+    assert!(
+        out.reconciled_complete,
+        "oracle: answer still incomplete after reconciliation on {fs:?} {sc:?} seed {seed} (CJ_ORACLE_SEED={seed})\n{}",
+        out.detail
+    );
     if out.misses.is_empty() {
         return;
     }
@@ -503,8 +550,9 @@ fn run_matrix(fs: Fs) {
             }
             let out = scenario(fs, sc, seed, OPS);
             eprintln!(
-                "oracle {fs:?} {sc:?} seed {seed}: {} ops, {} expected, {} reported, {} false positives, complete={}, rescans {:?}",
-                out.ops, out.expected, out.reported, out.false_positives, out.complete, out.rescans
+                "oracle {fs:?} {sc:?} seed {seed}: {} ops, {} expected, {} reported, {} false positives, complete={}, rescans {:?}; reconciled: complete={}, {} reported",
+                out.ops, out.expected, out.reported, out.false_positives, out.complete, out.rescans,
+                out.reconciled_complete, out.reconciled_reported
             );
             assert_no_misses(fs, sc, seed, &out, OPS);
         }

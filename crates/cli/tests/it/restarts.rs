@@ -239,3 +239,79 @@ fn own_writes_never_show_up_or_feed_back_even_inside_the_root() {
     let s2 = last_seq(&d);
     assert_eq!(s1, s2, "the journal grows on its own: feedback loop");
 }
+
+fn reconcile_after_downtime(kind: Fs) {
+    let m = Mount::new(kind);
+    let mut d = Daemon::start(&m.mnt, &[]);
+    let t = m.mnt.join("tree");
+    fs::create_dir_all(t.join("dir")).unwrap();
+    fs::write(t.join("keep"), b"1").unwrap();
+    fs::write(t.join("modify_me"), b"1").unwrap();
+    fs::write(t.join("delete_me"), b"1").unwrap();
+    fs::write(t.join("dir/inner"), b"1").unwrap();
+    d.track(&t);
+    d.reconciled(); // baseline
+                    // Journaled live: a file created after the baseline, in a directory that
+                    // is then renamed (its path at the gap is known only through the rename).
+    fs::create_dir(t.join("young")).unwrap();
+    fs::write(t.join("young/born_live"), b"1").unwrap();
+    fs::rename(t.join("young"), t.join("grown")).unwrap();
+    let c0 = d.cursor();
+    d.stop();
+    // While the daemon is down:
+    fs::write(t.join("modify_me"), b"22").unwrap();
+    fs::remove_file(t.join("delete_me")).unwrap();
+    fs::write(t.join("created_down"), b"1").unwrap();
+    fs::rename(t.join("dir"), t.join("dir_moved")).unwrap();
+    fs::remove_file(t.join("grown/born_live")).unwrap();
+    d.spawn();
+    let a = d.changes_wait(&c0, 60);
+    assert_eq!(a.code, 0, "reconciliation must close the gap\n{}", a.dump());
+    for (p, want) in [
+        ("modify_me", "modified"),
+        ("delete_me", "deleted"),
+        ("created_down", "created"),
+        ("dir", "deleted"),
+        ("dir_moved", "created"),
+        ("dir_moved/inner", "created"),
+        ("grown/born_live", "deleted"),
+    ] {
+        let got = a.changes_of(&t.join(p));
+        assert!(
+            got.iter().any(|c| c == want),
+            "{p}: {want} not in {got:?}\n{}",
+            a.dump()
+        );
+        assert!(
+            got.iter().any(|c| c == "reconciled"),
+            "{p}: not marked reconciled"
+        );
+    }
+    assert!(
+        a.get(&t.join("keep")).is_none(),
+        "unchanged file reported\n{}",
+        a.dump()
+    );
+    let st = d.ok(&["reconcile"]);
+    let _ = st;
+}
+
+#[test]
+fn reconcile_after_downtime_ext4() {
+    reconcile_after_downtime(Fs::Ext4);
+}
+
+#[test]
+fn reconcile_after_downtime_xfs() {
+    reconcile_after_downtime(Fs::Xfs);
+}
+
+#[test]
+fn reconcile_after_downtime_btrfs() {
+    reconcile_after_downtime(Fs::Btrfs);
+}
+
+#[test]
+fn reconcile_after_downtime_tmpfs() {
+    reconcile_after_downtime(Fs::Tmpfs);
+}

@@ -1,0 +1,328 @@
+//! Persistent stat snapshots of a tracked tree: the reconciliation baseline.
+//!
+//! File format (all little-endian; `docs/design.md`, "Snapshot files"):
+//! a 64-byte header, the root path, then blocks of entries, each block with
+//! its own CRC-32C. The file is replaced atomically (temp file, fsync,
+//! rename, fsync directory), so a crash leaves the old or the new snapshot.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::fs::{self, File, OpenOptions};
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+
+const MAGIC: [u8; 8] = *b"CJSNAPSH";
+const VERSION: u32 = 1;
+const HEADER_LEN: usize = 64;
+const ENTRY_FIXED_LEN: usize = 48;
+/// Entries per checksummed block.
+const BLOCK_ENTRIES_MAX: usize = 4096;
+/// A snapshot path longer than this is damage, not data.
+const PATH_BYTES_MAX: usize = 64 * 1024;
+
+/// What a walk records per path.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct Stat {
+    pub ino: u64,
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub nlink: u32,
+    pub size: u64,
+    pub mtime_ns: i64,
+    pub ctime_ns: i64,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct Snapshot {
+    pub root: Vec<u8>,
+    /// When the walk that made it started (ns since the epoch).
+    pub taken_ns: u64,
+    /// The journal's durable seq when that walk started.
+    pub through_seq: u64,
+    pub entries: HashMap<Vec<u8>, Stat>,
+}
+
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum SnapshotError {
+    Io {
+        path: PathBuf,
+        op: &'static str,
+        source: std::io::Error,
+    },
+    Corrupt {
+        path: PathBuf,
+        detail: &'static str,
+    },
+}
+
+impl fmt::Display for SnapshotError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SnapshotError::Io { path, op, source } => {
+                write!(f, "snapshot {op} {}: {source}", path.display())
+            }
+            SnapshotError::Corrupt { path, detail } => write!(
+                f,
+                "snapshot {} is damaged ({detail}); it will be rebuilt by the next walk, and \
+                 gaps it would have closed stay open (clients are asked to rescan)",
+                path.display()
+            ),
+        }
+    }
+}
+
+impl std::error::Error for SnapshotError {}
+
+fn fnv64(b: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for &x in b {
+        h ^= u64::from(x);
+        h = h.wrapping_mul(0x100_0000_01b3);
+    }
+    h
+}
+
+fn u32_at(b: &[u8], at: usize) -> Option<u32> {
+    Some(u32::from_le_bytes(b.get(at..at + 4)?.try_into().ok()?))
+}
+fn u64_at(b: &[u8], at: usize) -> Option<u64> {
+    Some(u64::from_le_bytes(b.get(at..at + 8)?.try_into().ok()?))
+}
+
+impl Snapshot {
+    pub fn new(root: Vec<u8>) -> Snapshot {
+        Snapshot {
+            root,
+            ..Snapshot::default()
+        }
+    }
+
+    /// Where the snapshot of `root` lives in `dir`.
+    pub fn file_for(dir: &Path, root: &[u8]) -> PathBuf {
+        dir.join(format!("{:016x}.snap", fnv64(root)))
+    }
+
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = vec![0u8; HEADER_LEN];
+        out[0..8].copy_from_slice(&MAGIC);
+        out[8..12].copy_from_slice(&VERSION.to_le_bytes());
+        out[12..16].copy_from_slice(&(HEADER_LEN as u32).to_le_bytes());
+        out[16..24].copy_from_slice(&self.taken_ns.to_le_bytes());
+        out[24..32].copy_from_slice(&self.through_seq.to_le_bytes());
+        out[32..40].copy_from_slice(&(self.entries.len() as u64).to_le_bytes());
+        out[40..44].copy_from_slice(&(self.root.len() as u32).to_le_bytes());
+        let blocks = self.entries.len().div_ceil(BLOCK_ENTRIES_MAX) as u32;
+        out[44..48].copy_from_slice(&blocks.to_le_bytes());
+        let crc = crc32c::crc32c(&out[0..60]);
+        out[60..64].copy_from_slice(&crc.to_le_bytes());
+        out.extend_from_slice(&self.root);
+        let mut paths: Vec<&Vec<u8>> = self.entries.keys().collect();
+        paths.sort();
+        for chunk in paths.chunks(BLOCK_ENTRIES_MAX) {
+            let mut body = Vec::new();
+            for p in chunk {
+                let s = &self.entries[*p];
+                body.extend_from_slice(&(p.len() as u32).to_le_bytes());
+                body.extend_from_slice(p);
+                body.extend_from_slice(&s.ino.to_le_bytes());
+                body.extend_from_slice(&s.mode.to_le_bytes());
+                body.extend_from_slice(&s.uid.to_le_bytes());
+                body.extend_from_slice(&s.gid.to_le_bytes());
+                body.extend_from_slice(&s.nlink.to_le_bytes());
+                body.extend_from_slice(&s.size.to_le_bytes());
+                body.extend_from_slice(&s.mtime_ns.to_le_bytes());
+                body.extend_from_slice(&s.ctime_ns.to_le_bytes());
+            }
+            out.extend_from_slice(&(chunk.len() as u32).to_le_bytes());
+            out.extend_from_slice(&(body.len() as u32).to_le_bytes());
+            let crc = crc32c::crc32c(&body);
+            out.extend_from_slice(&body);
+            out.extend_from_slice(&crc.to_le_bytes());
+        }
+        out
+    }
+
+    /// Decodes a snapshot; `Err(detail)` on any damage. Never panics.
+    pub fn decode(b: &[u8]) -> Result<Snapshot, &'static str> {
+        let h = b.get(..HEADER_LEN).ok_or("shorter than its header")?;
+        if h[0..8] != MAGIC {
+            return Err("bad magic");
+        }
+        if u32_at(h, 60) != Some(crc32c::crc32c(&h[0..60])) {
+            return Err("header checksum mismatch");
+        }
+        if u32_at(h, 8) != Some(VERSION) {
+            return Err("unknown version");
+        }
+        let count = u64_at(h, 32).ok_or("header")? as usize;
+        let root_len = u32_at(h, 40).ok_or("header")? as usize;
+        let blocks = u32_at(h, 44).ok_or("header")? as usize;
+        if root_len > PATH_BYTES_MAX {
+            return Err("root path too long");
+        }
+        let mut at = HEADER_LEN;
+        let root = b.get(at..at + root_len).ok_or("truncated root")?.to_vec();
+        at += root_len;
+        let mut entries = HashMap::with_capacity(count.min(1 << 24));
+        for _ in 0..blocks {
+            let n = u32_at(b, at).ok_or("truncated block")? as usize;
+            let len = u32_at(b, at + 4).ok_or("truncated block")? as usize;
+            let body = b.get(at + 8..at + 8 + len).ok_or("truncated block")?;
+            if u32_at(b, at + 8 + len) != Some(crc32c::crc32c(body)) {
+                return Err("block checksum mismatch");
+            }
+            at += 8 + len + 4;
+            let mut p = 0;
+            for _ in 0..n {
+                let plen = u32_at(body, p).ok_or("truncated entry")? as usize;
+                if plen > PATH_BYTES_MAX {
+                    return Err("entry path too long");
+                }
+                let path = body
+                    .get(p + 4..p + 4 + plen)
+                    .ok_or("truncated entry")?
+                    .to_vec();
+                let f = body
+                    .get(p + 4 + plen..p + 4 + plen + ENTRY_FIXED_LEN)
+                    .ok_or("truncated entry")?;
+                let stat = Stat {
+                    ino: u64_at(f, 0).ok_or("entry")?,
+                    mode: u32_at(f, 8).ok_or("entry")?,
+                    uid: u32_at(f, 12).ok_or("entry")?,
+                    gid: u32_at(f, 16).ok_or("entry")?,
+                    nlink: u32_at(f, 20).ok_or("entry")?,
+                    size: u64_at(f, 24).ok_or("entry")?,
+                    mtime_ns: u64_at(f, 32).ok_or("entry")? as i64,
+                    ctime_ns: u64_at(f, 40).ok_or("entry")? as i64,
+                };
+                entries.insert(path, stat);
+                p += 4 + plen + ENTRY_FIXED_LEN;
+            }
+            if p != body.len() {
+                return Err("block longer than its entries");
+            }
+        }
+        if at != b.len() || entries.len() != count {
+            return Err("entry count mismatch");
+        }
+        Ok(Snapshot {
+            root,
+            taken_ns: u64_at(h, 16).ok_or("header")?,
+            through_seq: u64_at(h, 24).ok_or("header")?,
+            entries,
+        })
+    }
+
+    /// Loads the snapshot of `root` from `dir`. `Ok(None)` if there is none.
+    pub fn load(dir: &Path, root: &[u8]) -> Result<Option<Snapshot>, SnapshotError> {
+        let path = Snapshot::file_for(dir, root);
+        let bytes = match fs::read(&path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(source) => {
+                return Err(SnapshotError::Io {
+                    path,
+                    op: "read",
+                    source,
+                })
+            }
+        };
+        let snap = Snapshot::decode(&bytes).map_err(|detail| SnapshotError::Corrupt {
+            path: path.clone(),
+            detail,
+        })?;
+        if snap.root != root {
+            return Err(SnapshotError::Corrupt {
+                path,
+                detail: "belongs to another root",
+            });
+        }
+        Ok(Some(snap))
+    }
+
+    /// Replaces the snapshot file atomically and durably.
+    pub fn save(&self, dir: &Path) -> Result<(), SnapshotError> {
+        let io = |path: &Path, op: &'static str| {
+            let path = path.to_path_buf();
+            move |source| SnapshotError::Io { path, op, source }
+        };
+        fs::create_dir_all(dir).map_err(io(dir, "create directory"))?;
+        let path = Snapshot::file_for(dir, &self.root);
+        let tmp = path.with_extension("tmp");
+        let _ = fs::remove_file(&tmp);
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .custom_flags(libc::O_CLOEXEC | libc::O_NOFOLLOW)
+            .open(&tmp)
+            .map_err(io(&tmp, "create"))?;
+        f.write_all(&self.encode()).map_err(io(&tmp, "write"))?;
+        f.sync_all().map_err(io(&tmp, "fsync"))?;
+        fs::rename(&tmp, &path).map_err(io(&path, "rename"))?;
+        File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(io(dir, "fsync directory"))
+    }
+
+    pub fn remove(dir: &Path, root: &[u8]) {
+        let _ = fs::remove_file(Snapshot::file_for(dir, root));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> Snapshot {
+        let mut s = Snapshot::new(b"/root".to_vec());
+        s.taken_ns = 5;
+        s.through_seq = 9;
+        for i in 0..10_000u64 {
+            s.entries.insert(
+                format!("/root/f{i}\n\u{e9}").into_bytes(),
+                Stat {
+                    ino: i,
+                    mode: 0o100644,
+                    size: i * 3,
+                    ctime_ns: -(i as i64),
+                    ..Stat::default()
+                },
+            );
+        }
+        s
+    }
+
+    #[test]
+    fn round_trip_and_damage() {
+        let s = sample();
+        let b = s.encode();
+        let back = Snapshot::decode(&b).unwrap();
+        assert_eq!(
+            (back.root, back.taken_ns, back.through_seq),
+            (s.root.clone(), 5, 9)
+        );
+        assert_eq!(back.entries, s.entries);
+        for cut in [0, 10, 63, 64, 100, b.len() / 2, b.len() - 1] {
+            assert!(Snapshot::decode(&b[..cut]).is_err());
+        }
+        for at in [3, 20, 70, 5000, b.len() - 2] {
+            let mut d = b.clone();
+            d[at] ^= 0x10;
+            assert!(Snapshot::decode(&d).is_err(), "flip at {at}");
+        }
+    }
+
+    #[test]
+    fn save_load() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = sample();
+        assert!(Snapshot::load(dir.path(), b"/root").unwrap().is_none());
+        s.save(dir.path()).unwrap();
+        let l = Snapshot::load(dir.path(), b"/root").unwrap().unwrap();
+        assert_eq!(l.entries.len(), 10_000);
+    }
+}

@@ -1,0 +1,303 @@
+//! A symlink-safe tree walk: every directory is opened relative to its
+//! parent's descriptor with `O_NOFOLLOW`, read with `getdents64`, and every
+//! entry is looked at with `statx(AT_SYMLINK_NOFOLLOW)` relative to it. The
+//! walk never leaves the root's mount (other mounts are not captured either).
+
+use std::collections::HashMap;
+use std::ffi::CString;
+use std::fmt;
+use std::os::unix::io::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use crate::Stat;
+
+/// `getdents64` buffer size.
+const DIRENT_BUFFER_BYTES: usize = 64 * 1024;
+/// Directories open at once is bounded by the tree depth; deeper trees than
+/// this are refused rather than exhausting descriptors.
+const DEPTH_MAX: usize = 4096;
+
+/// Counters a status request can read while a walk runs.
+#[derive(Default, Debug)]
+pub struct WalkProgress {
+    pub entries: AtomicU64,
+    pub directories: AtomicU64,
+}
+
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum WalkError {
+    /// The root could not be opened (unmounted, removed, a symlink).
+    Root {
+        path: Vec<u8>,
+        source: std::io::Error,
+    },
+    /// A directory could not be read: its contents cannot be verified.
+    Directory {
+        path: Vec<u8>,
+        source: std::io::Error,
+    },
+    TooDeep {
+        path: Vec<u8>,
+    },
+}
+
+impl fmt::Display for WalkError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            WalkError::Root { path, source } => {
+                write!(
+                    f,
+                    "cannot open root {}: {source}",
+                    String::from_utf8_lossy(path)
+                )
+            }
+            WalkError::Directory { path, source } => {
+                write!(
+                    f,
+                    "cannot read directory {}: {source}",
+                    String::from_utf8_lossy(path)
+                )
+            }
+            WalkError::TooDeep { path } => write!(
+                f,
+                "directory tree deeper than {DEPTH_MAX} levels at {}",
+                String::from_utf8_lossy(path)
+            ),
+        }
+    }
+}
+
+impl std::error::Error for WalkError {}
+
+fn statx_at(dir: RawFd, name: &CString, flags: libc::c_int) -> std::io::Result<(Stat, u64)> {
+    // SAFETY: statx is plain old data; the call fills it.
+    let mut st: libc::statx = unsafe { std::mem::zeroed() };
+    let mask = libc::STATX_BASIC_STATS | libc::STATX_MNT_ID;
+    // SAFETY: valid descriptor, C string and output buffer.
+    let rc = unsafe {
+        libc::statx(
+            dir,
+            name.as_ptr(),
+            flags | libc::AT_STATX_SYNC_AS_STAT,
+            mask,
+            &mut st,
+        )
+    };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let ns = |t: libc::statx_timestamp| t.tv_sec * 1_000_000_000 + i64::from(t.tv_nsec);
+    Ok((
+        Stat {
+            ino: st.stx_ino,
+            mode: u32::from(st.stx_mode),
+            uid: st.stx_uid,
+            gid: st.stx_gid,
+            nlink: st.stx_nlink,
+            size: st.stx_size,
+            mtime_ns: ns(st.stx_mtime),
+            ctime_ns: ns(st.stx_ctime),
+        },
+        st.stx_mnt_id,
+    ))
+}
+
+fn open_root(path: &[u8]) -> std::io::Result<OwnedFd> {
+    let c = CString::new(path).map_err(|_| std::io::Error::from_raw_os_error(libc::EINVAL))?;
+    // SAFETY: open_how is plain old data.
+    let mut how: libc::open_how = unsafe { std::mem::zeroed() };
+    how.flags = (libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC) as u64;
+    how.resolve = libc::RESOLVE_NO_SYMLINKS | libc::RESOLVE_NO_MAGICLINKS;
+    // SAFETY: valid arguments for openat2.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_openat2,
+            libc::AT_FDCWD,
+            c.as_ptr(),
+            &how as *const libc::open_how,
+            std::mem::size_of::<libc::open_how>(),
+        )
+    };
+    if rc < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: new descriptor from the kernel.
+    Ok(unsafe { OwnedFd::from_raw_fd(rc as RawFd) })
+}
+
+fn open_child(dir: RawFd, name: &CString) -> std::io::Result<OwnedFd> {
+    // SAFETY: valid descriptor and C string.
+    let fd = unsafe {
+        libc::openat(
+            dir,
+            name.as_ptr(),
+            libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC,
+        )
+    };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: new descriptor from the kernel.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Names in a directory (without "." and "..").
+fn read_names(dir: RawFd, buf: &mut [u8]) -> std::io::Result<Vec<Vec<u8>>> {
+    let mut names = Vec::new();
+    loop {
+        // SAFETY: the buffer is writable for its length.
+        let n = unsafe { libc::syscall(libc::SYS_getdents64, dir, buf.as_mut_ptr(), buf.len()) };
+        if n < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        if n == 0 {
+            return Ok(names);
+        }
+        let chunk = &buf[..n as usize];
+        let mut off = 0;
+        // struct linux_dirent64 { u64 d_ino; i64 d_off; u16 d_reclen; u8 d_type; char d_name[]; }
+        while off + 19 <= chunk.len() {
+            let reclen = u16::from_ne_bytes([chunk[off + 16], chunk[off + 17]]) as usize;
+            if reclen < 19 || off + reclen > chunk.len() {
+                return Err(std::io::Error::from_raw_os_error(libc::EIO));
+            }
+            let raw = &chunk[off + 19..off + reclen];
+            let name = &raw[..raw.iter().position(|&b| b == 0).unwrap_or(raw.len())];
+            if name != b"." && name != b".." && !name.is_empty() {
+                names.push(name.to_vec());
+            }
+            off += reclen;
+        }
+    }
+}
+
+fn join(dir: &[u8], name: &[u8]) -> Vec<u8> {
+    let mut p = dir.to_vec();
+    if !p.ends_with(b"/") {
+        p.push(b'/');
+    }
+    p.extend_from_slice(name);
+    p
+}
+
+fn below(path: &[u8], root: &[u8]) -> bool {
+    path.starts_with(root)
+        && (path.len() == root.len() || path[root.len()] == b'/' || root.ends_with(b"/"))
+}
+
+/// Walks `root` and returns every path below it (and the root) with its stat.
+/// Paths at or below an `excluded` prefix are left out. Entries that vanish
+/// during the walk are skipped (the live capture sees their removal).
+pub fn walk(
+    root: &[u8],
+    excluded: &[Vec<u8>],
+    progress: &WalkProgress,
+) -> Result<HashMap<Vec<u8>, Stat>, WalkError> {
+    let root_fd = open_root(root).map_err(|source| WalkError::Root {
+        path: root.to_vec(),
+        source,
+    })?;
+    let (root_stat, root_mnt) = statx_at(
+        root_fd.as_raw_fd(),
+        &CString::default(),
+        libc::AT_EMPTY_PATH,
+    )
+    .map_err(|source| WalkError::Root {
+        path: root.to_vec(),
+        source,
+    })?;
+    let mut out = HashMap::new();
+    out.insert(root.to_vec(), root_stat);
+    let mut buf = vec![0u8; DIRENT_BUFFER_BYTES];
+    let mut stack: Vec<(OwnedFd, Vec<u8>)> = vec![(root_fd, root.to_vec())];
+    while let Some((fd, path)) = stack.pop() {
+        if stack.len() > DEPTH_MAX {
+            return Err(WalkError::TooDeep { path });
+        }
+        progress.directories.fetch_add(1, Ordering::Relaxed);
+        let names = match read_names(fd.as_raw_fd(), &mut buf) {
+            Ok(n) => n,
+            // Removed while we walked: its removal is captured live.
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => continue,
+            Err(source) => return Err(WalkError::Directory { path, source }),
+        };
+        for name in names {
+            let child = join(&path, &name);
+            if excluded.iter().any(|e| below(&child, e)) {
+                continue;
+            }
+            let Ok(cname) = CString::new(name) else {
+                continue;
+            };
+            let (stat, mnt) = match statx_at(fd.as_raw_fd(), &cname, libc::AT_SYMLINK_NOFOLLOW) {
+                Ok(s) => s,
+                Err(e) if e.raw_os_error() == Some(libc::ENOENT) => continue,
+                Err(source) => {
+                    return Err(WalkError::Directory {
+                        path: child,
+                        source,
+                    })
+                }
+            };
+            progress.entries.fetch_add(1, Ordering::Relaxed);
+            if mnt != root_mnt {
+                continue; // another mount: not captured, not walked
+            }
+            out.insert(child.clone(), stat);
+            if stat.mode & 0o170000 == 0o040000 {
+                match open_child(fd.as_raw_fd(), &cname) {
+                    Ok(cfd) => stack.push((cfd, child)),
+                    Err(e)
+                        if matches!(
+                            e.raw_os_error(),
+                            Some(libc::ENOENT) | Some(libc::ENOTDIR) | Some(libc::ELOOP)
+                        ) => {}
+                    Err(source) => {
+                        return Err(WalkError::Directory {
+                            path: child,
+                            source,
+                        })
+                    }
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::ffi::OsStrExt;
+
+    #[test]
+    fn walks_without_following_symlinks() {
+        let d = tempfile::tempdir().unwrap();
+        let r = d.path();
+        std::fs::create_dir_all(r.join("a/b")).unwrap();
+        std::fs::write(r.join("a/b/f"), b"x").unwrap();
+        std::fs::write(r.join("a/new\nline"), b"x").unwrap();
+        std::os::unix::fs::symlink("/", r.join("a/to_root")).unwrap();
+        std::fs::create_dir(r.join("skip")).unwrap();
+        std::fs::write(r.join("skip/x"), b"x").unwrap();
+        let root = r.as_os_str().as_bytes().to_vec();
+        let excluded = vec![join(&root, b"skip")];
+        let p = WalkProgress::default();
+        let got = walk(&root, &excluded, &p).unwrap();
+        let mut names: Vec<Vec<u8>> = got.keys().map(|k| k[root.len()..].to_vec()).collect();
+        names.sort();
+        assert_eq!(
+            names,
+            vec![
+                b"".to_vec(),
+                b"/a".to_vec(),
+                b"/a/b".to_vec(),
+                b"/a/b/f".to_vec(),
+                b"/a/new\nline".to_vec(),
+                b"/a/to_root".to_vec()
+            ]
+        );
+        assert_eq!(got[&join(&root, b"a/to_root")].mode & 0o170000, 0o120000);
+    }
+}
