@@ -264,8 +264,10 @@ impl Builder<'_> {
 /// creation at the same name, so the first record would say so.
 fn ephemeral(e: &Entry) -> bool {
     // Whatever else is merged into that first record (a later rename away,
-    // a delete) concerns the created object, not an earlier one.
-    !e.exists && e.first.contains(Changes::CREATED)
+    // a delete) concerns the created object, not an earlier one. A
+    // *reconciled* "created" is relative to a snapshot that may be older than
+    // the cursor, so it says nothing about the path at the cursor.
+    !e.exists && e.first.contains(Changes::CREATED) && !e.first.contains(Changes::RECONCILED)
 }
 
 fn merge_kind(en: &mut Entry, kind: ObjectKind) {

@@ -315,3 +315,26 @@ fn reconcile_after_downtime_btrfs() {
 fn reconcile_after_downtime_tmpfs() {
     reconcile_after_downtime(Fs::Tmpfs);
 }
+
+/// Regression (found by the oracle): a reconciled "created" for a path that
+/// already existed at the cursor must not make the path look ephemeral when
+/// the path is later renamed away.
+#[test]
+fn reconciled_created_does_not_hide_a_later_rename_away() {
+    let m = Mount::new(Fs::Tmpfs);
+    let mut d = Daemon::start(&m.mnt, &[]);
+    let t = m.mnt.join("tree");
+    fs::create_dir(&t).unwrap();
+    d.track(&t);
+    d.reconciled(); // empty baseline
+    fs::write(t.join("p"), b"1").unwrap();
+    let c0 = d.cursor();
+    d.stop();
+    d.spawn();
+    d.reconciled(); // journals "created p" (relative to the baseline)
+    fs::rename(t.join("p"), t.join("q")).unwrap();
+    let a = d.changes_wait(&c0, 60);
+    assert_eq!(a.code, 0, "{}", a.dump());
+    let p = a.changes_of(&t.join("p"));
+    assert!(p.iter().any(|c| c == "renamed_from"), "p existed at the cursor and left: {p:?}\n{}", a.dump());
+}
