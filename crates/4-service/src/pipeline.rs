@@ -687,15 +687,6 @@ fn writer_loop(
         match &result {
             Ok(_) => {
                 if !triggers.is_empty() {
-                    if std::env::var_os("CJ_DEBUG_WAIT").is_some() {
-                        eprintln!(
-                            "cj debug: reconcile requests {:?}",
-                            triggers
-                                .iter()
-                                .map(|t: &crate::reconciler::Request| t.seq)
-                                .collect::<Vec<_>>()
-                        );
-                    }
                     shared.reconcile.push(triggers.drain(..));
                 }
                 let mut s = shared.commit.lock().unwrap_or_else(|e| e.into_inner());

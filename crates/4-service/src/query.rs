@@ -52,6 +52,9 @@ pub struct Answer {
     pub entries: Vec<Entry>,
     pub rescans: Vec<Rescan>,
     pub cursor: Cursor,
+    /// The highest seq of a gap or unknown-path record in the range that no
+    /// reconciliation has closed (yet).
+    pub open_seq: Option<u64>,
 }
 
 /// The narrower of two nested paths, or `None` if they are disjoint.
@@ -127,16 +130,19 @@ impl Builder<'_> {
 
     /// Open holes become rescans unless a `Resolved` record in the range
     /// closed them.
-    fn settle(&mut self) {
+    fn settle(&mut self) -> Option<u64> {
+        let mut open = None;
         for (seq, path, reason) in std::mem::take(&mut self.pending) {
             let closed = self
                 .resolutions
                 .iter()
                 .any(|(through, scope)| *through >= seq && is_at_or_below(&path, scope));
             if !closed {
+                open = open.max(Some(seq));
                 self.rescan(&path, &reason);
             }
         }
+        open
     }
 
     /// Every tracked root in scope (or those on `fsid`, when given and known).
@@ -353,7 +359,7 @@ pub fn answer(
             b.rescan_roots(None, "cursor_expired");
         }
     }
-    b.settle();
+    let open_seq = b.settle();
     if b.overflowed {
         b.rescan_roots(None, "too_many_changes");
     }
@@ -377,6 +383,7 @@ pub fn answer(
         entries,
         rescans,
         cursor,
+        open_seq,
     })
 }
 

@@ -68,6 +68,9 @@ pub struct Queue {
     pub status: Mutex<Status>,
     pub progress: WalkProgress,
     pub stop: AtomicBool,
+    /// The highest seq among requests the reconciler has taken: gaps above
+    /// it are not being worked on yet.
+    pub taken_through: std::sync::atomic::AtomicU64,
 }
 
 impl Queue {
@@ -178,6 +181,8 @@ impl Reconciler {
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
                     .running = Some(Vec::new());
+                let top = q.iter().map(|r| r.seq).max().unwrap_or(0);
+                self.queue().taken_through.fetch_max(top, Ordering::SeqCst);
                 std::mem::take(&mut *q)
             };
             for (root, baseline) in self.roots_for(&batch) {
@@ -367,12 +372,6 @@ impl Reconciler {
         old: Option<Snapshot>,
     ) -> Result<u64, String> {
         let through = self.sync()?;
-        if std::env::var_os("CJ_DEBUG_WAIT").is_some() {
-            eprintln!(
-                "cj debug: reconcile walk through {through}, baseline {:?}",
-                old.as_ref().map(|o| o.through_seq)
-            );
-        }
         let taken_ns = now_ns();
         let entries =
             walk(root, &self.excluded, &self.queue().progress).map_err(|e| e.to_string())?;

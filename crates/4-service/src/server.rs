@@ -317,14 +317,13 @@ fn changes(
         let roots = ctx.roots();
         let answer = query::answer(&ctx.reader, &roots, since.clone(), scope.as_deref(), end)
             .map_err(|e| fail("failed", e.to_string()))?;
-        if answer.rescans.is_empty() || Instant::now() >= deadline || !ctx.shared.reconcile.busy() {
-            if std::env::var_os("CJ_DEBUG_WAIT").is_some() && !answer.rescans.is_empty() {
-                eprintln!(
-                    "cj debug: wait stops at end {end}: busy {} pending {}",
-                    ctx.shared.reconcile.busy(),
-                    ctx.shared.reconcile.pending()
-                );
-            }
+        let q = &ctx.shared.reconcile;
+        // Work remains while the reconciler runs, or while an open gap lies
+        // above every request it has taken (its request is on its way).
+        let untaken = answer
+            .open_seq
+            .is_some_and(|s| s > q.taken_through.load(std::sync::atomic::Ordering::SeqCst));
+        if answer.rescans.is_empty() || Instant::now() >= deadline || !(q.busy() || untaken) {
             break answer;
         }
         std::thread::sleep(WAIT_POLL);

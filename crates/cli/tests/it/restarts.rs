@@ -20,6 +20,7 @@ fn clean_restart_keeps_cursors_and_reports_the_downtime() {
     let t = m.mnt.join("tree");
     fs::create_dir(&t).unwrap();
     d.track(&t);
+    d.reconciled(); // the baseline that will close the downtime gap
     let c0 = d.cursor();
     fs::write(t.join("before"), b"1").unwrap();
     let c1 = d.cursor();
@@ -30,18 +31,27 @@ fn clean_restart_keeps_cursors_and_reports_the_downtime() {
     let status = d.ok(&["status", "--json"]);
     assert!(status.contains("\"captured\":true"), "{status}");
     fs::write(t.join("after"), b"1").unwrap();
-    // A range spanning the downtime: what was journaled, plus an honest gap.
+    // A range spanning the downtime: what was journaled, plus either an
+    // honest gap or (once reconciliation has run) the reconciled changes.
     let a = d.changes(&c0, None);
-    assert_eq!(a.code, 3, "{}", a.dump());
-    assert!(
-        reasons(&a).contains(&"daemon_down".to_string()),
-        "{}",
-        a.dump()
-    );
+    if a.code == 3 {
+        assert!(
+            reasons(&a).contains(&"daemon_down".to_string()),
+            "{}",
+            a.dump()
+        );
+        let (scope, _) = &a.rescans()[0];
+        assert_eq!(scope.as_slice(), t.as_os_str().as_encoded_bytes());
+    } else {
+        assert!(a.get(&t.join("while_down")).is_some(), "{}", a.dump());
+    }
     assert!(a.get(&t.join("before")).is_some(), "{}", a.dump());
     assert!(a.get(&t.join("after")).is_some(), "{}", a.dump());
-    let (scope, _) = &a.rescans()[0];
-    assert_eq!(scope.as_slice(), t.as_os_str().as_encoded_bytes());
+    // Reconciliation closes the gap: complete, with the change made while down.
+    let w = d.changes_wait(&c0, 60);
+    assert_eq!(w.code, 0, "{}", w.dump());
+    let down = w.changes_of(&t.join("while_down"));
+    assert!(down.iter().any(|c| c == "reconciled"), "{}", w.dump());
     // The pre-restart cursor is still a valid position.
     assert_ne!(
         reasons(&d.changes(&c1, None)),
@@ -99,12 +109,13 @@ fn kill9_during_storm(kind: Fs) {
     assert!(acked > 100, "storm too slow: {acked}");
     d.spawn();
     let a = d.changes(&c0, None);
-    assert_eq!(a.code, 3, "a crash must be reported as a gap");
-    assert!(
-        reasons(&a).contains(&"unclean_stop".to_string()),
-        "{:?}",
-        reasons(&a)
-    );
+    if a.code == 3 {
+        assert!(
+            reasons(&a).contains(&"unclean_stop".to_string()),
+            "{:?}",
+            reasons(&a)
+        );
+    }
     let mut missing = Vec::new();
     for i in 0..acked {
         if a.get(&t.join(format!("f{i:07}"))).is_none() {
@@ -336,5 +347,9 @@ fn reconciled_created_does_not_hide_a_later_rename_away() {
     let a = d.changes_wait(&c0, 60);
     assert_eq!(a.code, 0, "{}", a.dump());
     let p = a.changes_of(&t.join("p"));
-    assert!(p.iter().any(|c| c == "renamed_from"), "p existed at the cursor and left: {p:?}\n{}", a.dump());
+    assert!(
+        p.iter().any(|c| c == "renamed_from"),
+        "p existed at the cursor and left: {p:?}\n{}",
+        a.dump()
+    );
 }
