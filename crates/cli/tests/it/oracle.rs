@@ -165,6 +165,9 @@ fn setup(fs: Fs, extra: &[&str], state_outside: bool) -> Setup {
 fn populate(rng: &mut Rng, tree: &Path, outside: &Path, workers: usize) -> Vec<Model> {
     let shared = tree.join("shared");
     std::fs::create_dir_all(&shared).unwrap();
+    // The separate-process worker's directories.
+    std::fs::create_dir_all(tree.join("proc/sub")).unwrap();
+    std::fs::create_dir_all(outside.join("proc")).unwrap();
     (0..workers)
         .map(|k| {
             let own = tree.join(format!("w{k}"));
@@ -181,9 +184,30 @@ fn populate(rng: &mut Rng, tree: &Path, outside: &Path, workers: usize) -> Vec<M
         .collect()
 }
 
-/// Runs the workers concurrently (threads) for `ops` operations each.
+/// Runs the workers concurrently for `ops` operations each: one thread per
+/// model, plus one more worker in a separate process (the test binary run
+/// again as `oracle_worker_process`) working in the tree's `proc` directory.
 fn run_workers(seed: u64, models: &mut [Model], ops: usize) -> Vec<Vec<Op>> {
-    std::thread::scope(|s| {
+    let child = models.first().and_then(|m| {
+        let tree = m.dirs.first()?.parent()?.to_path_buf();
+        let outside = m.outside.first()?.parent()?.to_path_buf();
+        std::process::Command::new(std::env::current_exe().ok()?)
+            .args([
+                "--exact",
+                "oracle::oracle_worker_process",
+                "--ignored",
+                "--quiet",
+                "--test-threads=1",
+            ])
+            .env("CJ_ORACLE_WORKER_TREE", &tree)
+            .env("CJ_ORACLE_WORKER_OUTSIDE", &outside)
+            .env("CJ_ORACLE_WORKER_SEED", (seed ^ 0xc0ffee).to_string())
+            .env("CJ_ORACLE_WORKER_OPS", ops.to_string())
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .ok()
+    });
+    let logs = std::thread::scope(|s| {
         let handles: Vec<_> = models
             .iter_mut()
             .enumerate()
@@ -195,7 +219,36 @@ fn run_workers(seed: u64, models: &mut [Model], ops: usize) -> Vec<Vec<Op>> {
             })
             .collect();
         handles.into_iter().map(|h| h.join().unwrap()).collect()
-    })
+    });
+    if let Some(mut c) = child {
+        let status = c.wait().unwrap();
+        assert!(status.success(), "worker process failed: {status}");
+    }
+    logs
+}
+
+/// The separate-process worker (run by `run_workers`, not on its own).
+#[test]
+#[ignore]
+fn oracle_worker_process() {
+    let Some(tree) = std::env::var_os("CJ_ORACLE_WORKER_TREE").map(PathBuf::from) else {
+        return;
+    };
+    let outside = PathBuf::from(std::env::var_os("CJ_ORACLE_WORKER_OUTSIDE").unwrap());
+    let seed: u64 = std::env::var("CJ_ORACLE_WORKER_SEED")
+        .unwrap()
+        .parse()
+        .unwrap();
+    let ops: usize = std::env::var("CJ_ORACLE_WORKER_OPS")
+        .unwrap()
+        .parse()
+        .unwrap();
+    let own = tree.join("proc");
+    let mut model = Model::new(
+        vec![own.clone(), own.join("sub"), tree.join("shared")],
+        vec![outside.join("proc")],
+    );
+    workload::run(&mut Rng(seed), &mut model, ops);
 }
 
 const WORKERS: usize = 3;
