@@ -363,6 +363,36 @@ impl Normalizer {
         out.push(RecordBody::Event(record));
     }
 
+    /// Pushes a record for `path`, its name taken from the path.
+    #[allow(clippy::too_many_arguments)]
+    fn push_named(
+        &mut self,
+        out: &mut Vec<RecordBody>,
+        path: Vec<u8>,
+        changes: Changes,
+        kind: ObjectKind,
+        flags: u8,
+        fsid: u64,
+        object: FileHandle,
+    ) {
+        let name = sys::split_parent(&path)
+            .map(|(_, n)| n.to_vec())
+            .unwrap_or_default();
+        self.push_event(
+            out,
+            EventRecord {
+                changes,
+                kind,
+                flags,
+                fsid,
+                object,
+                name,
+                path,
+                ..Default::default()
+            },
+        );
+    }
+
     /// A change on an object whose path cannot be named: queries must treat
     /// every root on the filesystem as needing a rescan.
     fn unknown(&mut self, out: &mut Vec<RecordBody>, fsid: u64, object: FileHandle) {
@@ -568,21 +598,14 @@ impl Normalizer {
                 if !self.in_roots(&path) || self.excluded(&path) {
                     continue;
                 }
-                let name = sys::split_parent(&path)
-                    .map(|(_, n)| n.to_vec())
-                    .unwrap_or_default();
-                self.push_event(
+                self.push_named(
                     out,
-                    EventRecord {
-                        changes: p.changes,
-                        kind: st.kind,
-                        flags: EVENT_FLAG_VERIFIED_PRESENT | EVENT_FLAG_VERIFIED_SAME,
-                        fsid: fid.fsid,
-                        object: p.object.clone(),
-                        name,
-                        path,
-                        ..Default::default()
-                    },
+                    path,
+                    p.changes,
+                    st.kind,
+                    EVENT_FLAG_VERIFIED_PRESENT | EVENT_FLAG_VERIFIED_SAME,
+                    fid.fsid,
+                    p.object.clone(),
                 );
             }
         }
@@ -751,20 +774,14 @@ impl Normalizer {
             if !self.in_roots(&path) || self.excluded(&path) {
                 continue;
             }
-            let name = sys::split_parent(&path)
-                .map(|(_, n)| n.to_vec())
-                .unwrap_or_default();
-            self.push_event(
+            self.push_named(
                 out,
-                EventRecord {
-                    changes: Changes::DELETED | Changes::REPLACED,
-                    kind: ObjectKind::Unknown,
-                    fsid: fid.fsid,
-                    object: fid_handle(&fid),
-                    name,
-                    path,
-                    ..Default::default()
-                },
+                path,
+                Changes::DELETED | Changes::REPLACED,
+                ObjectKind::Unknown,
+                0,
+                fid.fsid,
+                fid_handle(&fid),
             );
         }
     }

@@ -71,6 +71,9 @@ pub struct Queue {
     /// The highest seq among requests the reconciler has taken: gaps above
     /// it are not being worked on yet.
     pub taken_through: std::sync::atomic::AtomicU64,
+    /// Batches finished: a waiting query that synced before a batch finished
+    /// must look again (the batch's records lie past its answer).
+    pub completed: std::sync::atomic::AtomicU64,
 }
 
 impl Queue {
@@ -202,6 +205,7 @@ impl Reconciler {
                     );
                 }
             }
+            self.queue().completed.fetch_add(1, Ordering::SeqCst);
             self.queue()
                 .status
                 .lock()

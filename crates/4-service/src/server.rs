@@ -313,6 +313,11 @@ fn changes(
     // With a wait, answer once reconciliation has closed the gaps in range
     // (or has nothing left to do, or time is up).
     let answer = loop {
+        let completed = ctx
+            .shared
+            .reconcile
+            .completed
+            .load(std::sync::atomic::Ordering::SeqCst);
         let end = ctx.sync()?;
         let roots = ctx.roots();
         let answer = query::answer(&ctx.reader, &roots, since.clone(), scope.as_deref(), end)
@@ -323,7 +328,13 @@ fn changes(
         let untaken = answer
             .open_seq
             .is_some_and(|s| s > q.taken_through.load(std::sync::atomic::Ordering::SeqCst));
-        if answer.rescans.is_empty() || Instant::now() >= deadline || !(q.busy() || untaken) {
+        // A batch that finished after `completed` was read journaled its
+        // records past `end`: look again.
+        let finished_since = q.completed.load(std::sync::atomic::Ordering::SeqCst) != completed;
+        if answer.rescans.is_empty()
+            || Instant::now() >= deadline
+            || !(q.busy() || untaken || finished_since)
+        {
             break answer;
         }
         std::thread::sleep(WAIT_POLL);

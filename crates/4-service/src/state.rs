@@ -112,19 +112,7 @@ pub fn take_clean_stop(state_dir: &Path) -> Result<Option<u64>, Error> {
 }
 
 fn crc32c_of(b: &[u8]) -> u32 {
-    // A small CRC-32C (Castagnoli), bitwise: this file is 8 bytes long.
-    let mut crc = !0u32;
-    for &byte in b {
-        crc ^= u32::from(byte);
-        for _ in 0..8 {
-            crc = if crc & 1 != 0 {
-                (crc >> 1) ^ 0x82f6_3b78
-            } else {
-                crc >> 1
-            };
-        }
-    }
-    !crc
+    crc32c::crc32c(b)
 }
 
 #[cfg(test)]
