@@ -284,6 +284,18 @@ fn status(socket: &Path, json: bool) -> Result<i32> {
         g(&["capture", "unresolved_objects"]),
         g(&["capture", "overflows"])
     )?;
+    writeln!(
+        out,
+        "reconcile   {}, {} walks, {} reconciled records, last walk {} ms{}",
+        if g(&["reconcile", "busy"]).as_bool().unwrap_or(false) { "busy" } else { "idle" },
+        g(&["reconcile", "walks"]),
+        g(&["reconcile", "reconciled_records"]),
+        g(&["reconcile", "last_walk_ms"]),
+        g(&["reconcile", "last_error"])
+            .as_str()
+            .map(|e| format!(", last error: {e}"))
+            .unwrap_or_default()
+    )?;
     let roots = g(&["roots"]);
     let roots = roots.as_array().cloned().unwrap_or_default();
     if roots.is_empty() {
