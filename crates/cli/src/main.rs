@@ -287,7 +287,11 @@ fn status(socket: &Path, json: bool) -> Result<i32> {
     writeln!(
         out,
         "reconcile   {}, {} walks, {} reconciled records, last walk {} ms{}",
-        if g(&["reconcile", "busy"]).as_bool().unwrap_or(false) { "busy" } else { "idle" },
+        if g(&["reconcile", "busy"]).as_bool().unwrap_or(false) {
+            "busy"
+        } else {
+            "idle"
+        },
         g(&["reconcile", "walks"]),
         g(&["reconcile", "reconciled_records"]),
         g(&["reconcile", "last_walk_ms"]),

@@ -11,6 +11,8 @@ use std::path::{Path, PathBuf};
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Entry {
     pub ino: u64,
+    /// Inode generation (`FS_IOC_GETVERSION`) where the filesystem has one.
+    pub generation: u64,
     pub mode: u32,
     pub size: u64,
     pub uid: u32,
@@ -30,6 +32,29 @@ fn fnv(bytes: &[u8]) -> u64 {
         h = h.wrapping_mul(0x100_0000_01b3);
     }
     h
+}
+
+/// `_IOR('v', 1, long)`.
+const FS_IOC_GETVERSION: libc::c_ulong = 0x8008_7601;
+
+fn generation(path: &Path, is_file_or_dir: bool) -> u64 {
+    use std::os::unix::io::AsRawFd;
+    if !is_file_or_dir {
+        return 0;
+    }
+    use std::os::unix::fs::OpenOptionsExt;
+    let Ok(f) = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path)
+    else {
+        return 0;
+    };
+    let mut v: libc::c_long = 0;
+    if unsafe { libc::ioctl(f.as_raw_fd(), FS_IOC_GETVERSION, &mut v) } != 0 {
+        return 0;
+    }
+    v as u64
 }
 
 fn xattrs(path: &Path) -> Vec<(Vec<u8>, Vec<u8>)> {
@@ -77,6 +102,7 @@ fn walk(path: &Path, snap: &mut Snapshot) {
         path.to_path_buf(),
         Entry {
             ino: meta.ino(),
+            generation: generation(path, ft.is_file() || ft.is_dir()),
             mode: meta.mode(),
             size: if ft.is_dir() { 0 } else { meta.size() },
             uid: meta.uid(),
