@@ -186,9 +186,18 @@ fn below(path: &[u8], root: &[u8]) -> bool {
         && (path.len() == root.len() || path[root.len()] == b'/' || root.ends_with(b"/"))
 }
 
+/// One directory being walked: its descriptor and the subdirectories still
+/// to visit. Only one frame per depth level is open at a time.
+struct Frame {
+    fd: OwnedFd,
+    path: Vec<u8>,
+    subdirs: Vec<Vec<u8>>,
+}
+
 /// Walks `root` and returns every path below it (and the root) with its stat.
 /// Paths at or below an `excluded` prefix are left out. Entries that vanish
 /// during the walk are skipped (the live capture sees their removal).
+/// Descriptors held at once: the tree depth (at most `DEPTH_MAX`).
 pub fn walk(
     root: &[u8],
     excluded: &[Vec<u8>],
@@ -210,66 +219,120 @@ pub fn walk(
     let mut out = HashMap::new();
     out.insert(root.to_vec(), root_stat);
     let mut buf = vec![0u8; DIRENT_BUFFER_BYTES];
-    let mut stack: Vec<(OwnedFd, Vec<u8>)> = vec![(root_fd, root.to_vec())];
-    while let Some((fd, path)) = stack.pop() {
-        if stack.len() > DEPTH_MAX {
-            return Err(WalkError::TooDeep { path });
-        }
-        progress.directories.fetch_add(1, Ordering::Relaxed);
-        let names = match read_names(fd.as_raw_fd(), &mut buf) {
-            Ok(n) => n,
-            // Removed while we walked: its removal is captured live.
-            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => continue,
-            Err(source) => return Err(WalkError::Directory { path, source }),
+    let mut stack: Vec<Frame> = Vec::new();
+    if let Some(frame) = read_dir(
+        root_fd,
+        root.to_vec(),
+        root_mnt,
+        excluded,
+        &mut buf,
+        &mut out,
+        progress,
+    )? {
+        stack.push(frame);
+    }
+    while let Some(top) = stack.last_mut() {
+        let Some(name) = top.subdirs.pop() else {
+            stack.pop();
+            continue;
         };
-        for name in names {
-            let child = join(&path, &name);
-            if excluded.iter().any(|e| below(&child, e)) {
-                continue;
+        let child = join(&top.path, &name);
+        let Ok(cname) = CString::new(name) else {
+            continue;
+        };
+        let fd = match open_child(top.fd.as_raw_fd(), &cname) {
+            Ok(fd) => fd,
+            // Gone or replaced by a non-directory since: captured live.
+            Err(e)
+                if matches!(
+                    e.raw_os_error(),
+                    Some(libc::ENOENT) | Some(libc::ENOTDIR) | Some(libc::ELOOP)
+                ) =>
+            {
+                continue
             }
-            let Ok(cname) = CString::new(name) else {
-                continue;
-            };
-            let (stat, mnt) = match statx_at(fd.as_raw_fd(), &cname, libc::AT_SYMLINK_NOFOLLOW) {
-                Ok(s) => s,
-                Err(e) if e.raw_os_error() == Some(libc::ENOENT) => continue,
-                Err(source) => {
-                    return Err(WalkError::Directory {
-                        path: child,
-                        source,
-                    })
-                }
-            };
-            progress.entries.fetch_add(1, Ordering::Relaxed);
-            if mnt != root_mnt {
-                continue; // another mount: not captured, not walked
+            Err(source) => {
+                return Err(WalkError::Directory {
+                    path: child,
+                    source,
+                })
             }
-            out.insert(child.clone(), stat);
-            if stat.mode & 0o170000 == 0o040000 {
-                match open_child(fd.as_raw_fd(), &cname) {
-                    Ok(cfd) => stack.push((cfd, child)),
-                    Err(e)
-                        if matches!(
-                            e.raw_os_error(),
-                            Some(libc::ENOENT) | Some(libc::ENOTDIR) | Some(libc::ELOOP)
-                        ) => {}
-                    Err(source) => {
-                        return Err(WalkError::Directory {
-                            path: child,
-                            source,
-                        })
-                    }
-                }
-            }
+        };
+        if stack.len() >= DEPTH_MAX {
+            return Err(WalkError::TooDeep { path: child });
+        }
+        if let Some(frame) = read_dir(fd, child, root_mnt, excluded, &mut buf, &mut out, progress)?
+        {
+            stack.push(frame);
         }
     }
     Ok(out)
+}
+
+/// Reads one directory: records every entry's stat, and returns the frame of
+/// its subdirectories to visit (`None` if it vanished meanwhile).
+fn read_dir(
+    fd: OwnedFd,
+    path: Vec<u8>,
+    root_mnt: u64,
+    excluded: &[Vec<u8>],
+    buf: &mut [u8],
+    out: &mut HashMap<Vec<u8>, Stat>,
+    progress: &WalkProgress,
+) -> Result<Option<Frame>, WalkError> {
+    progress.directories.fetch_add(1, Ordering::Relaxed);
+    let names = match read_names(fd.as_raw_fd(), buf) {
+        Ok(n) => n,
+        // Removed while we walked: its removal is captured live.
+        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(None),
+        Err(source) => return Err(WalkError::Directory { path, source }),
+    };
+    let mut subdirs = Vec::new();
+    for name in names {
+        let child = join(&path, &name);
+        if excluded.iter().any(|e| below(&child, e)) {
+            continue;
+        }
+        let Ok(cname) = CString::new(name.clone()) else {
+            continue;
+        };
+        let (stat, mnt) = match statx_at(fd.as_raw_fd(), &cname, libc::AT_SYMLINK_NOFOLLOW) {
+            Ok(s) => s,
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => continue,
+            Err(source) => {
+                return Err(WalkError::Directory {
+                    path: child,
+                    source,
+                })
+            }
+        };
+        progress.entries.fetch_add(1, Ordering::Relaxed);
+        if mnt != root_mnt {
+            continue; // another mount: not captured, not walked
+        }
+        out.insert(child, stat);
+        if stat.mode & 0o170000 == 0o040000 {
+            subdirs.push(name);
+        }
+    }
+    Ok(Some(Frame { fd, path, subdirs }))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::os::unix::ffi::OsStrExt;
+
+    #[test]
+    fn wide_directories_do_not_hold_a_descriptor_each() {
+        let d = tempfile::tempdir().unwrap();
+        let root = d.path().as_os_str().as_bytes().to_vec();
+        for i in 0..DEPTH_MAX + 100 {
+            std::fs::create_dir(d.path().join(format!("d{i}"))).unwrap();
+        }
+        let got = walk(&root, &[], &WalkProgress::default()).unwrap();
+        assert_eq!(got.len(), DEPTH_MAX + 101);
+    }
 
     #[test]
     fn walks_without_following_symlinks() {
