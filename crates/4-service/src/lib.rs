@@ -157,9 +157,15 @@ pub fn run(config: Config) -> Result<(), Error> {
         snapshots: snapshots.clone(),
         excluded: vec![state_dir.as_os_str().as_bytes().to_vec()],
     };
+    let fatal = exit_tx.clone();
     std::thread::Builder::new()
         .name("cj-reconcile".into())
-        .spawn(move || reconciler.run())
+        .spawn(move || {
+            // A bug here must not leave gaps silently open forever.
+            if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| reconciler.run())).is_err() {
+                let _ = fatal.try_send(Exit::Fatal("internal error: the reconciler panicked".into()));
+            }
+        })
         .map_err(io(&state_dir, "start reconciler thread"))?;
     // Roots without a baseline get one, so that later gaps can be closed.
     let missing: Vec<reconciler::Request> = roots
