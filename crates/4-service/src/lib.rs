@@ -162,8 +162,11 @@ pub fn run(config: Config) -> Result<(), Error> {
         .name("cj-reconcile".into())
         .spawn(move || {
             // A bug here must not leave gaps silently open forever.
-            if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| reconciler.run())).is_err() {
-                let _ = fatal.try_send(Exit::Fatal("internal error: the reconciler panicked".into()));
+            if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| reconciler.run())).is_err()
+            {
+                let _ = fatal.try_send(Exit::Fatal(
+                    "internal error: the reconciler panicked".into(),
+                ));
             }
         })
         .map_err(io(&state_dir, "start reconciler thread"))?;
