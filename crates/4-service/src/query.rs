@@ -397,6 +397,185 @@ fn flush(items: &mut Vec<Item>, b: &mut Builder<'_>) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use cj_types::{EventRecord, GapReason, GapRecord, JournalId, ResolvedRecord};
+
+    const ROOT: &[u8] = b"/cj-query-test-root-that-does-not-exist";
+
+    fn p(rel: &str) -> Vec<u8> {
+        let mut v = ROOT.to_vec();
+        v.extend_from_slice(rel.as_bytes());
+        v
+    }
+
+    fn ev(path: &[u8], changes: Changes) -> RecordBody {
+        RecordBody::Event(EventRecord {
+            changes,
+            kind: ObjectKind::File,
+            fsid: 1,
+            path: path.to_vec(),
+            ..Default::default()
+        })
+    }
+
+    fn roots() -> Vec<RootState> {
+        vec![RootState {
+            path: ROOT.to_vec(),
+            fsid: 1,
+            fs_type: "test".into(),
+            unavailable: None,
+        }]
+    }
+
+    /// Journals `bodies` after a first record, and answers since that record.
+    fn ask(bodies: Vec<RecordBody>) -> Answer {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut w, r, _) = cj_journal::open(dir.path(), cj_journal::Options::default()).unwrap();
+        let c = w.append(1, &ev(&p("/before"), Changes::CREATED)).unwrap();
+        for b in &bodies {
+            w.append(2, b).unwrap();
+        }
+        let end = w.commit().unwrap();
+        let cursor = Cursor {
+            journal_id: r.journal_id(),
+            seq: c,
+        };
+        answer(&r, &roots(), Ok(cursor), None, end).unwrap()
+    }
+
+    fn changes_of(a: &Answer, path: &[u8]) -> Option<Changes> {
+        a.entries.iter().find(|e| e.path == path).map(|e| e.changes)
+    }
+
+    #[test]
+    fn created_then_gone_is_left_out_but_not_when_reconciled() {
+        let a = ask(vec![
+            ev(&p("/tmp1"), Changes::CREATED | Changes::DELETED),
+            ev(&p("/rec"), Changes::CREATED | Changes::RECONCILED),
+            ev(&p("/rec"), Changes::RENAMED_FROM),
+        ]);
+        assert!(changes_of(&a, &p("/tmp1")).is_none());
+        let rec =
+            changes_of(&a, &p("/rec")).expect("a reconciled create says nothing about the cursor");
+        assert!(rec.contains(Changes::RENAMED_FROM));
+        // The parent of every entry change is reported as modified.
+        assert!(changes_of(&a, ROOT).unwrap().contains(Changes::MODIFIED));
+    }
+
+    #[test]
+    fn gaps_close_only_with_a_covering_resolution() {
+        let gap = RecordBody::Gap(GapRecord {
+            reason: GapReason::DaemonDown,
+            fsid: 0,
+            scope: Vec::new(),
+            start_time_ns: 0,
+            detail: Vec::new(),
+        });
+        let open = ask(vec![gap.clone()]);
+        assert_eq!(open.rescans.len(), 1);
+        assert_eq!(open.rescans[0].reason, "daemon_down");
+        assert_eq!(open.rescans[0].path, ROOT);
+        // The gap is seq 2 (after the cursor's record): through 1 is too low.
+        let low = ask(vec![
+            gap.clone(),
+            RecordBody::Resolved(ResolvedRecord {
+                through_seq: 1,
+                fsid: 1,
+                scope: ROOT.to_vec(),
+                records: 0,
+            }),
+        ]);
+        assert_eq!(low.rescans.len(), 1);
+        let other_scope = ask(vec![
+            gap.clone(),
+            RecordBody::Resolved(ResolvedRecord {
+                through_seq: 9,
+                fsid: 1,
+                scope: p("/sub"),
+                records: 0,
+            }),
+        ]);
+        assert_eq!(
+            other_scope.rescans.len(),
+            1,
+            "a resolution below the root does not close it"
+        );
+        let closed = ask(vec![
+            gap,
+            ev(&p("/found"), Changes::CREATED | Changes::RECONCILED),
+            RecordBody::Resolved(ResolvedRecord {
+                through_seq: 9,
+                fsid: 1,
+                scope: ROOT.to_vec(),
+                records: 1,
+            }),
+        ]);
+        assert!(closed.rescans.is_empty());
+        assert!(changes_of(&closed, &p("/found")).is_some());
+    }
+
+    #[test]
+    fn renames_report_both_sides_inside_the_roots_only() {
+        let rename = |from: &[u8], to: &[u8]| {
+            RecordBody::Event(EventRecord {
+                changes: Changes::RENAMED_FROM | Changes::RENAMED_TO,
+                kind: ObjectKind::File,
+                fsid: 1,
+                path: to.to_vec(),
+                old_path: from.to_vec(),
+                ..Default::default()
+            })
+        };
+        let a = ask(vec![
+            rename(&p("/a"), &p("/b")),
+            rename(&p("/c"), b"/elsewhere/c"),
+            rename(b"/elsewhere/d", &p("/d")),
+        ]);
+        assert!(changes_of(&a, &p("/a"))
+            .unwrap()
+            .contains(Changes::RENAMED_FROM));
+        assert!(changes_of(&a, &p("/b"))
+            .unwrap()
+            .contains(Changes::RENAMED_TO));
+        assert!(changes_of(&a, &p("/c"))
+            .unwrap()
+            .contains(Changes::RENAMED_FROM));
+        assert!(changes_of(&a, &p("/d"))
+            .unwrap()
+            .contains(Changes::RENAMED_TO));
+        assert!(
+            a.entries.iter().all(|e| is_at_or_below(&e.path, ROOT)),
+            "outside paths leaked"
+        );
+        assert!(a.rescans.is_empty());
+    }
+
+    #[test]
+    fn unusable_cursors_rescan_every_root() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut w, r, _) = cj_journal::open(dir.path(), cj_journal::Options::default()).unwrap();
+        w.append(1, &ev(&p("/x"), Changes::CREATED)).unwrap();
+        let end = w.commit().unwrap();
+        let foreign = Cursor {
+            journal_id: JournalId([9; 16]),
+            seq: 0,
+        };
+        let a = answer(&r, &roots(), Ok(foreign), None, end).unwrap();
+        assert_eq!(a.rescans[0].reason, "foreign_cursor");
+        let future = Cursor {
+            journal_id: r.journal_id(),
+            seq: end + 10,
+        };
+        assert_eq!(
+            answer(&r, &roots(), Ok(future), None, end).unwrap().rescans[0].reason,
+            "unknown_cursor"
+        );
+        let bad = answer(&r, &roots(), Err("malformed_cursor".into()), None, end).unwrap();
+        assert_eq!(bad.rescans[0].reason, "malformed_cursor");
+        assert_eq!(
+            bad.cursor.seq, end,
+            "a fresh cursor comes with every answer"
+        );
+    }
 
     #[test]
     fn dedupe_keeps_outermost_scopes() {
