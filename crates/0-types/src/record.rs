@@ -242,10 +242,13 @@ pub struct RootRecord {
 }
 
 /// Reconciliation closed the gaps (and unknown-path records) with
-/// `seq <= through_seq` below `scope`: the changes they hid are the
-/// `reconciled` records journaled before this one.
+/// `after_seq < seq <= through_seq` below `scope`: the changes they hid are
+/// the `reconciled` records journaled before this one. Gaps at or before
+/// `after_seq` predate the baseline the walk was compared with, so this
+/// record says nothing about them.
 #[derive(Clone, PartialEq, Eq, Debug)]
 pub struct ResolvedRecord {
+    pub after_seq: u64,
     pub through_seq: u64,
     pub fsid: u64,
     /// A tracked root.

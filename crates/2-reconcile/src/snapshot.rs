@@ -41,6 +41,10 @@ pub struct Snapshot {
     pub taken_ns: u64,
     /// The journal's durable seq when that walk started.
     pub through_seq: u64,
+    /// The journal's durable seq when that walk ended: the snapshot is a
+    /// valid baseline only for gaps after it (a gap during the walk may be
+    /// partly contained in it).
+    pub valid_after_seq: u64,
     pub entries: HashMap<Vec<u8>, Stat>,
 }
 
@@ -116,6 +120,7 @@ impl Snapshot {
         out[40..44].copy_from_slice(&(self.root.len() as u32).to_le_bytes());
         let blocks = self.entries.len().div_ceil(BLOCK_ENTRIES_MAX) as u32;
         out[44..48].copy_from_slice(&blocks.to_le_bytes());
+        out[48..56].copy_from_slice(&self.valid_after_seq.to_le_bytes());
         let crc = crc32c::crc32c(&out[0..60]);
         out[60..64].copy_from_slice(&crc.to_le_bytes());
         out.extend_from_slice(&self.root);
@@ -212,6 +217,7 @@ impl Snapshot {
             root,
             taken_ns: u64_at(h, 16).ok_or("header")?,
             through_seq: u64_at(h, 24).ok_or("header")?,
+            valid_after_seq: u64_at(h, 48).ok_or("header")?,
             entries,
         })
     }
@@ -281,6 +287,7 @@ mod tests {
         let mut s = Snapshot::new(b"/root".to_vec());
         s.taken_ns = 5;
         s.through_seq = 9;
+        s.valid_after_seq = 11;
         for i in 0..10_000u64 {
             s.entries.insert(
                 format!("/root/f{i}\n\u{e9}").into_bytes(),
@@ -302,8 +309,13 @@ mod tests {
         let b = s.encode();
         let back = Snapshot::decode(&b).unwrap();
         assert_eq!(
-            (back.root, back.taken_ns, back.through_seq),
-            (s.root.clone(), 5, 9)
+            (
+                back.root,
+                back.taken_ns,
+                back.through_seq,
+                back.valid_after_seq
+            ),
+            (s.root.clone(), 5, 9, 11)
         );
         assert_eq!(back.entries, s.entries);
         for cut in [0, 10, 63, 64, 100, b.len() / 2, b.len() - 1] {

@@ -38,7 +38,7 @@ pub const RECORD_TYPE_GAP: u8 = 2;
 pub const RECORD_TYPE_TRACK: u8 = 3;
 pub const RECORD_TYPE_UNTRACK: u8 = 4;
 pub const RECORD_TYPE_RESOLVED: u8 = 5;
-const RESOLVED_FIXED_LEN: usize = 32;
+const RESOLVED_FIXED_LEN: usize = 40;
 
 /// The fixed header at the start of every segment file.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -220,6 +220,7 @@ fn encode_resolved(r: &ResolvedRecord, out: &mut Vec<u8>) {
     f[8..16].copy_from_slice(&r.fsid.to_le_bytes());
     f[16..20].copy_from_slice(&(r.scope.len() as u32).to_le_bytes());
     f[24..32].copy_from_slice(&r.records.to_le_bytes());
+    f[32..40].copy_from_slice(&r.after_seq.to_le_bytes());
     out.extend_from_slice(&f);
     out.extend_from_slice(&r.scope);
 }
@@ -230,6 +231,7 @@ fn decode_resolved(p: &[u8]) -> Result<ResolvedRecord, DecodeError> {
     }
     let [scope] = split_exact(&p[RESOLVED_FIXED_LEN..], [u32_at(p, 16) as usize])?;
     Ok(ResolvedRecord {
+        after_seq: u64_at(p, 32),
         through_seq: u64_at(p, 0),
         fsid: u64_at(p, 8),
         scope: scope.to_vec(),
@@ -455,6 +457,7 @@ mod tests {
                 path: b"/".to_vec(),
             }),
             RecordBody::Resolved(ResolvedRecord {
+                after_seq: 5,
                 through_seq: 77,
                 fsid: 3,
                 scope: b"/srv".to_vec(),

@@ -76,8 +76,8 @@ struct Builder<'a> {
     overflowed: bool,
     /// (seq, scope, reason) of gaps and unknown-path records.
     pending: Vec<(u64, Vec<u8>, String)>,
-    /// (through_seq, scope) of resolution records.
-    resolutions: Vec<(u64, Vec<u8>)>,
+    /// (after_seq, through_seq, scope) of resolution records.
+    resolutions: Vec<(u64, u64, Vec<u8>)>,
 }
 
 impl Builder<'_> {
@@ -133,10 +133,9 @@ impl Builder<'_> {
     fn settle(&mut self) -> Option<u64> {
         let mut open = None;
         for (seq, path, reason) in std::mem::take(&mut self.pending) {
-            let closed = self
-                .resolutions
-                .iter()
-                .any(|(through, scope)| *through >= seq && is_at_or_below(&path, scope));
+            let closed = self.resolutions.iter().any(|(after, through, scope)| {
+                *after < seq && seq <= *through && is_at_or_below(&path, scope)
+            });
             if !closed {
                 open = open.max(Some(seq));
                 self.rescan(&path, &reason);
@@ -252,7 +251,10 @@ impl Builder<'_> {
                     let scope = (!g.scope.is_empty()).then_some(g.scope.as_slice());
                     self.resolvable(r.seq, scope, None, g.reason.as_str());
                 }
-                RecordBody::Resolved(res) => self.resolutions.push((res.through_seq, res.scope)),
+                RecordBody::Resolved(res) => {
+                    self.resolutions
+                        .push((res.after_seq, res.through_seq, res.scope))
+                }
                 RecordBody::Track(t) => self.rescan(&t.path, "tracking_started"),
                 RecordBody::Untrack(t) => self.rescan(&t.path, "untracked"),
             },
@@ -478,6 +480,7 @@ mod tests {
         let low = ask(vec![
             gap.clone(),
             RecordBody::Resolved(ResolvedRecord {
+                after_seq: 0,
                 through_seq: 1,
                 fsid: 1,
                 scope: ROOT.to_vec(),
@@ -488,6 +491,7 @@ mod tests {
         let other_scope = ask(vec![
             gap.clone(),
             RecordBody::Resolved(ResolvedRecord {
+                after_seq: 0,
                 through_seq: 9,
                 fsid: 1,
                 scope: p("/sub"),
@@ -499,10 +503,26 @@ mod tests {
             1,
             "a resolution below the root does not close it"
         );
+        let stale_baseline = ask(vec![
+            gap.clone(),
+            RecordBody::Resolved(ResolvedRecord {
+                after_seq: 2,
+                through_seq: 9,
+                fsid: 1,
+                scope: ROOT.to_vec(),
+                records: 0,
+            }),
+        ]);
+        assert_eq!(
+            stale_baseline.rescans.len(),
+            1,
+            "a baseline taken after the gap cannot close it"
+        );
         let closed = ask(vec![
             gap,
             ev(&p("/found"), Changes::CREATED | Changes::RECONCILED),
             RecordBody::Resolved(ResolvedRecord {
+                after_seq: 0,
                 through_seq: 9,
                 fsid: 1,
                 scope: ROOT.to_vec(),

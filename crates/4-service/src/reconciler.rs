@@ -379,12 +379,13 @@ impl Reconciler {
         let taken_ns = now_ns();
         let entries =
             walk(root, &self.excluded, &self.queue().progress).map_err(|e| e.to_string())?;
-        self.sync()?;
+        let walk_end = self.sync()?;
         let overlapped = self.gaps_arrived(root);
         let new = Snapshot {
             root: root.to_vec(),
             taken_ns,
             through_seq: through,
+            valid_after_seq: walk_end,
             entries,
         };
         let mut count = 0;
@@ -407,6 +408,7 @@ impl Reconciler {
             count = recs.len() as u64;
             self.records(recs)?;
             self.records(vec![RecordBody::Resolved(ResolvedRecord {
+                after_seq: old.valid_after_seq,
                 through_seq: through,
                 fsid,
                 scope: root.to_vec(),

@@ -353,3 +353,38 @@ fn reconciled_created_does_not_hide_a_later_rename_away() {
         a.dump()
     );
 }
+
+/// A gap that fell while a root had no usable baseline can never be closed:
+/// a later reconciliation (whose baseline postdates it) must not close it.
+#[test]
+fn a_gap_without_baseline_stays_open_after_later_reconciliations() {
+    let m = Mount::new(Fs::Tmpfs);
+    let mut d = Daemon::start(&m.mnt, &[]);
+    let t = m.mnt.join("tree");
+    fs::create_dir(&t).unwrap();
+    d.track(&t);
+    d.reconciled();
+    let c0 = d.cursor();
+    d.stop();
+    // The baseline is lost, and a change is made while the daemon is down.
+    for e in fs::read_dir(d.state.join("snapshots")).unwrap() {
+        fs::remove_file(e.unwrap().path()).unwrap();
+    }
+    fs::write(t.join("while_down_without_baseline"), b"1").unwrap();
+    d.spawn();
+    d.reconciled(); // no baseline: this walk becomes one, the gap stays open
+    d.stop();
+    d.spawn(); // a second gap, which the new baseline can close
+    d.reconciled();
+    let a = d.changes_wait(&c0, 30);
+    let reported = a.get(&t.join("while_down_without_baseline")).is_some();
+    let rescanned = a
+        .rescans()
+        .iter()
+        .any(|(p, _)| p.as_slice() == t.as_os_str().as_encoded_bytes());
+    assert!(
+        reported || (rescanned && a.code == 3),
+        "the first gap's change is lost\n{}",
+        a.dump()
+    );
+}
