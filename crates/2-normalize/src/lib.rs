@@ -827,20 +827,14 @@ impl Normalizer {
                     continue;
                 }
                 let changes = Changes::DELETED | Changes::REPLACED;
-                let name = sys::split_parent(&path)
-                    .map(|(_, n)| n.to_vec())
-                    .unwrap_or_default();
-                self.push_event(
+                self.push_named(
                     out,
-                    EventRecord {
-                        changes,
-                        kind: ObjectKind::Unknown,
-                        fsid: fid.fsid,
-                        object: fid_handle(&fid),
-                        name,
-                        path,
-                        ..Default::default()
-                    },
+                    path,
+                    changes,
+                    ObjectKind::Unknown,
+                    0,
+                    fid.fsid,
+                    fid_handle(&fid),
                 );
             }
             return;
@@ -870,21 +864,14 @@ impl Normalizer {
         let changes = changes_of(event.mask) | Changes::ATTRIB;
         match own {
             Some(p) => {
-                let name = sys::split_parent(&p)
-                    .map(|(_, n)| n.to_vec())
-                    .unwrap_or_default();
-                self.push_event(
+                self.push_named(
                     out,
-                    EventRecord {
-                        changes,
-                        kind: st.kind,
-                        flags: EVENT_FLAG_VERIFIED_PRESENT | EVENT_FLAG_VERIFIED_SAME,
-                        fsid: fid.fsid,
-                        object: fid_handle(&fid),
-                        name,
-                        path: p.clone(),
-                        ..Default::default()
-                    },
+                    p.clone(),
+                    changes,
+                    st.kind,
+                    EVENT_FLAG_VERIFIED_PRESENT | EVENT_FLAG_VERIFIED_SAME,
+                    fid.fsid,
+                    fid_handle(&fid),
                 );
                 self.aliases(buf, fid, &p, st.nlink, changes, out);
             }

@@ -132,6 +132,40 @@ pub fn check(before: &snapshot::Snapshot, after: &snapshot::Snapshot, answer: &A
     }
 }
 
+/// Checks the immediate answer and the answer after reconciliation against
+/// the snapshots; on any failure, `detail` says what was missed and why.
+fn judge(d: &Daemon, c0: &str, before: &snapshot::Snapshot, after: &snapshot::Snapshot) -> Outcome {
+    let answer = d.changes(c0, None);
+    let mut out = check(before, after, &answer);
+    let waited = d.changes_wait(c0, 120);
+    let w = check(before, after, &waited);
+    for miss in out.misses.iter().chain(&w.misses) {
+        out.detail += &format!(
+            "missed {}:\n  before {:?}\n  after  {:?}\n",
+            miss.display(),
+            before.get(miss),
+            after.get(miss)
+        );
+    }
+    out.reconciled_misses = w.misses;
+    out.reconciled_complete = w.complete;
+    out.reconciled_reported = w.reported;
+    if !out.misses.is_empty() {
+        out.detail += &format!("answer:\n{}\n", answer.dump());
+    }
+    if !out.reconciled_misses.is_empty() || !out.reconciled_complete {
+        out.detail += &format!("reconciled answer:\n{}\n", waited.dump());
+    }
+    if !out.detail.is_empty() {
+        out.detail += &format!(
+            "daemon log:\n{}\nstatus:\n{}",
+            d.log_text(),
+            d.ok(&["status", "--json"])
+        );
+    }
+    out
+}
+
 struct Setup {
     m: Mount,
     d: Daemon,
@@ -335,38 +369,9 @@ pub fn scenario(fs: Fs, scenario: Scenario, seed: u64, ops: usize) -> Outcome {
         Scenario::CrashImage => unreachable!("handled by crash_image"),
     }
     let after = snapshot::take(&s.tree);
-    let answer = s.d.changes(&c0, None);
-    let mut out = check(&before, &after, &answer);
-    let waited = s.d.changes_wait(&c0, 120);
-    let w = check(&before, &after, &waited);
-    for miss in &w.misses {
-        out.detail.push_str(&format!(
-            "missed {}:\n  before {:?}\n  after  {:?}\n",
-            miss.display(),
-            before.get(miss),
-            after.get(miss)
-        ));
-    }
-    out.reconciled_misses = w.misses;
-    out.reconciled_complete = w.complete;
-    out.reconciled_reported = w.reported;
+    let mut out = judge(&s.d, &c0, &before, &after);
     out.ops = done;
     out.crash_points = crash_points;
-    if !out.reconciled_misses.is_empty() || !out.reconciled_complete {
-        out.detail += &format!(
-            "reconciled answer:\n{}\ndaemon log:\n{}\nstatus:\n{}",
-            waited.dump(),
-            s.d.log_text(),
-            s.d.ok(&["status", "--json"])
-        );
-    }
-    if !out.misses.is_empty() {
-        out.detail = format!(
-            "answer:\n{}\ndaemon log:\n{}",
-            answer.dump(),
-            s.d.log_text()
-        );
-    }
     drop(s.d);
     drop(s.m);
     out
@@ -436,34 +441,9 @@ fn crash_image(fs: Fs, seed: u64, ops: usize) -> Outcome {
     m.mount_image(&copy);
     d.spawn();
     let after = snapshot::take(&tree);
-    let answer = d.changes(&c0, None);
-    let mut out = check(&before, &after, &answer);
-    let waited = d.changes_wait(&c0, 120);
-    let w = check(&before, &after, &waited);
-    for miss in &w.misses {
-        out.detail.push_str(&format!(
-            "missed {}:\n  before {:?}\n  after  {:?}\n",
-            miss.display(),
-            before.get(miss),
-            after.get(miss)
-        ));
-    }
-    out.reconciled_misses = w.misses;
-    out.reconciled_complete = w.complete;
-    out.reconciled_reported = w.reported;
+    let mut out = judge(&d, &c0, &before, &after);
     out.ops = done;
     out.crash_points = 1;
-    if !out.reconciled_misses.is_empty() || !out.reconciled_complete {
-        out.detail += &format!(
-            "reconciled answer:\n{}\ndaemon log:\n{}\nstatus:\n{}",
-            waited.dump(),
-            d.log_text(),
-            d.ok(&["status", "--json"])
-        );
-    }
-    if !out.misses.is_empty() {
-        out.detail = format!("answer:\n{}\ndaemon log:\n{}", answer.dump(), d.log_text());
-    }
     drop(d);
     drop(m);
     drop(host);
