@@ -450,7 +450,11 @@ impl Normalizer {
             if ondir {
                 if gone {
                     self.dirs.remove(&key);
-                    self.dirs.invalidate_below(fid.fsid, &path);
+                    // A removed directory was empty: only one that moved away
+                    // has cached descendants (a scan of the whole cache).
+                    if event.mask & mask::MOVED_FROM != 0 {
+                        self.dirs.invalidate_below(fid.fsid, &path);
+                    }
                 } else if same && event.mask & mask::CREATE != 0 {
                     self.dirs.insert(&key, path.clone(), None);
                 }
