@@ -192,6 +192,15 @@ pub enum GapReason {
     JournalDamaged = 5,
     /// Capture could not keep up or failed internally.
     CaptureError = 6,
+    /// The machine booted since the daemon last ran (it was stopped cleanly
+    /// before; an unclean stop before a new boot is `UncleanStop`).
+    NewBoot = 7,
+    /// A tracked root now holds another filesystem (new mkfs, another
+    /// device) than when its baseline was taken.
+    FsChanged = 8,
+    /// The wall clock was set: time-based comparisons since are void, so
+    /// the next reconciliation compares every entry.
+    ClockStep = 9,
 }
 
 impl GapReason {
@@ -203,6 +212,9 @@ impl GapReason {
             4 => GapReason::Unmounted,
             5 => GapReason::JournalDamaged,
             6 => GapReason::CaptureError,
+            7 => GapReason::NewBoot,
+            8 => GapReason::FsChanged,
+            9 => GapReason::ClockStep,
             _ => return None,
         })
     }
@@ -215,6 +227,9 @@ impl GapReason {
             GapReason::Unmounted => "unmounted",
             GapReason::JournalDamaged => "journal_damaged",
             GapReason::CaptureError => "capture_error",
+            GapReason::NewBoot => "new_boot",
+            GapReason::FsChanged => "fs_changed",
+            GapReason::ClockStep => "clock_step",
         }
     }
 }

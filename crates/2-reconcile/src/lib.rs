@@ -13,13 +13,58 @@
 //! uses a snapshot only as the baseline for gaps that began after its walk
 //! ended (`docs/design.md`, "Reconciliation").
 
+pub mod fast;
+mod refresh;
 mod snapshot;
 mod walk;
 
+pub use refresh::{refresh, Transitions};
 pub use snapshot::{Snapshot, SnapshotError, Stat};
-pub use walk::{walk, WalkError, WalkProgress};
+pub use walk::{open_root, walk, WalkError, WalkProgress};
+
+use std::collections::HashSet;
 
 use cj_types::{Changes, EventRecord, ObjectKind, RecordBody};
+
+fn record(path: &[u8], changes: Changes, kind: ObjectKind, fsid: u64) -> RecordBody {
+    let name = path.rsplit(|&b| b == b'/').next().unwrap_or(b"").to_vec();
+    RecordBody::Event(EventRecord {
+        changes: changes | Changes::RECONCILED,
+        kind,
+        fsid,
+        name,
+        path: path.to_vec(),
+        ..Default::default()
+    })
+}
+
+/// What changed between two stats of one path (`None`: absent).
+fn classify(was: Option<&Stat>, now: Option<&Stat>) -> Option<(Changes, ObjectKind)> {
+    match (was, now) {
+        (None, None) => None,
+        (None, Some(n)) => Some((Changes::CREATED, ObjectKind::from_mode(n.mode))),
+        (Some(w), None) => Some((Changes::DELETED, ObjectKind::from_mode(w.mode))),
+        (Some(w), Some(n)) if w.ino != n.ino || (w.mode ^ n.mode) & 0o170000 != 0 => Some((
+            Changes::DELETED | Changes::CREATED | Changes::REPLACED,
+            ObjectKind::from_mode(n.mode),
+        )),
+        (Some(w), Some(n)) => {
+            let mut c = Changes::default();
+            if w.size != n.size || w.mtime_ns != n.mtime_ns {
+                c |= Changes::MODIFIED;
+            }
+            if w.ctime_ns != n.ctime_ns
+                || w.mode != n.mode
+                || w.uid != n.uid
+                || w.gid != n.gid
+                || w.nlink != n.nlink
+            {
+                c |= Changes::ATTRIB;
+            }
+            (!c.is_empty()).then_some((c, ObjectKind::from_mode(n.mode)))
+        }
+    }
+}
 
 /// Records for every difference between a baseline and a fresh walk.
 ///
@@ -29,63 +74,78 @@ use cj_types::{Changes, EventRecord, ObjectKind, RecordBody};
 pub fn diff(
     old: &Snapshot,
     new: &Snapshot,
-    touched: &std::collections::HashSet<Vec<u8>>,
+    touched: &HashSet<Vec<u8>>,
     fsid: u64,
 ) -> Vec<RecordBody> {
     let mut out = Vec::new();
-    let record = |path: &[u8], changes: Changes, kind: ObjectKind| {
-        let name = path.rsplit(|&b| b == b'/').next().unwrap_or(b"").to_vec();
-        RecordBody::Event(EventRecord {
-            changes: changes | Changes::RECONCILED,
-            kind,
-            fsid,
-            name,
-            path: path.to_vec(),
-            ..Default::default()
-        })
-    };
-    for (path, now) in &new.entries {
-        let kind = ObjectKind::from_mode(now.mode);
-        match old.entries.get(path) {
-            None => out.push(record(path, Changes::CREATED, kind)),
-            Some(was) if was.ino != now.ino || (was.mode ^ now.mode) & 0o170000 != 0 => {
-                out.push(record(
-                    path,
-                    Changes::DELETED | Changes::CREATED | Changes::REPLACED,
-                    kind,
-                ))
+    // Both maps are sorted: one merge pass.
+    let mut a = old.entries.iter().peekable();
+    let mut b = new.entries.iter().peekable();
+    loop {
+        let (path, was, now) = match (a.peek(), b.peek()) {
+            (None, None) => break,
+            (Some((p, w)), None) => {
+                let r = (*p, Some(*w), None);
+                a.next();
+                r
             }
-            Some(was) => {
-                let mut c = Changes::default();
-                if was.size != now.size || was.mtime_ns != now.mtime_ns {
-                    c |= Changes::MODIFIED;
-                }
-                if was.ctime_ns != now.ctime_ns
-                    || was.mode != now.mode
-                    || was.uid != now.uid
-                    || was.gid != now.gid
-                    || was.nlink != now.nlink
-                {
-                    c |= Changes::ATTRIB;
-                }
-                if !c.is_empty() {
-                    out.push(record(path, c, kind));
-                }
+            (None, Some((p, n))) => {
+                let r = (*p, None, Some(*n));
+                b.next();
+                r
             }
-        }
-    }
-    for (path, was) in &old.entries {
-        if !new.entries.contains_key(path) {
-            out.push(record(
-                path,
-                Changes::DELETED,
-                ObjectKind::from_mode(was.mode),
-            ));
+            (Some((pa, w)), Some((pb, n))) => match pa.cmp(pb) {
+                std::cmp::Ordering::Less => {
+                    let r = (*pa, Some(*w), None);
+                    a.next();
+                    r
+                }
+                std::cmp::Ordering::Greater => {
+                    let r = (*pb, None, Some(*n));
+                    b.next();
+                    r
+                }
+                std::cmp::Ordering::Equal => {
+                    let r = (*pa, Some(*w), Some(*n));
+                    a.next();
+                    b.next();
+                    r
+                }
+            },
+        };
+        if let Some((c, k)) = classify(was, now) {
+            out.push(record(path, c, k, fsid));
         }
     }
     for path in touched {
         if !new.entries.contains_key(path) && !old.entries.contains_key(path) {
-            out.push(record(path, Changes::DELETED, ObjectKind::Unknown));
+            out.push(record(path, Changes::DELETED, ObjectKind::Unknown, fsid));
+        }
+    }
+    out
+}
+
+/// Records for the transitions of a [`refresh`] of the baseline, which is
+/// now `current`; `touched` as for [`diff`].
+pub fn diff_transitions(
+    transitions: &Transitions,
+    current: &Snapshot,
+    touched: &HashSet<Vec<u8>>,
+    fsid: u64,
+) -> Vec<RecordBody> {
+    let mut out = Vec::new();
+    for (path, (was, now)) in transitions {
+        if let Some((c, k)) = classify(was.as_ref(), now.as_ref()) {
+            out.push(record(path, c, k, fsid));
+        }
+    }
+    for path in touched {
+        let in_old = match transitions.get(path) {
+            Some((was, _)) => was.is_some(),
+            None => current.entries.contains_key(path),
+        };
+        if !in_old && !current.entries.contains_key(path) {
+            out.push(record(path, Changes::DELETED, ObjectKind::Unknown, fsid));
         }
     }
     out

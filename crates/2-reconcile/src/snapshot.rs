@@ -1,11 +1,13 @@
 //! Persistent stat snapshots of a tracked tree: the reconciliation baseline.
 //!
 //! File format (all little-endian; `docs/design.md`, "Snapshot files"):
-//! a 64-byte header, the root path, then blocks of entries, each block with
+//! a 128-byte header, the root path, then blocks of entries, each block with
 //! its own CRC-32C. The file is replaced atomically (temp file, fsync,
 //! rename, fsync directory), so a crash leaves the old or the new snapshot.
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
+
+use crate::fast::FsMarks;
 use std::fmt;
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
@@ -13,8 +15,8 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 const MAGIC: [u8; 8] = *b"CJSNAPSH";
-const VERSION: u32 = 1;
-const HEADER_LEN: usize = 64;
+const VERSION: u32 = 2;
+const HEADER_LEN: usize = 128;
 const ENTRY_FIXED_LEN: usize = 48;
 /// Entries per checksummed block.
 const BLOCK_ENTRIES_MAX: usize = 4096;
@@ -37,15 +39,15 @@ pub struct Stat {
 #[derive(Clone, Debug, Default)]
 pub struct Snapshot {
     pub root: Vec<u8>,
-    /// When the walk that made it started (ns since the epoch).
-    pub taken_ns: u64,
     /// The journal's durable seq when that walk started.
     pub through_seq: u64,
     /// The journal's durable seq when that walk ended: the snapshot is a
     /// valid baseline only for gaps after it (a gap during the walk may be
     /// partly contained in it).
     pub valid_after_seq: u64,
-    pub entries: HashMap<Vec<u8>, Stat>,
+    pub entries: BTreeMap<Vec<u8>, Stat>,
+    /// The filesystem and clocks when the walk started (fast paths).
+    pub marks: FsMarks,
 }
 
 #[derive(Debug)]
@@ -114,22 +116,25 @@ impl Snapshot {
         out[0..8].copy_from_slice(&MAGIC);
         out[8..12].copy_from_slice(&VERSION.to_le_bytes());
         out[12..16].copy_from_slice(&(HEADER_LEN as u32).to_le_bytes());
-        out[16..24].copy_from_slice(&self.taken_ns.to_le_bytes());
+        out[16..24].copy_from_slice(&self.marks.realtime_ns.to_le_bytes());
         out[24..32].copy_from_slice(&self.through_seq.to_le_bytes());
         out[32..40].copy_from_slice(&(self.entries.len() as u64).to_le_bytes());
         out[40..44].copy_from_slice(&(self.root.len() as u32).to_le_bytes());
         let blocks = self.entries.len().div_ceil(BLOCK_ENTRIES_MAX) as u32;
         out[44..48].copy_from_slice(&blocks.to_le_bytes());
         out[48..56].copy_from_slice(&self.valid_after_seq.to_le_bytes());
-        let crc = crc32c::crc32c(&out[0..60]);
-        out[60..64].copy_from_slice(&crc.to_le_bytes());
+        out[56..64].copy_from_slice(&self.marks.boottime_ns.to_le_bytes());
+        out[64..80].copy_from_slice(&self.marks.boot_id);
+        out[80..96].copy_from_slice(&self.marks.fs_uuid);
+        out[96..104].copy_from_slice(&self.marks.generation.to_le_bytes());
+        // 104..124 reserved (zero).
+        let crc = crc32c::crc32c(&out[0..124]);
+        out[124..128].copy_from_slice(&crc.to_le_bytes());
         out.extend_from_slice(&self.root);
-        let mut paths: Vec<&Vec<u8>> = self.entries.keys().collect();
-        paths.sort();
-        for chunk in paths.chunks(BLOCK_ENTRIES_MAX) {
+        let entries: Vec<(&Vec<u8>, &Stat)> = self.entries.iter().collect();
+        for chunk in entries.chunks(BLOCK_ENTRIES_MAX) {
             let mut body = Vec::new();
-            for p in chunk {
-                let s = &self.entries[*p];
+            for (p, s) in chunk {
                 body.extend_from_slice(&(p.len() as u32).to_le_bytes());
                 body.extend_from_slice(p);
                 body.extend_from_slice(&s.ino.to_le_bytes());
@@ -156,7 +161,7 @@ impl Snapshot {
         if h[0..8] != MAGIC {
             return Err("bad magic");
         }
-        if u32_at(h, 60) != Some(crc32c::crc32c(&h[0..60])) {
+        if u32_at(h, 124) != Some(crc32c::crc32c(&h[0..124])) {
             return Err("header checksum mismatch");
         }
         if u32_at(h, 8) != Some(VERSION) {
@@ -171,7 +176,7 @@ impl Snapshot {
         let mut at = HEADER_LEN;
         let root = b.get(at..at + root_len).ok_or("truncated root")?.to_vec();
         at += root_len;
-        let mut entries = HashMap::with_capacity(count.min(1 << 24));
+        let mut entries: Vec<(Vec<u8>, Stat)> = Vec::with_capacity(count.min(1 << 24));
         for _ in 0..blocks {
             let n = u32_at(b, at).ok_or("truncated block")? as usize;
             let len = u32_at(b, at + 4).ok_or("truncated block")? as usize;
@@ -203,7 +208,11 @@ impl Snapshot {
                     mtime_ns: u64_at(f, 32).ok_or("entry")? as i64,
                     ctime_ns: u64_at(f, 40).ok_or("entry")? as i64,
                 };
-                entries.insert(path, stat);
+                // Sorted and unique, as written: anything else is damage.
+                if entries.last().is_some_and(|(l, _)| *l >= path) {
+                    return Err("entries out of order");
+                }
+                entries.push((path, stat));
                 p += 4 + plen + ENTRY_FIXED_LEN;
             }
             if p != body.len() {
@@ -213,11 +222,19 @@ impl Snapshot {
         if at != b.len() || entries.len() != count {
             return Err("entry count mismatch");
         }
+        // Already sorted: the map is built in one linear pass.
+        let entries: BTreeMap<Vec<u8>, Stat> = entries.into_iter().collect();
         Ok(Snapshot {
             root,
-            taken_ns: u64_at(h, 16).ok_or("header")?,
             through_seq: u64_at(h, 24).ok_or("header")?,
             valid_after_seq: u64_at(h, 48).ok_or("header")?,
+            marks: FsMarks {
+                realtime_ns: u64_at(h, 16).ok_or("header")?,
+                boottime_ns: u64_at(h, 56).ok_or("header")?,
+                boot_id: h[64..80].try_into().map_err(|_| "header")?,
+                fs_uuid: h[80..96].try_into().map_err(|_| "header")?,
+                generation: u64_at(h, 96).ok_or("header")?,
+            },
             entries,
         })
     }
@@ -285,7 +302,7 @@ mod tests {
 
     fn sample() -> Snapshot {
         let mut s = Snapshot::new(b"/root".to_vec());
-        s.taken_ns = 5;
+        s.marks.realtime_ns = 5;
         s.through_seq = 9;
         s.valid_after_seq = 11;
         for i in 0..10_000u64 {
@@ -311,14 +328,14 @@ mod tests {
         assert_eq!(
             (
                 back.root,
-                back.taken_ns,
+                back.marks.realtime_ns,
                 back.through_seq,
                 back.valid_after_seq
             ),
             (s.root.clone(), 5, 9, 11)
         );
         assert_eq!(back.entries, s.entries);
-        for cut in [0, 10, 63, 64, 100, b.len() / 2, b.len() - 1] {
+        for cut in [0, 10, 63, 64, 127, 128, 200, b.len() / 2, b.len() - 1] {
             assert!(Snapshot::decode(&b[..cut]).is_err());
         }
         for at in [3, 20, 70, 5000, b.len() - 2] {

@@ -3,7 +3,7 @@
 //! entry is looked at with `statx(AT_SYMLINK_NOFOLLOW)` relative to it. The
 //! walk never leaves the root's mount (other mounts are not captured either).
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::ffi::CString;
 use std::fmt;
 use std::os::unix::io::{AsRawFd, FromRawFd, OwnedFd, RawFd};
@@ -15,7 +15,7 @@ use crate::Stat;
 const DIRENT_BUFFER_BYTES: usize = 64 * 1024;
 /// Directories open at once is bounded by the tree depth; deeper trees than
 /// this are refused rather than exhausting descriptors.
-const DEPTH_MAX: usize = 4096;
+pub(crate) const DEPTH_MAX: usize = 4096;
 
 /// Counters a status request can read while a walk runs.
 #[derive(Default, Debug)]
@@ -70,7 +70,11 @@ impl fmt::Display for WalkError {
 
 impl std::error::Error for WalkError {}
 
-fn statx_at(dir: RawFd, name: &CString, flags: libc::c_int) -> std::io::Result<(Stat, u64)> {
+pub(crate) fn statx_at(
+    dir: RawFd,
+    name: &CString,
+    flags: libc::c_int,
+) -> std::io::Result<(Stat, u64)> {
     // SAFETY: statx is plain old data; the call fills it.
     let mut st: libc::statx = unsafe { std::mem::zeroed() };
     let mask = libc::STATX_BASIC_STATS | libc::STATX_MNT_ID;
@@ -103,7 +107,7 @@ fn statx_at(dir: RawFd, name: &CString, flags: libc::c_int) -> std::io::Result<(
     ))
 }
 
-fn open_root(path: &[u8]) -> std::io::Result<OwnedFd> {
+pub fn open_root(path: &[u8]) -> std::io::Result<OwnedFd> {
     let c = CString::new(path).map_err(|_| std::io::Error::from_raw_os_error(libc::EINVAL))?;
     // SAFETY: open_how is plain old data.
     let mut how: libc::open_how = unsafe { std::mem::zeroed() };
@@ -126,7 +130,7 @@ fn open_root(path: &[u8]) -> std::io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(rc as RawFd) })
 }
 
-fn open_child(dir: RawFd, name: &CString) -> std::io::Result<OwnedFd> {
+pub(crate) fn open_child(dir: RawFd, name: &CString) -> std::io::Result<OwnedFd> {
     // SAFETY: valid descriptor and C string.
     let fd = unsafe {
         libc::openat(
@@ -143,7 +147,7 @@ fn open_child(dir: RawFd, name: &CString) -> std::io::Result<OwnedFd> {
 }
 
 /// Names in a directory (without "." and "..").
-fn read_names(dir: RawFd, buf: &mut [u8]) -> std::io::Result<Vec<Vec<u8>>> {
+pub(crate) fn read_names(dir: RawFd, buf: &mut [u8]) -> std::io::Result<Vec<Vec<u8>>> {
     let mut names = Vec::new();
     loop {
         // SAFETY: the buffer is writable for its length.
@@ -172,7 +176,7 @@ fn read_names(dir: RawFd, buf: &mut [u8]) -> std::io::Result<Vec<Vec<u8>>> {
     }
 }
 
-fn join(dir: &[u8], name: &[u8]) -> Vec<u8> {
+pub(crate) fn join(dir: &[u8], name: &[u8]) -> Vec<u8> {
     let mut p = dir.to_vec();
     if !p.ends_with(b"/") {
         p.push(b'/');
@@ -181,7 +185,7 @@ fn join(dir: &[u8], name: &[u8]) -> Vec<u8> {
     p
 }
 
-fn below(path: &[u8], root: &[u8]) -> bool {
+pub(crate) fn below(path: &[u8], root: &[u8]) -> bool {
     path.starts_with(root)
         && (path.len() == root.len() || path[root.len()] == b'/' || root.ends_with(b"/"))
 }
@@ -202,7 +206,7 @@ pub fn walk(
     root: &[u8],
     excluded: &[Vec<u8>],
     progress: &WalkProgress,
-) -> Result<HashMap<Vec<u8>, Stat>, WalkError> {
+) -> Result<BTreeMap<Vec<u8>, Stat>, WalkError> {
     let root_fd = open_root(root).map_err(|source| WalkError::Root {
         path: root.to_vec(),
         source,
@@ -216,19 +220,32 @@ pub fn walk(
         path: root.to_vec(),
         source,
     })?;
-    let mut out = HashMap::new();
+    let mut out = BTreeMap::new();
     out.insert(root.to_vec(), root_stat);
-    let mut buf = vec![0u8; DIRENT_BUFFER_BYTES];
-    let mut stack: Vec<Frame> = Vec::new();
-    if let Some(frame) = read_dir(
+    walk_from(
         root_fd,
         root.to_vec(),
         root_mnt,
         excluded,
-        &mut buf,
         &mut out,
         progress,
-    )? {
+    )?;
+    Ok(out)
+}
+
+/// Walks below the open directory `dir` (at `path`, on mount `mnt`) and adds
+/// every entry to `out` (the directory itself is not added).
+pub(crate) fn walk_from(
+    dir: OwnedFd,
+    path: Vec<u8>,
+    mnt: u64,
+    excluded: &[Vec<u8>],
+    out: &mut BTreeMap<Vec<u8>, Stat>,
+    progress: &WalkProgress,
+) -> Result<(), WalkError> {
+    let mut buf = vec![0u8; DIRENT_BUFFER_BYTES];
+    let mut stack: Vec<Frame> = Vec::new();
+    if let Some(frame) = read_dir(dir, path, mnt, excluded, &mut buf, out, progress)? {
         stack.push(frame);
     }
     while let Some(top) = stack.last_mut() {
@@ -261,12 +278,11 @@ pub fn walk(
         if stack.len() >= DEPTH_MAX {
             return Err(WalkError::TooDeep { path: child });
         }
-        if let Some(frame) = read_dir(fd, child, root_mnt, excluded, &mut buf, &mut out, progress)?
-        {
+        if let Some(frame) = read_dir(fd, child, mnt, excluded, &mut buf, out, progress)? {
             stack.push(frame);
         }
     }
-    Ok(out)
+    Ok(())
 }
 
 /// Reads one directory: records every entry's stat, and returns the frame of
@@ -277,7 +293,7 @@ fn read_dir(
     root_mnt: u64,
     excluded: &[Vec<u8>],
     buf: &mut [u8],
-    out: &mut HashMap<Vec<u8>, Stat>,
+    out: &mut BTreeMap<Vec<u8>, Stat>,
     progress: &WalkProgress,
 ) -> Result<Option<Frame>, WalkError> {
     progress.directories.fetch_add(1, Ordering::Relaxed);

@@ -47,6 +47,8 @@ pub struct Config {
     /// Minimum time between fdatasyncs when no client waits (the bound on
     /// how long a change may stay in memory only).
     pub commit_interval: Duration,
+    /// Never use the XFS/btrfs fast paths to reconcile (always walk).
+    pub reconcile_walk_only: bool,
 }
 
 impl Default for Config {
@@ -57,6 +59,7 @@ impl Default for Config {
             queue: QueueLimit::Unlimited,
             journal: cj_journal::Options::default(),
             commit_interval: Duration::from_millis(pipeline::COMMIT_INTERVAL_DEFAULT_MS),
+            reconcile_walk_only: false,
         }
     }
 }
@@ -156,6 +159,7 @@ pub fn run(config: Config) -> Result<(), Error> {
         waker: pipeline.waker.clone(),
         snapshots: snapshots.clone(),
         excluded: vec![state_dir.as_os_str().as_bytes().to_vec()],
+        walk_only: config.reconcile_walk_only,
     };
     let fatal = exit_tx.clone();
     std::thread::Builder::new()

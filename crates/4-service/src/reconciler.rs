@@ -23,11 +23,12 @@ use std::time::{Duration, Instant};
 use cj_capture::Waker;
 use cj_journal::Item;
 use cj_normalize::is_at_or_below;
-use cj_reconcile::{diff, walk, Snapshot, WalkProgress};
-use cj_types::{RecordBody, ResolvedRecord};
+use cj_reconcile::fast::{self, FsMarks, Method};
+use cj_reconcile::{diff, diff_transitions, open_root, refresh, walk, Snapshot, WalkProgress};
+use cj_types::{GapReason, RecordBody, ResolvedRecord};
 use std::collections::HashSet;
 
-use crate::pipeline::{now_ns, Ctl, Shared};
+use crate::pipeline::{Ctl, Shared};
 
 /// Requests kept before they are merged into one "everything" request.
 pub const RECONCILE_REQUESTS_MAX: usize = 4096;
@@ -58,6 +59,15 @@ pub struct Status {
     pub walks: u64,
     pub reconciled_records: u64,
     pub last_walk_ms: u64,
+    /// From the start of the last reconciliation to its `Resolved` record
+    /// being durable (what a waiting client waits).
+    pub last_resolve_ms: u64,
+    /// `walk`, `xfs-bulkstat` or `btrfs-tree-search`.
+    pub last_method: &'static str,
+    /// Why the last reconciliation walked instead of a fast path.
+    pub last_walk_reason: String,
+    /// Inodes the last fast path found changed.
+    pub last_changed_inodes: u64,
     pub last_error: Option<String>,
 }
 
@@ -131,6 +141,8 @@ pub struct Reconciler {
     pub waker: Arc<Waker>,
     pub snapshots: PathBuf,
     pub excluded: Vec<Vec<u8>>,
+    /// Never use a filesystem fast path (`--reconcile walk`).
+    pub walk_only: bool,
 }
 
 impl Reconciler {
@@ -270,7 +282,7 @@ impl Reconciler {
         after: u64,
         upto: u64,
         baseline: &Snapshot,
-    ) -> Result<HashSet<Vec<u8>>, String> {
+    ) -> Result<(HashSet<Vec<u8>>, Option<&'static str>), String> {
         if after + 1 < self.reader.first_seq() {
             return Err("the journal since the baseline has expired; the next walk becomes the new baseline".into());
         }
@@ -278,10 +290,22 @@ impl Reconciler {
         let mut damaged = false;
         let mut too_many = false;
         let mut renames = 0usize;
+        let mut forced = None;
         self.reader
             .scan(after, upto, |item| {
                 match item {
                     Item::Record(r) => {
+                        if let RecordBody::Gap(g) = &r.body {
+                            match g.reason {
+                                GapReason::ClockStep => {
+                                    forced = Some("the clock was set since the baseline")
+                                }
+                                GapReason::FsChanged => {
+                                    forced = Some("the filesystem changed identity")
+                                }
+                                _ => {}
+                            }
+                        }
                         if let RecordBody::Event(e) = r.body {
                             let rename = !e.old_path.is_empty() && !e.path.is_empty();
                             if rename
@@ -315,7 +339,7 @@ impl Reconciler {
                 "more than {TOUCHED_PATHS_MAX} paths changed since the baseline"
             ));
         }
-        Ok(out)
+        Ok((out, forced))
     }
 
     fn reconcile(&self, root: &[u8], baseline_only: bool) -> Result<(), String> {
@@ -369,55 +393,184 @@ impl Reconciler {
         result.map(|_| ())
     }
 
+    /// Which way to bring `old` up to date, or why it must be a walk.
+    fn method(
+        &self,
+        root_fd: &std::os::fd::OwnedFd,
+        old: &Snapshot,
+        marks: &FsMarks,
+        forced: Option<&'static str>,
+    ) -> Result<Method, String> {
+        use std::os::fd::AsRawFd;
+        if self.walk_only {
+            return Err("fast paths are off (--reconcile walk)".into());
+        }
+        if let Some(why) = forced {
+            return Err(why.into());
+        }
+        let method = fast::probe(root_fd.as_raw_fd());
+        if let Some(why) = fast::distrust(method, &old.marks, marks) {
+            return Err(why.into());
+        }
+        if method == Method::Btrfs
+            && old.entries.iter().any(|(p, s)| {
+                s.ino == fast::BTRFS_SUBVOLUME_ROOT_INO && p.as_slice() != old.root.as_slice()
+            })
+        {
+            // Nested subvolumes have trees (and inode numbers) of their own.
+            return Err("the tree holds nested btrfs subvolumes".into());
+        }
+        Ok(method)
+    }
+
     fn walk_and_record(
         &self,
         root: &[u8],
         fsid: u64,
         old: Option<Snapshot>,
     ) -> Result<u64, String> {
+        use std::os::fd::AsRawFd;
+        let started = Instant::now();
+        self.status(|s| s.last_walk_reason.clear());
         let through = self.sync()?;
-        let taken_ns = now_ns();
+        let root_fd = open_root(root)
+            .map_err(|e| format!("cannot open root {}: {e}", String::from_utf8_lossy(root)))?;
+        let marks = fast::marks(root_fd.as_raw_fd());
+        // What the journal names between the baseline and now; computed
+        // before the baseline is brought up to date in place.
+        let touched = old
+            .as_ref()
+            .map(|o| self.touched(root, o.through_seq, through, o));
+        let mut old = old;
+        if let (Some(base), Some(Ok((touched, forced)))) = (old.as_mut(), &touched) {
+            match self.method(&root_fd, base, &marks, *forced) {
+                Ok(method) => {
+                    let after = base.valid_after_seq;
+                    let result = fast::changed_inodes(root_fd.as_raw_fd(), method, &base.marks)
+                        .map_err(|e| e.to_string())
+                        .and_then(|changed| {
+                            self.status(|s| s.last_changed_inodes = changed.len() as u64);
+                            refresh(
+                                base,
+                                &root_fd,
+                                &self.excluded,
+                                &changed,
+                                &self.queue().progress,
+                            )
+                            .map_err(|e| e.to_string())
+                        });
+                    match result {
+                        Ok(transitions) => {
+                            let recs = diff_transitions(&transitions, base, touched, fsid);
+                            self.status(|s| s.last_method = method.as_str());
+                            let base = old.take().ok_or("baseline vanished")?;
+                            return self
+                                .finish(root, fsid, base, after, recs, marks, through, started);
+                        }
+                        Err(e) => {
+                            eprintln!(
+                                "cj daemon: reconcile {}: {} failed ({e}); walking instead",
+                                String::from_utf8_lossy(root),
+                                method.as_str()
+                            );
+                            // The baseline was partly brought up to date:
+                            // read it again for the walk's diff.
+                            old = Snapshot::load(&self.snapshots, root).ok().flatten();
+                        }
+                    }
+                }
+                Err(why) => {
+                    self.status(|s| s.last_walk_reason = why.clone());
+                }
+            }
+        }
+        self.status(|s| s.last_method = Method::Walk.as_str());
         let entries =
             walk(root, &self.excluded, &self.queue().progress).map_err(|e| e.to_string())?;
-        let walk_end = self.sync()?;
-        let overlapped = self.gaps_arrived(root);
         let new = Snapshot {
             root: root.to_vec(),
-            taken_ns,
+            marks,
             through_seq: through,
-            valid_after_seq: walk_end,
+            valid_after_seq: 0,
             entries,
         };
-        let mut count = 0;
-        let touched = match &old {
-            Some(old) => match self.touched(root, old.through_seq, through, old) {
-                Ok(t) => Some(t),
-                Err(e) => {
-                    // The gap stays open; the walk still becomes the baseline
-                    // for later gaps.
-                    if !overlapped {
-                        new.save(&self.snapshots).map_err(|e| e.to_string())?;
-                    }
-                    return Err(e);
+        match (old, touched) {
+            (Some(old), Some(Ok((touched, _)))) => {
+                let recs = diff(&old, &new, &touched, fsid);
+                self.finish(
+                    root,
+                    fsid,
+                    new,
+                    old.valid_after_seq,
+                    recs,
+                    marks,
+                    through,
+                    started,
+                )
+            }
+            (_, touched) => {
+                // No usable baseline: the gap stays open; the walk becomes
+                // the baseline for later gaps.
+                self.finish_baseline(root, new)?;
+                match touched {
+                    Some(Err(e)) => Err(e),
+                    _ => Ok(0),
                 }
-            },
-            None => None,
-        };
-        if let (Some(old), Some(touched)) = (&old, &touched) {
-            let recs = diff(old, &new, touched, fsid);
-            count = recs.len() as u64;
-            self.records(recs)?;
-            self.records(vec![RecordBody::Resolved(ResolvedRecord {
-                after_seq: old.valid_after_seq,
-                through_seq: through,
-                fsid,
-                scope: root.to_vec(),
-                records: count,
-            })])?;
-            // The records must be durable before the snapshot moves on.
-            self.sync()?;
+            }
         }
-        if !overlapped || old.is_none() {
+    }
+
+    fn status(&self, f: impl FnOnce(&mut Status)) {
+        f(&mut self
+            .queue()
+            .status
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()))
+    }
+
+    /// Saves a walk as the new baseline, unless a gap arrived meanwhile.
+    fn finish_baseline(&self, root: &[u8], mut new: Snapshot) -> Result<(), String> {
+        new.valid_after_seq = self.sync()?;
+        // A walk that overlapped a new gap may hold part of what it hid, so
+        // it is only a baseline if there is no other.
+        if !self.gaps_arrived(root) || !Snapshot::file_for(&self.snapshots, root).exists() {
+            new.save(&self.snapshots).map_err(|e| e.to_string())?;
+        }
+        Ok(())
+    }
+
+    /// Journals the differences and the `Resolved` record, then (records
+    /// durable) replaces the baseline.
+    #[allow(clippy::too_many_arguments)]
+    fn finish(
+        &self,
+        root: &[u8],
+        fsid: u64,
+        mut new: Snapshot,
+        after: u64,
+        recs: Vec<RecordBody>,
+        marks: FsMarks,
+        through: u64,
+        started: Instant,
+    ) -> Result<u64, String> {
+        let walk_end = self.sync()?;
+        let overlapped = self.gaps_arrived(root);
+        let count = recs.len() as u64;
+        self.records(recs)?;
+        self.records(vec![RecordBody::Resolved(ResolvedRecord {
+            after_seq: after,
+            through_seq: through,
+            fsid,
+            scope: root.to_vec(),
+            records: count,
+        })])?;
+        // The records must be durable before the baseline moves on.
+        self.sync()?;
+        self.status(|s| s.last_resolve_ms = started.elapsed().as_millis() as u64);
+        if !overlapped {
+            new.marks = marks;
+            new.through_seq = through;
+            new.valid_after_seq = walk_end;
             new.save(&self.snapshots).map_err(|e| e.to_string())?;
         }
         Ok(count)
@@ -427,9 +580,19 @@ impl Reconciler {
 /// Adds, for every candidate or baseline path at or below `from`, the same
 /// path below `to`.
 fn follow_rename(out: &mut HashSet<Vec<u8>>, baseline: &Snapshot, from: &[u8], to: &[u8]) {
+    let mut hi = from.to_vec();
+    hi.push(b'/' + 1);
     let moved: Vec<Vec<u8>> = out
         .iter()
-        .chain(baseline.entries.keys())
+        .chain(
+            baseline
+                .entries
+                .range::<[u8], _>((
+                    std::ops::Bound::Included(from),
+                    std::ops::Bound::Excluded(&hi[..]),
+                ))
+                .map(|(k, _)| k),
+        )
         .filter(|p| is_at_or_below(p, from))
         .map(|p| {
             let mut n = to.to_vec();

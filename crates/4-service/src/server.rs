@@ -474,6 +474,15 @@ fn reconcile_status(ctx: &Context) -> Value {
         Value::from(st.reconciled_records),
     );
     m.insert("last_walk_ms".into(), Value::from(st.last_walk_ms));
+    m.insert("last_resolve_ms".into(), Value::from(st.last_resolve_ms));
+    m.insert("last_method".into(), Value::from(st.last_method));
+    if !st.last_walk_reason.is_empty() {
+        m.insert("last_walk_reason".into(), Value::from(st.last_walk_reason));
+    }
+    m.insert(
+        "last_changed_inodes".into(),
+        Value::from(st.last_changed_inodes),
+    );
     if let Some(e) = st.last_error {
         m.insert("last_error".into(), Value::from(e));
     }

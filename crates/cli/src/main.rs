@@ -26,31 +26,39 @@ struct Cli {
     command: Command,
 }
 
+#[derive(clap::Args)]
+struct DaemonArgs {
+    /// Where the journal and tracked roots are kept.
+    #[arg(long, value_name = "DIR", default_value = cj_service::DEFAULT_STATE_DIR)]
+    state_dir: PathBuf,
+    /// Journal size budget in MiB; oldest segments are deleted past it.
+    #[arg(long, value_name = "MIB", default_value_t = 2048)]
+    retain_mib: u64,
+    /// Journal age budget in days.
+    #[arg(long, value_name = "DAYS", default_value_t = 30)]
+    retain_days: u64,
+    /// Longest time a captured change waits for its fdatasync when no
+    /// client is waiting. Larger values cost less I/O on busy systems.
+    #[arg(long, value_name = "MS", default_value_t = cj_service::pipeline::COMMIT_INTERVAL_DEFAULT_MS)]
+    commit_interval_ms: u64,
+    /// How gaps are reconciled: `auto` uses the XFS bulkstat and btrfs
+    /// tree-search fast paths where they are safe and walks elsewhere;
+    /// `walk` always walks and compares every entry.
+    #[arg(long, value_name = "METHOD", default_value = "auto", value_parser = ["auto", "walk"])]
+    reconcile: String,
+    /// Testing only: use the kernel's bounded event queue so that
+    /// overflows can be forced.
+    #[arg(long, hide = true)]
+    test_bounded_queue: bool,
+    /// Testing only: journal segment size in bytes.
+    #[arg(long, hide = true)]
+    test_segment_bytes: Option<u64>,
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Run the daemon in the foreground (as root).
-    Daemon {
-        /// Where the journal and tracked roots are kept.
-        #[arg(long, value_name = "DIR", default_value = cj_service::DEFAULT_STATE_DIR)]
-        state_dir: PathBuf,
-        /// Journal size budget in MiB; oldest segments are deleted past it.
-        #[arg(long, value_name = "MIB", default_value_t = 2048)]
-        retain_mib: u64,
-        /// Journal age budget in days.
-        #[arg(long, value_name = "DAYS", default_value_t = 30)]
-        retain_days: u64,
-        /// Longest time a captured change waits for its fdatasync when no
-        /// client is waiting. Larger values cost less I/O on busy systems.
-        #[arg(long, value_name = "MS", default_value_t = cj_service::pipeline::COMMIT_INTERVAL_DEFAULT_MS)]
-        commit_interval_ms: u64,
-        /// Testing only: use the kernel's bounded event queue so that
-        /// overflows can be forced.
-        #[arg(long, hide = true)]
-        test_bounded_queue: bool,
-        /// Testing only: journal segment size in bytes.
-        #[arg(long, hide = true)]
-        test_segment_bytes: Option<u64>,
-    },
+    Daemon(DaemonArgs),
     /// Start tracking the tree under DIR (persists across restarts).
     Track { dir: PathBuf },
     /// Stop tracking the tree under DIR.
@@ -119,22 +127,7 @@ fn is_broken_pipe(e: &anyhow::Error) -> bool {
 fn run(cli: Cli) -> Result<i32> {
     let socket = cli.socket.clone().unwrap_or_else(cj_client::socket_path);
     match cli.command {
-        Command::Daemon {
-            state_dir,
-            retain_mib,
-            retain_days,
-            test_bounded_queue,
-            test_segment_bytes,
-            commit_interval_ms,
-        } => daemon(
-            commit_interval_ms,
-            socket,
-            state_dir,
-            retain_mib,
-            retain_days,
-            test_bounded_queue,
-            test_segment_bytes,
-        ),
+        Command::Daemon(args) => daemon(socket, args),
         Command::Track { dir } => track(&socket, &dir, true),
         Command::Untrack { dir } => track(&socket, &dir, false),
         Command::Status { json } => status(&socket, json),
@@ -158,33 +151,28 @@ fn run(cli: Cli) -> Result<i32> {
     }
 }
 
-fn daemon(
-    commit_interval_ms: u64,
-    socket: PathBuf,
-    state_dir: PathBuf,
-    retain_mib: u64,
-    retain_days: u64,
-    bounded: bool,
-    segment_bytes: Option<u64>,
-) -> Result<i32> {
+fn daemon(socket: PathBuf, a: DaemonArgs) -> Result<i32> {
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
         bail!("the daemon must run as root (fanotify filesystem marks need CAP_SYS_ADMIN)");
     }
     let config = cj_service::Config {
-        state_dir,
+        state_dir: a.state_dir,
         socket,
-        queue: if bounded {
+        queue: if a.test_bounded_queue {
             cj_capture::QueueLimit::KernelDefault
         } else {
             cj_capture::QueueLimit::Unlimited
         },
         journal: cj_journal::Options {
-            retain_bytes: retain_mib.saturating_mul(1 << 20),
-            retain_age: std::time::Duration::from_secs(retain_days.saturating_mul(86_400)),
-            segment_bytes: segment_bytes.unwrap_or(cj_journal::Options::default().segment_bytes),
+            retain_bytes: a.retain_mib.saturating_mul(1 << 20),
+            retain_age: std::time::Duration::from_secs(a.retain_days.saturating_mul(86_400)),
+            segment_bytes: a
+                .test_segment_bytes
+                .unwrap_or(cj_journal::Options::default().segment_bytes),
         },
-        commit_interval: std::time::Duration::from_millis(commit_interval_ms),
+        commit_interval: std::time::Duration::from_millis(a.commit_interval_ms),
+        reconcile_walk_only: a.reconcile == "walk",
     };
     cj_service::run(config)?;
     Ok(EXIT_COMPLETE)

@@ -303,8 +303,16 @@ fn reconcile_after_downtime(kind: Fs) {
         "unchanged file reported\n{}",
         a.dump()
     );
-    let st = d.ok(&["reconcile"]);
-    let _ = st;
+    let want = match kind {
+        Fs::Xfs => "xfs-bulkstat",
+        Fs::Btrfs => "btrfs-tree-search",
+        _ => "walk",
+    };
+    let st = d.ok(&["status", "--json"]);
+    assert!(
+        st.contains(&format!("\"last_method\":\"{want}\"")),
+        "{kind:?} should reconcile with {want}: {st}"
+    );
 }
 
 #[test]

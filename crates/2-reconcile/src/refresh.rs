@@ -1,0 +1,404 @@
+//! Bringing a baseline up to date from a set of changed inodes, without a
+//! walk (the XFS and btrfs fast paths, `crate::fast`).
+//!
+//! Why it is complete: every change to a directory's entries (create,
+//! unlink, rename in or out, link) moves that directory's ctime and, on
+//! btrfs, rewrites its inode item; every change to a file or directory
+//! itself does the same for its inode. So with `changed` holding every
+//! inode changed since the baseline's walk started:
+//! - a directory not in `changed` has exactly the entries the baseline
+//!   lists, so only directories in `changed` are read again;
+//! - an entry not in `changed` still has the baseline's stat;
+//! - a name that appears in a re-read directory and is new (or names
+//!   another inode) is looked at, and if it is a directory, walked whole
+//!   (a new or moved-in subtree: its inodes need not have changed).
+//!
+//! Directories are re-read in path order, so a parent is settled before its
+//! children; a path that a parent's re-read removed is skipped.
+
+use std::collections::{BTreeMap, HashSet};
+use std::ffi::CString;
+use std::ops::Bound;
+use std::os::unix::io::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::sync::atomic::Ordering;
+
+use crate::walk::{join, open_child, read_names, statx_at, walk_from};
+use crate::{Snapshot, Stat, WalkError, WalkProgress};
+
+/// Paths whose stat changed: (stat in the baseline, stat now); `None` means
+/// absent.
+pub type Transitions = BTreeMap<Vec<u8>, (Option<Stat>, Option<Stat>)>;
+
+const S_IFMT: u32 = 0o170000;
+const S_IFDIR: u32 = 0o040000;
+
+fn is_dir(s: &Stat) -> bool {
+    s.mode & S_IFMT == S_IFDIR
+}
+
+fn einval() -> std::io::Error {
+    std::io::Error::from_raw_os_error(libc::EINVAL)
+}
+
+/// Opens `rel` (relative, no leading slash; empty for `dir` itself) below
+/// `dir`: no symlink, no magic link, no other mount, never outside `dir`.
+fn open_beneath(dir: RawFd, rel: &[u8]) -> std::io::Result<OwnedFd> {
+    let rel = if rel.is_empty() { &b"."[..] } else { rel };
+    let c = CString::new(rel).map_err(|_| einval())?;
+    // SAFETY: open_how is plain old data.
+    let mut how: libc::open_how = unsafe { std::mem::zeroed() };
+    how.flags = (libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC) as u64;
+    how.resolve = libc::RESOLVE_BENEATH
+        | libc::RESOLVE_NO_SYMLINKS
+        | libc::RESOLVE_NO_MAGICLINKS
+        | libc::RESOLVE_NO_XDEV;
+    // SAFETY: valid descriptor, C string and open_how for openat2.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_openat2,
+            dir,
+            c.as_ptr(),
+            &how as *const libc::open_how,
+            std::mem::size_of::<libc::open_how>(),
+        )
+    };
+    if rc < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: a new descriptor from the kernel.
+    Ok(unsafe { OwnedFd::from_raw_fd(rc as RawFd) })
+}
+
+/// "Not there any more as a directory": the path is settled by its parent.
+fn gone(e: &std::io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::ENOENT) | Some(libc::ENOTDIR) | Some(libc::ELOOP) | Some(libc::EXDEV)
+    )
+}
+
+/// `[lo, hi)`: the keys strictly below `dir`.
+fn below_range(dir: &[u8]) -> (Vec<u8>, Vec<u8>) {
+    let base = dir.strip_suffix(b"/").unwrap_or(dir);
+    let mut lo = base.to_vec();
+    lo.push(b'/');
+    let mut hi = base.to_vec();
+    hi.push(b'/' + 1);
+    (lo, hi)
+}
+
+struct Refresher<'a> {
+    map: &'a mut BTreeMap<Vec<u8>, Stat>,
+    root: &'a [u8],
+    mnt: u64,
+    excluded: &'a [Vec<u8>],
+    progress: &'a WalkProgress,
+    changes: Transitions,
+}
+
+impl Refresher<'_> {
+    fn set(&mut self, path: &[u8], now: Option<Stat>) {
+        let was = self.map.get(path).copied();
+        if was == now {
+            return;
+        }
+        self.changes.entry(path.to_vec()).or_insert((was, None)).1 = now;
+        match now {
+            Some(s) => {
+                self.map.insert(path.to_vec(), s);
+            }
+            None => {
+                self.map.remove(path);
+            }
+        }
+    }
+
+    /// Removes `path` and everything below it.
+    fn remove_subtree(&mut self, path: &[u8]) {
+        let (lo, hi) = below_range(path);
+        let below: Vec<Vec<u8>> = self
+            .map
+            .range::<[u8], _>((Bound::Included(&lo[..]), Bound::Excluded(&hi[..])))
+            .map(|(k, _)| k.clone())
+            .collect();
+        for k in below {
+            self.set(&k, None);
+        }
+        self.set(path, None);
+    }
+
+    /// The names of `dir`'s direct children in the map.
+    fn children(&self, dir: &[u8]) -> Vec<Vec<u8>> {
+        let (lo, hi) = below_range(dir);
+        let mut out = Vec::new();
+        let mut from = Bound::Included(lo.clone());
+        loop {
+            let next = self
+                .map
+                .range::<[u8], _>((from.as_ref().map(|v| &v[..]), Bound::Excluded(&hi[..])))
+                .next();
+            let Some((k, _)) = next else {
+                return out;
+            };
+            let rest = &k[lo.len()..];
+            match rest.iter().position(|&b| b == b'/') {
+                None => {
+                    out.push(rest.to_vec());
+                    from = Bound::Excluded(k.clone());
+                }
+                Some(i) => {
+                    // Something deeper: skip the whole subtree of that child.
+                    let mut skip = k[..lo.len() + i].to_vec();
+                    skip.push(b'/' + 1);
+                    from = Bound::Included(skip);
+                }
+            }
+        }
+    }
+
+    /// Settles `parent/name` against the filesystem, seen from `dir` (the
+    /// open `parent`).
+    fn settle_child(&mut self, dir: RawFd, parent: &[u8], name: &[u8]) -> Result<(), WalkError> {
+        let path = join(parent, name);
+        if self.excluded.iter().any(|e| crate::walk::below(&path, e)) {
+            return Ok(());
+        }
+        let cname = CString::new(name).map_err(|_| WalkError::Directory {
+            path: path.clone(),
+            source: einval(),
+        })?;
+        self.progress.entries.fetch_add(1, Ordering::Relaxed);
+        let (now, mnt) = match statx_at(dir, &cname, libc::AT_SYMLINK_NOFOLLOW) {
+            Ok(s) => s,
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
+                self.remove_subtree(&path);
+                return Ok(());
+            }
+            Err(source) => return Err(WalkError::Directory { path, source }),
+        };
+        if mnt != self.mnt {
+            // Now a mount point: not captured, like the walk.
+            self.remove_subtree(&path);
+            return Ok(());
+        }
+        match self.map.get(&path).copied() {
+            Some(was) if was.ino == now.ino && (was.mode ^ now.mode) & S_IFMT == 0 => {
+                self.set(&path, Some(now));
+            }
+            was => {
+                if was.is_some() {
+                    self.remove_subtree(&path);
+                }
+                self.set(&path, Some(now));
+                if is_dir(&now) {
+                    self.walk_new(dir, &cname, path)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// A directory the baseline does not know (new, moved in or replaced):
+    /// everything below it is new.
+    fn walk_new(&mut self, dir: RawFd, name: &CString, path: Vec<u8>) -> Result<(), WalkError> {
+        let fd = match open_child(dir, name) {
+            Ok(fd) => fd,
+            Err(e) if gone(&e) => return Ok(()),
+            Err(source) => return Err(WalkError::Directory { path, source }),
+        };
+        let mut sub = BTreeMap::new();
+        walk_from(fd, path, self.mnt, self.excluded, &mut sub, self.progress)?;
+        for (k, v) in sub {
+            self.set(&k, Some(v));
+        }
+        Ok(())
+    }
+
+    /// Reads directory `path` (open as `fd`) again and settles its entries.
+    fn reread(&mut self, fd: &OwnedFd, path: &[u8], buf: &mut [u8]) -> Result<(), WalkError> {
+        self.progress.directories.fetch_add(1, Ordering::Relaxed);
+        let names = match read_names(fd.as_raw_fd(), buf) {
+            Ok(n) => n,
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(()),
+            Err(source) => {
+                return Err(WalkError::Directory {
+                    path: path.to_vec(),
+                    source,
+                })
+            }
+        };
+        let present: HashSet<&[u8]> = names.iter().map(|n| &n[..]).collect();
+        for old in self.children(path) {
+            if !present.contains(&old[..]) {
+                self.remove_subtree(&join(path, &old));
+            }
+        }
+        for name in &names {
+            self.settle_child(fd.as_raw_fd(), path, name)?;
+        }
+        Ok(())
+    }
+
+    fn rel<'p>(&self, path: &'p [u8]) -> &'p [u8] {
+        let r = &path[self.root.len().min(path.len())..];
+        r.strip_prefix(b"/").unwrap_or(r)
+    }
+
+    /// Settles one path named by a changed inode: re-reads it if it is
+    /// still the same directory, else settles it from its parent.
+    fn settle(
+        &mut self,
+        root_fd: RawFd,
+        path: &[u8],
+        was: Stat,
+        buf: &mut [u8],
+    ) -> Result<(), WalkError> {
+        if is_dir(&was) {
+            if let Ok(fd) = open_beneath(root_fd, self.rel(path)) {
+                if let Ok((now, mnt)) =
+                    statx_at(fd.as_raw_fd(), &CString::default(), libc::AT_EMPTY_PATH)
+                {
+                    if now.ino == was.ino && is_dir(&now) && mnt == self.mnt {
+                        self.set(path, Some(now));
+                        return self.reread(&fd, path, buf);
+                    }
+                }
+            }
+        }
+        if path == self.root {
+            return Err(WalkError::Root {
+                path: path.to_vec(),
+                source: std::io::Error::from_raw_os_error(libc::ESTALE),
+            });
+        }
+        let cut = path.iter().rposition(|&b| b == b'/').unwrap_or(0);
+        let (parent, name) = (&path[..cut.max(1)], &path[cut + 1..]);
+        match open_beneath(root_fd, self.rel(parent)) {
+            Ok(pfd) => self.settle_child(pfd.as_raw_fd(), parent, name),
+            // The parent is gone or moved: its own (changed) parent has
+            // settled it, or it is unreachable now.
+            Err(e) if gone(&e) => {
+                self.remove_subtree(path);
+                Ok(())
+            }
+            Err(source) => Err(WalkError::Directory {
+                path: parent.to_vec(),
+                source,
+            }),
+        }
+    }
+}
+
+/// Brings `snap` up to date given every inode changed since its walk
+/// started, and returns what changed. `root_fd` is the open root.
+pub fn refresh(
+    snap: &mut Snapshot,
+    root_fd: &OwnedFd,
+    excluded: &[Vec<u8>],
+    changed: &HashSet<u64>,
+    progress: &WalkProgress,
+) -> Result<Transitions, WalkError> {
+    let root = snap.root.clone();
+    let (_, mnt) = statx_at(
+        root_fd.as_raw_fd(),
+        &CString::default(),
+        libc::AT_EMPTY_PATH,
+    )
+    .map_err(|source| WalkError::Root {
+        path: root.clone(),
+        source,
+    })?;
+    // Directories first (path order: parents before children), then files.
+    let mut dirs = Vec::new();
+    let mut files = Vec::new();
+    for (path, st) in &snap.entries {
+        if changed.contains(&st.ino) {
+            if is_dir(st) {
+                dirs.push((path.clone(), *st));
+            } else {
+                files.push((path.clone(), *st));
+            }
+        }
+    }
+    let mut r = Refresher {
+        map: &mut snap.entries,
+        root: &root,
+        mnt,
+        excluded,
+        progress,
+        changes: BTreeMap::new(),
+    };
+    let mut buf = vec![0u8; 64 * 1024];
+    for (path, was) in dirs.into_iter().chain(files) {
+        // Settled already by a parent's re-read (removed or replaced).
+        match r.map.get(&path) {
+            Some(s) if s.ino == was.ino => {}
+            _ => continue,
+        }
+        r.settle(root_fd.as_raw_fd(), &path, was, &mut buf)?;
+    }
+    Ok(r.changes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::ffi::OsStrExt;
+
+    fn inos(map: &BTreeMap<Vec<u8>, Stat>) -> HashSet<u64> {
+        map.values().map(|s| s.ino).collect()
+    }
+
+    /// With every inode marked changed, a refresh must reach exactly what a
+    /// fresh walk sees.
+    #[test]
+    fn refresh_with_everything_changed_equals_a_walk() {
+        let d = tempfile::tempdir().unwrap();
+        let r = d.path();
+        std::fs::create_dir_all(r.join("a/b/c")).unwrap();
+        std::fs::create_dir_all(r.join("x")).unwrap();
+        std::fs::write(r.join("a/b/c/f"), b"1").unwrap();
+        std::fs::write(r.join("a/g"), b"1").unwrap();
+        std::fs::write(r.join("a b"), b"1").unwrap();
+        let root = r.as_os_str().as_bytes().to_vec();
+        let p = WalkProgress::default();
+        let mut snap = Snapshot::new(root.clone());
+        snap.entries = crate::walk(&root, &[], &p).unwrap();
+        let mut changed = inos(&snap.entries);
+        // Move a tree, replace a file by a directory, add, remove.
+        std::fs::rename(r.join("a/b"), r.join("x/moved")).unwrap();
+        std::fs::remove_file(r.join("a/g")).unwrap();
+        std::fs::create_dir(r.join("a/g")).unwrap();
+        std::fs::write(r.join("a/g/inside"), b"2").unwrap();
+        std::fs::write(r.join("a b"), b"22").unwrap();
+        std::fs::create_dir_all(r.join("new/deep")).unwrap();
+        let fresh = crate::walk(&root, &[], &p).unwrap();
+        changed.extend(inos(&fresh));
+        let fd = crate::walk::open_root(&root).unwrap();
+        let t = refresh(&mut snap, &fd, &[], &changed, &p).unwrap();
+        assert_eq!(snap.entries, fresh);
+        assert!(t.contains_key(&join(&root, b"x/moved/c/f")));
+        assert_eq!(t[&join(&root, b"a/b/c/f")].1, None);
+    }
+
+    /// Only the changed directory is read: an unchanged directory's new
+    /// entry (impossible on a real filesystem) stays unseen.
+    #[test]
+    fn unchanged_directories_are_not_read() {
+        let d = tempfile::tempdir().unwrap();
+        let r = d.path();
+        std::fs::create_dir_all(r.join("quiet")).unwrap();
+        std::fs::create_dir_all(r.join("busy")).unwrap();
+        let root = r.as_os_str().as_bytes().to_vec();
+        let p = WalkProgress::default();
+        let mut snap = Snapshot::new(root.clone());
+        snap.entries = crate::walk(&root, &[], &p).unwrap();
+        std::fs::write(r.join("quiet/f"), b"1").unwrap();
+        std::fs::write(r.join("busy/f"), b"1").unwrap();
+        let busy = snap.entries[&join(&root, b"busy")].ino;
+        let fd = crate::walk::open_root(&root).unwrap();
+        let t = refresh(&mut snap, &fd, &[], &[busy].into_iter().collect(), &p).unwrap();
+        assert!(t.contains_key(&join(&root, b"busy/f")));
+        assert!(!snap.entries.contains_key(&join(&root, b"quiet/f")));
+    }
+}
