@@ -266,6 +266,29 @@ impl Snapshot {
         Ok(Some(snap))
     }
 
+    /// The marks of the snapshot of `root` in `dir`, reading only the
+    /// header; `None` if there is none or it is damaged.
+    pub fn load_marks(dir: &Path, root: &[u8]) -> Option<FsMarks> {
+        use std::io::Read;
+        let mut h = [0u8; HEADER_LEN];
+        File::open(Snapshot::file_for(dir, root))
+            .and_then(|mut f| f.read_exact(&mut h))
+            .ok()?;
+        if h[0..8] != MAGIC
+            || u32_at(&h, 8) != Some(VERSION)
+            || u32_at(&h, 124) != Some(crc32c::crc32c(&h[0..124]))
+        {
+            return None;
+        }
+        Some(FsMarks {
+            realtime_ns: u64_at(&h, 16)?,
+            boottime_ns: u64_at(&h, 56)?,
+            boot_id: h[64..80].try_into().ok()?,
+            fs_uuid: h[80..96].try_into().ok()?,
+            generation: u64_at(&h, 96)?,
+        })
+    }
+
     /// Replaces the snapshot file atomically and durably.
     pub fn save(&self, dir: &Path) -> Result<(), SnapshotError> {
         let io = |path: &Path, op: &'static str| {
@@ -353,5 +376,6 @@ mod tests {
         s.save(dir.path()).unwrap();
         let l = Snapshot::load(dir.path(), b"/root").unwrap().unwrap();
         assert_eq!(l.entries.len(), 10_000);
+        assert_eq!(Snapshot::load_marks(dir.path(), b"/root"), Some(s.marks));
     }
 }

@@ -7,6 +7,7 @@
 //! SIGINT, when it drains the kernel queue, commits, and leaves a clean-stop
 //! marker.
 
+mod clock;
 mod error;
 pub mod pipeline;
 pub mod query;
@@ -94,6 +95,7 @@ pub fn run(config: Config) -> Result<(), Error> {
         ));
     }
     let clean_stop = state::take_clean_stop(&state_dir)?;
+    let new_boot = state::swap_boot_id(&state_dir, &cj_reconcile::fast::boot_id())?;
     let roots = state::load_roots(&state_dir)?;
     raise_fd_limit();
     let fan = Fanotify::new(config.queue).map_err(Error::Fanotify)?;
@@ -127,23 +129,56 @@ pub fn run(config: Config) -> Result<(), Error> {
         // Marks are in place before this record, so every change after it
         // is captured; everything between the last record and here is not.
         let clean = clean_stop == Some(recovery.last_seq);
-        let (reason, detail) = if clean {
-            (GapReason::DaemonDown, "the daemon was stopped")
-        } else {
-            (
+        let (reason, detail) = match (clean, new_boot) {
+            (true, false) => (GapReason::DaemonDown, "the daemon was stopped"),
+            (true, true) => (
+                GapReason::NewBoot,
+                "the machine restarted since the daemon last ran",
+            ),
+            (false, false) => (
                 GapReason::UncleanStop,
-                "the daemon stopped without a clean shutdown (crash, kill -9 or power loss)",
-            )
+                "the daemon stopped without a clean shutdown (crash or kill -9)",
+            ),
+            (false, true) => (
+                GapReason::UncleanStop,
+                "the machine restarted without a clean daemon shutdown (crash or power loss)",
+            ),
         };
-        let gap = RecordBody::Gap(GapRecord {
+        let mut gaps = vec![RecordBody::Gap(GapRecord {
             reason,
             fsid: 0,
             scope: Vec::new(),
             start_time_ns: recovery.last_time_ns,
             detail: detail.as_bytes().to_vec(),
-        });
+        })];
+        // A root whose filesystem is not the one its baseline was taken on
+        // (mkfs, another device mounted there) is compared entry by entry.
+        for root in &roots {
+            let Some(then) = cj_reconcile::Snapshot::load_marks(&state_dir.join("snapshots"), root)
+            else {
+                continue;
+            };
+            let Ok(fd) = cj_reconcile::open_root(root) else {
+                continue;
+            };
+            let now = cj_reconcile::fast::fs_uuid(std::os::fd::AsRawFd::as_raw_fd(&fd));
+            if now != then.fs_uuid {
+                log(format!(
+                    "root {} is on another filesystem than its baseline (new UUID); \
+                     it is reconciled entry by entry",
+                    String::from_utf8_lossy(root)
+                ));
+                gaps.push(RecordBody::Gap(GapRecord {
+                    reason: GapReason::FsChanged,
+                    fsid: 0,
+                    scope: root.clone(),
+                    start_time_ns: recovery.last_time_ns,
+                    detail: b"the filesystem under the root changed identity".to_vec(),
+                }));
+            }
+        }
         let (tx, rx) = mpsc::sync_channel(1);
-        let _ = pipeline.send(Ctl::Records(vec![gap]));
+        let _ = pipeline.send(Ctl::Records(gaps));
         let _ = pipeline.send(Ctl::Barrier(tx));
         match rx.recv() {
             Ok(Ok(_)) => {}

@@ -172,6 +172,7 @@ impl Pipeline {
             pending_barriers: Vec::new(),
             shared: shared.clone(),
             fatal: fatal.clone(),
+            clock: crate::clock::ClockWatch::new().ok(),
         };
         threads.push(spawn("cj-capture", fatal.clone(), move || capture.run())?);
         let sh = shared.clone();
@@ -251,6 +252,9 @@ struct Capture {
     pending_barriers: Vec<Completion>,
     shared: Arc<Shared>,
     fatal: SyncSender<Exit>,
+    /// `None` if the kernel refused a timerfd (then clock steps are only
+    /// noticed across restarts, `docs/design.md`).
+    clock: Option<crate::clock::ClockWatch>,
 }
 
 fn dev_of(path: &[u8]) -> Option<u64> {
@@ -499,6 +503,18 @@ impl Capture {
     /// silently on unmount) and re-arms roots that became available again.
     /// Each loss becomes a gap record for that root.
     fn housekeeping(&mut self) {
+        if self.clock.as_ref().is_some_and(|c| c.stepped()) && !self.roots.is_empty() {
+            let gap = RecordBody::Gap(GapRecord {
+                reason: GapReason::ClockStep,
+                fsid: 0,
+                scope: Vec::new(),
+                start_time_ns: now_ns(),
+                detail:
+                    b"the wall clock was set; ctime comparisons are void until every root is walked"
+                        .to_vec(),
+            });
+            let _ = self.out.send(NormMsg::Records(vec![gap]));
+        }
         let paths: Vec<Vec<u8>> = self.roots.keys().cloned().collect();
         for path in paths {
             let lost = match self.roots.get(&path) {

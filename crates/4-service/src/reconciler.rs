@@ -534,7 +534,7 @@ impl Reconciler {
         // A walk that overlapped a new gap may hold part of what it hid, so
         // it is only a baseline if there is no other.
         if !self.gaps_arrived(root) || !Snapshot::file_for(&self.snapshots, root).exists() {
-            new.save(&self.snapshots).map_err(|e| e.to_string())?;
+            save_baseline(root, &new, &self.snapshots)?;
         }
         Ok(())
     }
@@ -571,10 +571,26 @@ impl Reconciler {
             new.marks = marks;
             new.through_seq = through;
             new.valid_after_seq = walk_end;
-            new.save(&self.snapshots).map_err(|e| e.to_string())?;
+            save_baseline(root, &new, &self.snapshots)?;
         }
         Ok(count)
     }
+}
+
+/// Saves a baseline once everything it reflects is durable on the tracked
+/// filesystem (`syncfs`): a crash of the machine can then never roll the
+/// filesystem back behind its baseline, which the fast paths rely on.
+fn save_baseline(root: &[u8], new: &Snapshot, dir: &std::path::Path) -> Result<(), String> {
+    use std::os::fd::AsRawFd;
+    let fd = open_root(root).map_err(|e| format!("cannot open root: {e}"))?;
+    // SAFETY: a valid descriptor.
+    if unsafe { libc::syncfs(fd.as_raw_fd()) } != 0 {
+        return Err(format!(
+            "syncfs before saving the baseline: {}",
+            std::io::Error::last_os_error()
+        ));
+    }
+    new.save(dir).map_err(|e| e.to_string())
 }
 
 /// Adds, for every candidate or baseline path at or below `from`, the same

@@ -14,6 +14,8 @@ use crate::error::{io, Error};
 
 pub const ROOTS_FILE: &str = "roots.json";
 pub const CLEAN_STOP_FILE: &str = "clean-stop";
+/// The kernel boot id the daemon last ran under (32 hex digits).
+pub const BOOT_ID_FILE: &str = "boot-id";
 /// No more roots than this may be tracked (each costs a prefix check per event).
 pub const ROOTS_MAX: usize = 64;
 
@@ -109,6 +111,25 @@ pub fn take_clean_stop(state_dir: &Path) -> Result<Option<u64>, Error> {
     let mut s = [0u8; 8];
     s.copy_from_slice(&b[..8]);
     Ok(Some(u64::from_le_bytes(s)))
+}
+
+/// Records `now` as the boot the daemon runs under and returns whether the
+/// previous run was under another boot (`false` when unknown).
+pub fn swap_boot_id(state_dir: &Path, now: &[u8; 16]) -> Result<bool, Error> {
+    let path = state_dir.join(BOOT_ID_FILE);
+    let hex: String = now.iter().map(|b| format!("{b:02x}")).collect();
+    let before = match fs::read(&path) {
+        Ok(b) => Some(b),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => return Err(io(&path, "read")(e)),
+    };
+    let changed = before
+        .as_deref()
+        .is_some_and(|b| b.trim_ascii() != hex.as_bytes());
+    if before.as_deref().map(|b| b.trim_ascii()) != Some(hex.as_bytes()) {
+        write_atomic(&path, format!("{hex}\n").as_bytes())?;
+    }
+    Ok(changed && *now != [0; 16])
 }
 
 fn crc32c_of(b: &[u8]) -> u32 {

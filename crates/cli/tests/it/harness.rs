@@ -102,6 +102,12 @@ impl Mount {
         self.mounted = true;
     }
 
+    /// Makes a new filesystem (new UUID) in the image; must be unmounted.
+    pub fn reformat(&mut self) {
+        assert!(!self.mounted);
+        self.make();
+    }
+
     pub fn image(&self) -> &Path {
         &self.image
     }

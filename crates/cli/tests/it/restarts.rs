@@ -396,3 +396,93 @@ fn a_gap_without_baseline_stays_open_after_later_reconciliations() {
         a.dump()
     );
 }
+
+/// A restart under another boot id is reported as `new_boot` (here with no
+/// baseline, so that the gap stays open and its reason visible).
+#[test]
+fn a_new_boot_is_an_explicit_gap() {
+    let m = Mount::new(Fs::Ext4);
+    let mut d = Daemon::start(&m.mnt, &[]);
+    let t = m.mnt.join("tree");
+    fs::create_dir(&t).unwrap();
+    d.track(&t);
+    d.reconciled();
+    let c0 = d.cursor();
+    d.stop();
+    fs::write(
+        d.state.join("boot-id"),
+        "00112233445566778899aabbccddeeff\n",
+    )
+    .unwrap();
+    fs::remove_dir_all(d.state.join("snapshots")).unwrap();
+    d.spawn();
+    let a = d.changes(&c0, None);
+    assert_eq!(a.code, 3, "{}", a.dump());
+    assert!(
+        reasons(&a).iter().any(|r| r.contains("new_boot")),
+        "{}",
+        a.dump()
+    );
+    // The same again after a kill -9: an unclean stop, not a new boot.
+    d.reconciled();
+    d.kill9();
+    fs::remove_dir_all(d.state.join("snapshots")).unwrap();
+    d.spawn();
+    let b = d.changes(&d.cursor(), None);
+    assert_eq!(b.code, 0, "{}", b.dump());
+    let a = d.changes(&c0, None);
+    assert!(
+        reasons(&a).iter().any(|r| r.contains("unclean_stop")),
+        "{}",
+        a.dump()
+    );
+}
+
+/// A new mkfs under a tracked root while the daemon is down: the baseline
+/// belongs to another filesystem, so no fast path may be trusted; every
+/// entry is compared, and the answer is complete and exact.
+fn filesystem_replaced_while_down(kind: Fs) {
+    let mut m = Mount::new(kind);
+    // The state lives outside the filesystem that is replaced.
+    let mut d = Daemon::start(m.dir.path(), &[]);
+    let t = m.mnt.join("tree");
+    fs::create_dir(&t).unwrap();
+    fs::write(t.join("old_only"), b"1").unwrap();
+    fs::write(t.join("both"), b"1").unwrap();
+    d.track(&t);
+    d.reconciled();
+    let c0 = d.cursor();
+    d.stop();
+    m.unmount();
+    m.reformat();
+    m.mount();
+    fs::create_dir(&t).unwrap();
+    fs::write(t.join("both"), b"1").unwrap();
+    fs::write(t.join("new_only"), b"1").unwrap();
+    d.spawn();
+    let a = d.changes_wait(&c0, 60);
+    assert_eq!(a.code, 0, "{}", a.dump());
+    for (p, want) in [("old_only", "deleted"), ("new_only", "created")] {
+        let got = a.changes_of(&t.join(p));
+        assert!(
+            got.iter().any(|c| c == want),
+            "{p}: {want} not in {got:?}\n{}",
+            a.dump()
+        );
+    }
+    // Replaced, or modified if the new filesystem reused the inode number.
+    assert!(a.get(&t.join("both")).is_some(), "{}", a.dump());
+    let st = d.ok(&["status", "--json"]);
+    assert!(st.contains("\"last_method\":\"walk\""), "{st}");
+    assert!(st.contains("identity"), "{st}");
+}
+
+#[test]
+fn filesystem_replaced_while_down_xfs() {
+    filesystem_replaced_while_down(Fs::Xfs);
+}
+
+#[test]
+fn filesystem_replaced_while_down_btrfs() {
+    filesystem_replaced_while_down(Fs::Btrfs);
+}
