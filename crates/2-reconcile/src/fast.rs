@@ -31,9 +31,18 @@ const XFS_BULK_IREQ_LEN: usize = 64;
 const XFS_BULKSTAT_LEN: usize = 192;
 /// Inodes per `XFS_IOC_BULKSTAT` call.
 const XFS_BULKSTAT_BATCH: usize = 4096;
+const XFS_IOC_FSGEOMETRY: libc::c_ulong = 0x8100_587e;
+const XFS_FSOP_GEOM_LEN: usize = 256;
+/// `XFS_BULK_IREQ_AGNO`: only the allocation group in `agno`.
+const XFS_BULK_IREQ_AGNO: u32 = 1;
+/// Allocation groups read at once (each by its own thread): the inode
+/// btrees of different groups are independent, so the reads overlap.
+pub const XFS_BULKSTAT_THREADS: usize = 4;
 
 const BTRFS_IOC_TREE_SEARCH: libc::c_ulong = 0xd000_9411;
 const BTRFS_IOC_FS_INFO: libc::c_ulong = 0x8400_941f;
+const BTRFS_IOC_START_SYNC: libc::c_ulong = 0x8008_9418;
+const BTRFS_IOC_WAIT_SYNC: libc::c_ulong = 0x4008_9416;
 const BTRFS_SEARCH_ARGS_LEN: usize = 4096;
 const BTRFS_SEARCH_KEY_LEN: usize = 104;
 const BTRFS_SEARCH_HEADER_LEN: usize = 32;
@@ -76,7 +85,8 @@ pub struct FsMarks {
     /// The filesystem's UUID (`FS_IOC_GETFSUUID`, or btrfs' fsid); zero if
     /// the filesystem has none.
     pub fs_uuid: [u8; 16],
-    /// btrfs: the filesystem generation (transaction id); zero elsewhere.
+    /// btrfs: the lowest transaction id a change after the walk started can
+    /// carry; zero elsewhere.
     pub generation: u64,
 }
 
@@ -184,10 +194,34 @@ pub fn fs_uuid(fd: RawFd) -> [u8; 16] {
     uuid
 }
 
+/// The lowest btrfs transaction id any change from now on can carry.
+///
+/// The current generation alone would do (a change made now lands in the
+/// running transaction or a later one), but it would also count everything
+/// in that transaction, which can hold minutes of earlier writes. So the
+/// running transaction is committed first (`START_SYNC` returns its id):
+/// if no newer one has started when the generation is read, changes from now
+/// on land in a later one.
+fn btrfs_watermark(fd: RawFd) -> Option<u64> {
+    let mut id = vec![0u64; 1];
+    let committed = ioctl(fd, BTRFS_IOC_START_SYNC, &mut id)
+        .and_then(|()| {
+            let mut wait = vec![id[0]];
+            ioctl(fd, BTRFS_IOC_WAIT_SYNC, &mut wait)
+        })
+        .ok()
+        .map(|()| id[0]);
+    let generation = btrfs_fs_info(fd).ok().and_then(|(_, g)| g)?;
+    Some(match committed {
+        Some(c) if c == generation => c + 1,
+        _ => generation,
+    })
+}
+
 /// Reads the marks for a walk of the filesystem of `fd` that starts now.
 pub fn marks(fd: RawFd) -> FsMarks {
     let generation = if probe(fd) == Method::Btrfs {
-        btrfs_fs_info(fd).ok().and_then(|(_, g)| g).unwrap_or(0)
+        btrfs_watermark(fd).unwrap_or(0)
     } else {
         0
     };
@@ -245,8 +279,61 @@ fn too_many() -> std::io::Error {
     ))
 }
 
+fn xfs_agcount(fd: RawFd) -> std::io::Result<u32> {
+    let mut geom = vec![0u64; XFS_FSOP_GEOM_LEN / 8];
+    ioctl(fd, XFS_IOC_FSGEOMETRY, &mut geom)?;
+    match u32_at(bytes(&geom), 12) {
+        Some(n) if n > 0 => Ok(n),
+        _ => Err(std::io::Error::from_raw_os_error(libc::EIO)),
+    }
+}
+
 fn xfs_changed(fd: RawFd, since_ns: u64) -> std::io::Result<HashSet<u64>> {
-    let mut out = HashSet::new();
+    let ags = xfs_agcount(fd)?;
+    let next_ag = std::sync::atomic::AtomicU32::new(0);
+    let results: Vec<std::io::Result<HashSet<u64>>> = std::thread::scope(|sc| {
+        let workers: Vec<_> = (0..XFS_BULKSTAT_THREADS.min(ags as usize))
+            .map(|_| {
+                sc.spawn(|| {
+                    let mut out = HashSet::new();
+                    loop {
+                        let ag = next_ag.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        if ag >= ags {
+                            return Ok(out);
+                        }
+                        xfs_changed_in_ag(fd, ag, since_ns, &mut out)?;
+                        if out.len() > CHANGED_INODES_MAX {
+                            return Err(too_many());
+                        }
+                    }
+                })
+            })
+            .collect();
+        workers
+            .into_iter()
+            .map(|w| {
+                w.join()
+                    .unwrap_or_else(|_| Err(std::io::Error::other("bulkstat thread panicked")))
+            })
+            .collect()
+    });
+    let mut all = HashSet::new();
+    for r in results {
+        all.extend(r?);
+        if all.len() > CHANGED_INODES_MAX {
+            return Err(too_many());
+        }
+    }
+    Ok(all)
+}
+
+/// Adds the inodes of allocation group `ag` changed at or after `since_ns`.
+fn xfs_changed_in_ag(
+    fd: RawFd,
+    ag: u32,
+    since_ns: u64,
+    out: &mut HashSet<u64>,
+) -> std::io::Result<()> {
     let len = XFS_BULK_IREQ_LEN + XFS_BULKSTAT_LEN * XFS_BULKSTAT_BATCH;
     let mut buf = vec![0u64; len / 8];
     let mut next: u64 = 0;
@@ -255,13 +342,15 @@ fn xfs_changed(fd: RawFd, since_ns: u64) -> std::io::Result<HashSet<u64>> {
             let b = bytes_mut(&mut buf);
             b[..XFS_BULK_IREQ_LEN].fill(0);
             b[0..8].copy_from_slice(&next.to_le_bytes());
+            b[8..12].copy_from_slice(&XFS_BULK_IREQ_AGNO.to_le_bytes());
             b[12..16].copy_from_slice(&(XFS_BULKSTAT_BATCH as u32).to_le_bytes());
+            b[20..24].copy_from_slice(&ag.to_le_bytes());
         }
         ioctl(fd, XFS_IOC_BULKSTAT, &mut buf)?;
         let b = bytes(&buf);
         let got = u32_at(b, 16).unwrap_or(0) as usize;
         if got == 0 {
-            return Ok(out);
+            return Ok(());
         }
         if got > XFS_BULKSTAT_BATCH {
             return Err(std::io::Error::from_raw_os_error(libc::EIO));
@@ -277,9 +366,6 @@ fn xfs_changed(fd: RawFd, since_ns: u64) -> std::io::Result<HashSet<u64>> {
             if ctime < 0 || ctime as u64 >= since_ns {
                 out.insert(ino);
             }
-        }
-        if out.len() > CHANGED_INODES_MAX {
-            return Err(too_many());
         }
         let after = u64_at(b, 0).unwrap_or(0);
         if after <= next {

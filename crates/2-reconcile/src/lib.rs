@@ -13,14 +13,18 @@
 //! uses a snapshot only as the baseline for gaps that began after its walk
 //! ended (`docs/design.md`, "Reconciliation").
 
+mod entries;
 pub mod fast;
+mod pwalk;
 mod refresh;
 mod snapshot;
 mod walk;
 
+pub use entries::{Entries, Range};
+pub use pwalk::{walk, WALK_THREADS};
 pub use refresh::{refresh, Transitions};
 pub use snapshot::{Snapshot, SnapshotError, Stat};
-pub use walk::{open_root, walk, WalkError, WalkProgress};
+pub use walk::{open_root, walk_sequential, WalkError, WalkProgress};
 
 use std::collections::HashSet;
 
@@ -82,38 +86,33 @@ pub fn diff(
     let mut a = old.entries.iter().peekable();
     let mut b = new.entries.iter().peekable();
     loop {
-        let (path, was, now) = match (a.peek(), b.peek()) {
+        let (path, was, now) = match (a.peek().copied(), b.peek().copied()) {
             (None, None) => break,
             (Some((p, w)), None) => {
-                let r = (*p, Some(*w), None);
                 a.next();
-                r
+                (p, Some(w), None)
             }
             (None, Some((p, n))) => {
-                let r = (*p, None, Some(*n));
                 b.next();
-                r
+                (p, None, Some(n))
             }
             (Some((pa, w)), Some((pb, n))) => match pa.cmp(pb) {
                 std::cmp::Ordering::Less => {
-                    let r = (*pa, Some(*w), None);
                     a.next();
-                    r
+                    (pa, Some(w), None)
                 }
                 std::cmp::Ordering::Greater => {
-                    let r = (*pb, None, Some(*n));
                     b.next();
-                    r
+                    (pb, None, Some(n))
                 }
                 std::cmp::Ordering::Equal => {
-                    let r = (*pa, Some(*w), Some(*n));
                     a.next();
                     b.next();
-                    r
+                    (pa, Some(w), Some(n))
                 }
             },
         };
-        if let Some((c, k)) = classify(was, now) {
+        if let Some((c, k)) = classify(was.as_ref(), now.as_ref()) {
             out.push(record(path, c, k, fsid));
         }
     }

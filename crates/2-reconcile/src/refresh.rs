@@ -19,11 +19,11 @@
 use std::collections::{BTreeMap, HashSet};
 use std::ffi::CString;
 use std::ops::Bound;
-use std::os::unix::io::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::io::{AsRawFd, OwnedFd, RawFd};
 use std::sync::atomic::Ordering;
 
-use crate::walk::{join, open_child, read_names, statx_at, walk_from};
-use crate::{Snapshot, Stat, WalkError, WalkProgress};
+use crate::walk::{join, open_beneath, open_child, read_names, statx_at, walk_from};
+use crate::{Entries, Snapshot, Stat, WalkError, WalkProgress};
 
 /// Paths whose stat changed: (stat in the baseline, stat now); `None` means
 /// absent.
@@ -38,35 +38,6 @@ fn is_dir(s: &Stat) -> bool {
 
 fn einval() -> std::io::Error {
     std::io::Error::from_raw_os_error(libc::EINVAL)
-}
-
-/// Opens `rel` (relative, no leading slash; empty for `dir` itself) below
-/// `dir`: no symlink, no magic link, no other mount, never outside `dir`.
-fn open_beneath(dir: RawFd, rel: &[u8]) -> std::io::Result<OwnedFd> {
-    let rel = if rel.is_empty() { &b"."[..] } else { rel };
-    let c = CString::new(rel).map_err(|_| einval())?;
-    // SAFETY: open_how is plain old data.
-    let mut how: libc::open_how = unsafe { std::mem::zeroed() };
-    how.flags = (libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC) as u64;
-    how.resolve = libc::RESOLVE_BENEATH
-        | libc::RESOLVE_NO_SYMLINKS
-        | libc::RESOLVE_NO_MAGICLINKS
-        | libc::RESOLVE_NO_XDEV;
-    // SAFETY: valid descriptor, C string and open_how for openat2.
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_openat2,
-            dir,
-            c.as_ptr(),
-            &how as *const libc::open_how,
-            std::mem::size_of::<libc::open_how>(),
-        )
-    };
-    if rc < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    // SAFETY: a new descriptor from the kernel.
-    Ok(unsafe { OwnedFd::from_raw_fd(rc as RawFd) })
 }
 
 /// "Not there any more as a directory": the path is settled by its parent.
@@ -88,7 +59,7 @@ fn below_range(dir: &[u8]) -> (Vec<u8>, Vec<u8>) {
 }
 
 struct Refresher<'a> {
-    map: &'a mut BTreeMap<Vec<u8>, Stat>,
+    map: &'a mut Entries,
     root: &'a [u8],
     mnt: u64,
     excluded: &'a [Vec<u8>],
@@ -98,7 +69,7 @@ struct Refresher<'a> {
 
 impl Refresher<'_> {
     fn set(&mut self, path: &[u8], now: Option<Stat>) {
-        let was = self.map.get(path).copied();
+        let was = self.map.get(path);
         if was == now {
             return;
         }
@@ -118,8 +89,8 @@ impl Refresher<'_> {
         let (lo, hi) = below_range(path);
         let below: Vec<Vec<u8>> = self
             .map
-            .range::<[u8], _>((Bound::Included(&lo[..]), Bound::Excluded(&hi[..])))
-            .map(|(k, _)| k.clone())
+            .range(Bound::Included(&lo[..]), Bound::Excluded(&hi[..]))
+            .map(|(k, _)| k.to_vec())
             .collect();
         for k in below {
             self.set(&k, None);
@@ -135,7 +106,7 @@ impl Refresher<'_> {
         loop {
             let next = self
                 .map
-                .range::<[u8], _>((from.as_ref().map(|v| &v[..]), Bound::Excluded(&hi[..])))
+                .range(from.as_ref().map(|v| &v[..]), Bound::Excluded(&hi[..]))
                 .next();
             let Some((k, _)) = next else {
                 return out;
@@ -144,7 +115,7 @@ impl Refresher<'_> {
             match rest.iter().position(|&b| b == b'/') {
                 None => {
                     out.push(rest.to_vec());
-                    from = Bound::Excluded(k.clone());
+                    from = Bound::Excluded(k.to_vec());
                 }
                 Some(i) => {
                     // Something deeper: skip the whole subtree of that child.
@@ -181,7 +152,7 @@ impl Refresher<'_> {
             self.remove_subtree(&path);
             return Ok(());
         }
-        match self.map.get(&path).copied() {
+        match self.map.get(&path) {
             Some(was) if was.ino == now.ino && (was.mode ^ now.mode) & S_IFMT == 0 => {
                 self.set(&path, Some(now));
             }
@@ -311,12 +282,12 @@ pub fn refresh(
     // Directories first (path order: parents before children), then files.
     let mut dirs = Vec::new();
     let mut files = Vec::new();
-    for (path, st) in &snap.entries {
+    for (path, st) in snap.entries.iter() {
         if changed.contains(&st.ino) {
-            if is_dir(st) {
-                dirs.push((path.clone(), *st));
+            if is_dir(&st) {
+                dirs.push((path.to_vec(), st));
             } else {
-                files.push((path.clone(), *st));
+                files.push((path.to_vec(), st));
             }
         }
     }
@@ -345,8 +316,8 @@ mod tests {
     use super::*;
     use std::os::unix::ffi::OsStrExt;
 
-    fn inos(map: &BTreeMap<Vec<u8>, Stat>) -> HashSet<u64> {
-        map.values().map(|s| s.ino).collect()
+    fn inos(map: &Entries) -> HashSet<u64> {
+        map.iter().map(|(_, s)| s.ino).collect()
     }
 
     /// With every inode marked changed, a refresh must reach exactly what a
@@ -372,11 +343,11 @@ mod tests {
         std::fs::write(r.join("a/g/inside"), b"2").unwrap();
         std::fs::write(r.join("a b"), b"22").unwrap();
         std::fs::create_dir_all(r.join("new/deep")).unwrap();
-        let fresh = crate::walk(&root, &[], &p).unwrap();
-        changed.extend(inos(&fresh));
+        let fresh = crate::walk(&root, &[], &p).unwrap().to_map();
+        changed.extend(fresh.values().map(|s| s.ino));
         let fd = crate::walk::open_root(&root).unwrap();
         let t = refresh(&mut snap, &fd, &[], &changed, &p).unwrap();
-        assert_eq!(snap.entries, fresh);
+        assert_eq!(snap.entries.to_map(), fresh);
         assert!(t.contains_key(&join(&root, b"x/moved/c/f")));
         assert_eq!(t[&join(&root, b"a/b/c/f")].1, None);
     }
@@ -395,7 +366,7 @@ mod tests {
         snap.entries = crate::walk(&root, &[], &p).unwrap();
         std::fs::write(r.join("quiet/f"), b"1").unwrap();
         std::fs::write(r.join("busy/f"), b"1").unwrap();
-        let busy = snap.entries[&join(&root, b"busy")].ino;
+        let busy = snap.entries.get(&join(&root, b"busy")).unwrap().ino;
         let fd = crate::walk::open_root(&root).unwrap();
         let t = refresh(&mut snap, &fd, &[], &[busy].into_iter().collect(), &p).unwrap();
         assert!(t.contains_key(&join(&root, b"busy/f")));

@@ -5,8 +5,7 @@
 //! its own CRC-32C. The file is replaced atomically (temp file, fsync,
 //! rename, fsync directory), so a crash leaves the old or the new snapshot.
 
-use std::collections::BTreeMap;
-
+use crate::entries::{encode_entry, Entries, ENTRY_FIXED_LEN};
 use crate::fast::FsMarks;
 use std::fmt;
 use std::fs::{self, File, OpenOptions};
@@ -17,7 +16,6 @@ use std::path::{Path, PathBuf};
 const MAGIC: [u8; 8] = *b"CJSNAPSH";
 const VERSION: u32 = 2;
 const HEADER_LEN: usize = 128;
-const ENTRY_FIXED_LEN: usize = 48;
 /// Entries per checksummed block.
 const BLOCK_ENTRIES_MAX: usize = 4096;
 /// A snapshot path longer than this is damage, not data.
@@ -45,7 +43,7 @@ pub struct Snapshot {
     /// valid baseline only for gaps after it (a gap during the walk may be
     /// partly contained in it).
     pub valid_after_seq: u64,
-    pub entries: BTreeMap<Vec<u8>, Stat>,
+    pub entries: Entries,
     /// The filesystem and clocks when the walk started (fast paths).
     pub marks: FsMarks,
 }
@@ -131,22 +129,15 @@ impl Snapshot {
         let crc = crc32c::crc32c(&out[0..124]);
         out[124..128].copy_from_slice(&crc.to_le_bytes());
         out.extend_from_slice(&self.root);
-        let entries: Vec<(&Vec<u8>, &Stat)> = self.entries.iter().collect();
-        for chunk in entries.chunks(BLOCK_ENTRIES_MAX) {
+        let mut it = self.entries.iter().peekable();
+        while it.peek().is_some() {
             let mut body = Vec::new();
-            for (p, s) in chunk {
-                body.extend_from_slice(&(p.len() as u32).to_le_bytes());
-                body.extend_from_slice(p);
-                body.extend_from_slice(&s.ino.to_le_bytes());
-                body.extend_from_slice(&s.mode.to_le_bytes());
-                body.extend_from_slice(&s.uid.to_le_bytes());
-                body.extend_from_slice(&s.gid.to_le_bytes());
-                body.extend_from_slice(&s.nlink.to_le_bytes());
-                body.extend_from_slice(&s.size.to_le_bytes());
-                body.extend_from_slice(&s.mtime_ns.to_le_bytes());
-                body.extend_from_slice(&s.ctime_ns.to_le_bytes());
+            let mut n = 0u32;
+            for (p, st) in it.by_ref().take(BLOCK_ENTRIES_MAX) {
+                encode_entry(&mut body, p, &st);
+                n += 1;
             }
-            out.extend_from_slice(&(chunk.len() as u32).to_le_bytes());
+            out.extend_from_slice(&n.to_le_bytes());
             out.extend_from_slice(&(body.len() as u32).to_le_bytes());
             let crc = crc32c::crc32c(&body);
             out.extend_from_slice(&body);
@@ -155,8 +146,9 @@ impl Snapshot {
         out
     }
 
-    /// Decodes a snapshot; `Err(detail)` on any damage. Never panics.
-    pub fn decode(b: &[u8]) -> Result<Snapshot, &'static str> {
+    /// Decodes a snapshot, keeping `b` as the entries' storage; `Err(detail)`
+    /// on any damage. Never panics.
+    pub fn decode(b: Vec<u8>) -> Result<Snapshot, &'static str> {
         let h = b.get(..HEADER_LEN).ok_or("shorter than its header")?;
         if h[0..8] != MAGIC {
             return Err("bad magic");
@@ -176,66 +168,59 @@ impl Snapshot {
         let mut at = HEADER_LEN;
         let root = b.get(at..at + root_len).ok_or("truncated root")?.to_vec();
         at += root_len;
-        let mut entries: Vec<(Vec<u8>, Stat)> = Vec::with_capacity(count.min(1 << 24));
+        let mut offs: Vec<u64> = Vec::with_capacity(count.min(1 << 24));
+        let mut last: Option<(usize, usize)> = None;
         for _ in 0..blocks {
-            let n = u32_at(b, at).ok_or("truncated block")? as usize;
-            let len = u32_at(b, at + 4).ok_or("truncated block")? as usize;
-            let body = b.get(at + 8..at + 8 + len).ok_or("truncated block")?;
-            if u32_at(b, at + 8 + len) != Some(crc32c::crc32c(body)) {
+            let n = u32_at(&b, at).ok_or("truncated block")? as usize;
+            let len = u32_at(&b, at + 4).ok_or("truncated block")? as usize;
+            let start = at + 8;
+            let body = b.get(start..start + len).ok_or("truncated block")?;
+            if u32_at(&b, start + len) != Some(crc32c::crc32c(body)) {
                 return Err("block checksum mismatch");
             }
-            at += 8 + len + 4;
+            at = start + len + 4;
             let mut p = 0;
             for _ in 0..n {
                 let plen = u32_at(body, p).ok_or("truncated entry")? as usize;
                 if plen > PATH_BYTES_MAX {
                     return Err("entry path too long");
                 }
-                let path = body
-                    .get(p + 4..p + 4 + plen)
-                    .ok_or("truncated entry")?
-                    .to_vec();
-                let f = body
-                    .get(p + 4 + plen..p + 4 + plen + ENTRY_FIXED_LEN)
-                    .ok_or("truncated entry")?;
-                let stat = Stat {
-                    ino: u64_at(f, 0).ok_or("entry")?,
-                    mode: u32_at(f, 8).ok_or("entry")?,
-                    uid: u32_at(f, 12).ok_or("entry")?,
-                    gid: u32_at(f, 16).ok_or("entry")?,
-                    nlink: u32_at(f, 20).ok_or("entry")?,
-                    size: u64_at(f, 24).ok_or("entry")?,
-                    mtime_ns: u64_at(f, 32).ok_or("entry")? as i64,
-                    ctime_ns: u64_at(f, 40).ok_or("entry")? as i64,
-                };
-                // Sorted and unique, as written: anything else is damage.
-                if entries.last().is_some_and(|(l, _)| *l >= path) {
-                    return Err("entries out of order");
+                if p + 4 + plen + ENTRY_FIXED_LEN > body.len() {
+                    return Err("truncated entry");
                 }
-                entries.push((path, stat));
+                // Sorted and unique, as written: anything else is damage.
+                let path = (start + p + 4, plen);
+                if let Some((lo, ll)) = last {
+                    if b[lo..lo + ll] >= b[path.0..path.0 + path.1] {
+                        return Err("entries out of order");
+                    }
+                }
+                last = Some(path);
+                offs.push((start + p) as u64);
                 p += 4 + plen + ENTRY_FIXED_LEN;
             }
             if p != body.len() {
                 return Err("block longer than its entries");
             }
         }
-        if at != b.len() || entries.len() != count {
+        if at != b.len() || offs.len() != count {
             return Err("entry count mismatch");
         }
-        // Already sorted: the map is built in one linear pass.
-        let entries: BTreeMap<Vec<u8>, Stat> = entries.into_iter().collect();
+        let through_seq = u64_at(h, 24).ok_or("header")?;
+        let valid_after_seq = u64_at(h, 48).ok_or("header")?;
+        let marks = FsMarks {
+            realtime_ns: u64_at(h, 16).ok_or("header")?,
+            boottime_ns: u64_at(h, 56).ok_or("header")?,
+            boot_id: h[64..80].try_into().map_err(|_| "header")?,
+            fs_uuid: h[80..96].try_into().map_err(|_| "header")?,
+            generation: u64_at(h, 96).ok_or("header")?,
+        };
         Ok(Snapshot {
             root,
-            through_seq: u64_at(h, 24).ok_or("header")?,
-            valid_after_seq: u64_at(h, 48).ok_or("header")?,
-            marks: FsMarks {
-                realtime_ns: u64_at(h, 16).ok_or("header")?,
-                boottime_ns: u64_at(h, 56).ok_or("header")?,
-                boot_id: h[64..80].try_into().map_err(|_| "header")?,
-                fs_uuid: h[80..96].try_into().map_err(|_| "header")?,
-                generation: u64_at(h, 96).ok_or("header")?,
-            },
-            entries,
+            through_seq,
+            valid_after_seq,
+            marks,
+            entries: Entries::from_encoded(b, offs),
         })
     }
 
@@ -253,7 +238,7 @@ impl Snapshot {
                 })
             }
         };
-        let snap = Snapshot::decode(&bytes).map_err(|detail| SnapshotError::Corrupt {
+        let snap = Snapshot::decode(bytes).map_err(|detail| SnapshotError::Corrupt {
             path: path.clone(),
             detail,
         })?;
@@ -347,7 +332,7 @@ mod tests {
     fn round_trip_and_damage() {
         let s = sample();
         let b = s.encode();
-        let back = Snapshot::decode(&b).unwrap();
+        let back = Snapshot::decode(b.clone()).unwrap();
         assert_eq!(
             (
                 back.root,
@@ -359,12 +344,12 @@ mod tests {
         );
         assert_eq!(back.entries, s.entries);
         for cut in [0, 10, 63, 64, 127, 128, 200, b.len() / 2, b.len() - 1] {
-            assert!(Snapshot::decode(&b[..cut]).is_err());
+            assert!(Snapshot::decode(b[..cut].to_vec()).is_err());
         }
         for at in [3, 20, 70, 5000, b.len() - 2] {
             let mut d = b.clone();
             d[at] ^= 0x10;
-            assert!(Snapshot::decode(&d).is_err(), "flip at {at}");
+            assert!(Snapshot::decode(d).is_err(), "flip at {at}");
         }
     }
 

@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use crate::Stat;
 
 /// `getdents64` buffer size.
-const DIRENT_BUFFER_BYTES: usize = 64 * 1024;
+pub(crate) const DIRENT_BUFFER_BYTES: usize = 64 * 1024;
 /// Directories open at once is bounded by the tree depth; deeper trees than
 /// this are refused rather than exhausting descriptors.
 pub(crate) const DEPTH_MAX: usize = 4096;
@@ -107,43 +107,64 @@ pub(crate) fn statx_at(
     ))
 }
 
-pub fn open_root(path: &[u8]) -> std::io::Result<OwnedFd> {
+/// `openat2` of a directory for reading, with `O_NOATIME` when allowed:
+/// reading directories must not change their access times (users see them,
+/// and on btrfs each atime update rewrites the inode item, which would make
+/// every directory look changed to the next fast reconciliation).
+fn open_dir(dir: RawFd, path: &[u8], flags: libc::c_int, resolve: u64) -> std::io::Result<OwnedFd> {
     let c = CString::new(path).map_err(|_| std::io::Error::from_raw_os_error(libc::EINVAL))?;
-    // SAFETY: open_how is plain old data.
-    let mut how: libc::open_how = unsafe { std::mem::zeroed() };
-    how.flags = (libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC) as u64;
-    how.resolve = libc::RESOLVE_NO_SYMLINKS | libc::RESOLVE_NO_MAGICLINKS;
-    // SAFETY: valid arguments for openat2.
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_openat2,
-            libc::AT_FDCWD,
-            c.as_ptr(),
-            &how as *const libc::open_how,
-            std::mem::size_of::<libc::open_how>(),
-        )
+    let attempt = |noatime: libc::c_int| {
+        // SAFETY: open_how is plain old data.
+        let mut how: libc::open_how = unsafe { std::mem::zeroed() };
+        how.flags = (libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC | flags | noatime) as u64;
+        how.resolve = resolve;
+        // SAFETY: valid descriptor, C string and open_how for openat2.
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_openat2,
+                dir,
+                c.as_ptr(),
+                &how as *const libc::open_how,
+                std::mem::size_of::<libc::open_how>(),
+            )
+        };
+        if rc < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        // SAFETY: a new descriptor from the kernel.
+        Ok(unsafe { OwnedFd::from_raw_fd(rc as RawFd) })
     };
-    if rc < 0 {
-        return Err(std::io::Error::last_os_error());
+    match attempt(libc::O_NOATIME) {
+        // O_NOATIME needs ownership or CAP_FOWNER (tests as a user).
+        Err(e) if e.raw_os_error() == Some(libc::EPERM) => attempt(0),
+        r => r,
     }
-    // SAFETY: new descriptor from the kernel.
-    Ok(unsafe { OwnedFd::from_raw_fd(rc as RawFd) })
+}
+
+/// Opens a root directory by absolute path without following any symlink.
+pub fn open_root(path: &[u8]) -> std::io::Result<OwnedFd> {
+    open_dir(
+        libc::AT_FDCWD,
+        path,
+        0,
+        libc::RESOLVE_NO_SYMLINKS | libc::RESOLVE_NO_MAGICLINKS,
+    )
+}
+
+const BENEATH: u64 = libc::RESOLVE_BENEATH
+    | libc::RESOLVE_NO_SYMLINKS
+    | libc::RESOLVE_NO_MAGICLINKS
+    | libc::RESOLVE_NO_XDEV;
+
+/// Opens `rel` (relative, no leading slash; empty for `dir` itself) below
+/// `dir`: no symlink, no magic link, no other mount, never outside `dir`.
+pub(crate) fn open_beneath(dir: RawFd, rel: &[u8]) -> std::io::Result<OwnedFd> {
+    let rel = if rel.is_empty() { &b"."[..] } else { rel };
+    open_dir(dir, rel, libc::O_NOFOLLOW, BENEATH)
 }
 
 pub(crate) fn open_child(dir: RawFd, name: &CString) -> std::io::Result<OwnedFd> {
-    // SAFETY: valid descriptor and C string.
-    let fd = unsafe {
-        libc::openat(
-            dir,
-            name.as_ptr(),
-            libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC,
-        )
-    };
-    if fd < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    // SAFETY: new descriptor from the kernel.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+    open_dir(dir, name.as_bytes(), libc::O_NOFOLLOW, BENEATH)
 }
 
 /// Names in a directory (without "." and "..").
@@ -198,11 +219,12 @@ struct Frame {
     subdirs: Vec<Vec<u8>>,
 }
 
-/// Walks `root` and returns every path below it (and the root) with its stat.
+/// Walks `root` in one thread and returns every path below it (and the root)
+/// with its stat (the reconciler uses the parallel `crate::walk`).
 /// Paths at or below an `excluded` prefix are left out. Entries that vanish
 /// during the walk are skipped (the live capture sees their removal).
 /// Descriptors held at once: the tree depth (at most `DEPTH_MAX`).
-pub fn walk(
+pub fn walk_sequential(
     root: &[u8],
     excluded: &[Vec<u8>],
     progress: &WalkProgress,
@@ -346,7 +368,7 @@ mod tests {
         for i in 0..DEPTH_MAX + 100 {
             std::fs::create_dir(d.path().join(format!("d{i}"))).unwrap();
         }
-        let got = walk(&root, &[], &WalkProgress::default()).unwrap();
+        let got = walk_sequential(&root, &[], &WalkProgress::default()).unwrap();
         assert_eq!(got.len(), DEPTH_MAX + 101);
     }
 
@@ -363,7 +385,8 @@ mod tests {
         let root = r.as_os_str().as_bytes().to_vec();
         let excluded = vec![join(&root, b"skip")];
         let p = WalkProgress::default();
-        let got = walk(&root, &excluded, &p).unwrap();
+        let got = walk_sequential(&root, &excluded, &p).unwrap();
+        assert_eq!(got, crate::walk(&root, &excluded, &p).unwrap().to_map());
         let mut names: Vec<Vec<u8>> = got.keys().map(|k| k[root.len()..].to_vec()).collect();
         names.sort();
         assert_eq!(
@@ -378,5 +401,36 @@ mod tests {
             ]
         );
         assert_eq!(got[&join(&root, b"a/to_root")].mode & 0o170000, 0o120000);
+    }
+
+    #[test]
+    fn walks_leave_directory_access_times_alone() {
+        use std::os::unix::fs::MetadataExt;
+        let d = tempfile::tempdir().unwrap();
+        let sub = d.path().join("sub");
+        std::fs::create_dir(&sub).unwrap();
+        std::fs::write(sub.join("f"), b"x").unwrap();
+        // An access time long before the modification time: any read of
+        // the directory would move it (relatime).
+        let c = CString::new(sub.as_os_str().as_bytes()).unwrap();
+        let times = [
+            libc::timespec {
+                tv_sec: 1000,
+                tv_nsec: 0,
+            },
+            libc::timespec {
+                tv_sec: 0,
+                tv_nsec: libc::UTIME_OMIT,
+            },
+        ];
+        // SAFETY: valid path and times.
+        assert_eq!(
+            unsafe { libc::utimensat(libc::AT_FDCWD, c.as_ptr(), times.as_ptr(), 0) },
+            0
+        );
+        let root = d.path().as_os_str().as_bytes().to_vec();
+        crate::walk(&root, &[], &WalkProgress::default()).unwrap();
+        walk_sequential(&root, &[], &WalkProgress::default()).unwrap();
+        assert_eq!(std::fs::metadata(&sub).unwrap().atime(), 1000);
     }
 }

@@ -68,6 +68,16 @@ pub struct Status {
     pub last_walk_reason: String,
     /// Inodes the last fast path found changed.
     pub last_changed_inodes: u64,
+    /// What the running reconciliation is doing.
+    pub phase: &'static str,
+    /// Entries in the baseline of the running reconciliation (a walk's
+    /// expected size).
+    pub expected_entries: u64,
+    pub phase_started: Option<Instant>,
+    /// Milliseconds per phase of the running reconciliation.
+    pub timings: Vec<(&'static str, u64)>,
+    /// ... and of the last finished one.
+    pub last_timings: Vec<(&'static str, u64)>,
     pub last_error: Option<String>,
 }
 
@@ -343,6 +353,15 @@ impl Reconciler {
     }
 
     fn reconcile(&self, root: &[u8], baseline_only: bool) -> Result<(), String> {
+        // Timed from here: loading the baseline is part of what a waiting
+        // client waits for.
+        let started = Instant::now();
+        self.status(|s| {
+            s.running = Some(root.to_vec());
+            s.expected_entries = 0;
+            s.timings.clear();
+        });
+        self.enter("loading baseline");
         let fsid = {
             let roots = self.shared.roots.lock().unwrap_or_else(|e| e.into_inner());
             roots
@@ -363,21 +382,34 @@ impl Reconciler {
                 }
             }
         };
-        {
-            let mut s = self
-                .queue()
-                .status
-                .lock()
-                .unwrap_or_else(|e| e.into_inner());
-            s.running = Some(root.to_vec());
-        }
+        let expected = old.as_ref().map_or(0, |o| o.entries.len() as u64);
+        self.status(|s| s.expected_entries = expected);
         self.queue().progress.entries.store(0, Ordering::Relaxed);
         self.queue()
             .progress
             .directories
             .store(0, Ordering::Relaxed);
-        let started = Instant::now();
-        let result = self.walk_and_record(root, fsid, old);
+        let result = self.walk_and_record(root, fsid, old, started);
+        self.enter("");
+        {
+            let st = self
+                .queue()
+                .status
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            let parts: Vec<String> = st
+                .timings
+                .iter()
+                .map(|(p, ms)| format!("{p} {ms} ms"))
+                .collect();
+            eprintln!(
+                "cj daemon: reconciled {} by {}: {}",
+                String::from_utf8_lossy(root),
+                st.last_method,
+                parts.join(", ")
+            );
+        }
+        self.status(|s| s.last_timings = std::mem::take(&mut s.timings));
         let mut s = self
             .queue()
             .status
@@ -413,9 +445,10 @@ impl Reconciler {
             return Err(why.into());
         }
         if method == Method::Btrfs
-            && old.entries.iter().any(|(p, s)| {
-                s.ino == fast::BTRFS_SUBVOLUME_ROOT_INO && p.as_slice() != old.root.as_slice()
-            })
+            && old
+                .entries
+                .iter()
+                .any(|(p, s)| s.ino == fast::BTRFS_SUBVOLUME_ROOT_INO && p != old.root.as_slice())
         {
             // Nested subvolumes have trees (and inode numbers) of their own.
             return Err("the tree holds nested btrfs subvolumes".into());
@@ -428,10 +461,11 @@ impl Reconciler {
         root: &[u8],
         fsid: u64,
         old: Option<Snapshot>,
+        started: Instant,
     ) -> Result<u64, String> {
         use std::os::fd::AsRawFd;
-        let started = Instant::now();
         self.status(|s| s.last_walk_reason.clear());
+        self.enter("syncing");
         let through = self.sync()?;
         let root_fd = open_root(root)
             .map_err(|e| format!("cannot open root {}: {e}", String::from_utf8_lossy(root)))?;
@@ -445,11 +479,13 @@ impl Reconciler {
         if let (Some(base), Some(Ok((touched, forced)))) = (old.as_mut(), &touched) {
             match self.method(&root_fd, base, &marks, *forced) {
                 Ok(method) => {
+                    self.enter("finding changed inodes");
                     let after = base.valid_after_seq;
                     let result = fast::changed_inodes(root_fd.as_raw_fd(), method, &base.marks)
                         .map_err(|e| e.to_string())
                         .and_then(|changed| {
                             self.status(|s| s.last_changed_inodes = changed.len() as u64);
+                            self.enter("re-reading changed entries");
                             refresh(
                                 base,
                                 &root_fd,
@@ -461,6 +497,7 @@ impl Reconciler {
                         });
                     match result {
                         Ok(transitions) => {
+                            self.enter("comparing");
                             let recs = diff_transitions(&transitions, base, touched, fsid);
                             self.status(|s| s.last_method = method.as_str());
                             let base = old.take().ok_or("baseline vanished")?;
@@ -485,6 +522,7 @@ impl Reconciler {
             }
         }
         self.status(|s| s.last_method = Method::Walk.as_str());
+        self.enter("walking");
         let entries =
             walk(root, &self.excluded, &self.queue().progress).map_err(|e| e.to_string())?;
         let new = Snapshot {
@@ -494,6 +532,7 @@ impl Reconciler {
             valid_after_seq: 0,
             entries,
         };
+        self.enter("comparing");
         match (old, touched) {
             (Some(old), Some(Ok((touched, _)))) => {
                 let recs = diff(&old, &new, &touched, fsid);
@@ -520,6 +559,22 @@ impl Reconciler {
         }
     }
 
+    /// Ends the current phase (recording its duration) and starts `phase`
+    /// ("" ends the last one).
+    fn enter(&self, phase: &'static str) {
+        self.status(|s| {
+            let now = Instant::now();
+            if let Some(t) = s.phase_started.take() {
+                if !s.phase.is_empty() {
+                    let ms = now.duration_since(t).as_millis() as u64;
+                    s.timings.push((s.phase, ms));
+                }
+            }
+            s.phase = phase;
+            s.phase_started = (!phase.is_empty()).then_some(now);
+        });
+    }
+
     fn status(&self, f: impl FnOnce(&mut Status)) {
         f(&mut self
             .queue()
@@ -530,6 +585,7 @@ impl Reconciler {
 
     /// Saves a walk as the new baseline, unless a gap arrived meanwhile.
     fn finish_baseline(&self, root: &[u8], mut new: Snapshot) -> Result<(), String> {
+        self.enter("saving baseline");
         new.valid_after_seq = self.sync()?;
         // A walk that overlapped a new gap may hold part of what it hid, so
         // it is only a baseline if there is no other.
@@ -553,6 +609,7 @@ impl Reconciler {
         through: u64,
         started: Instant,
     ) -> Result<u64, String> {
+        self.enter("journaling");
         let walk_end = self.sync()?;
         let overlapped = self.gaps_arrived(root);
         let count = recs.len() as u64;
@@ -567,6 +624,7 @@ impl Reconciler {
         // The records must be durable before the baseline moves on.
         self.sync()?;
         self.status(|s| s.last_resolve_ms = started.elapsed().as_millis() as u64);
+        self.enter("saving baseline");
         if !overlapped {
             new.marks = marks;
             new.through_seq = through;
@@ -600,13 +658,14 @@ fn follow_rename(out: &mut HashSet<Vec<u8>>, baseline: &Snapshot, from: &[u8], t
     hi.push(b'/' + 1);
     let moved: Vec<Vec<u8>> = out
         .iter()
+        .map(|p| p.as_slice())
         .chain(
             baseline
                 .entries
-                .range::<[u8], _>((
+                .range(
                     std::ops::Bound::Included(from),
                     std::ops::Bound::Excluded(&hi[..]),
-                ))
+                )
                 .map(|(k, _)| k),
         )
         .filter(|p| is_at_or_below(p, from))

@@ -459,6 +459,8 @@ fn reconcile_status(ctx: &Context) -> Value {
     m.insert("pending_requests".into(), Value::from(q.pending()));
     if let Some(r) = st.running.as_ref().filter(|r| !r.is_empty()) {
         put_path(&mut m, "walking", r);
+        m.insert("phase".into(), Value::from(st.phase));
+        m.insert("expected_entries".into(), Value::from(st.expected_entries));
     }
     m.insert(
         "entries_walked".into(),
@@ -479,6 +481,11 @@ fn reconcile_status(ctx: &Context) -> Value {
     if !st.last_walk_reason.is_empty() {
         m.insert("last_walk_reason".into(), Value::from(st.last_walk_reason));
     }
+    let mut t = Map::new();
+    for (phase, ms) in &st.last_timings {
+        t.insert((*phase).into(), Value::from(*ms));
+    }
+    m.insert("last_timings_ms".into(), Value::Object(t));
     m.insert(
         "last_changed_inodes".into(),
         Value::from(st.last_changed_inodes),

@@ -337,8 +337,31 @@ struct Output {
     null: bool,
 }
 
+/// A text progress bar `[=====>    ]` of `width` cells.
+fn bar(done: u64, total: u64, width: usize) -> String {
+    let filled = if total == 0 {
+        0
+    } else {
+        ((done.min(total) as u128 * width as u128) / total as u128) as usize
+    };
+    let mut s = String::with_capacity(width + 2);
+    s.push('[');
+    for i in 0..width {
+        s.push(if i < filled {
+            '='
+        } else if i == filled {
+            '>'
+        } else {
+            ' '
+        });
+    }
+    s.push(']');
+    s
+}
+
 fn reconcile(socket: &Path, wait: bool) -> Result<i32> {
     let mut client = connect(socket)?;
+    let tty = std::io::IsTerminal::is_terminal(&std::io::stderr());
     loop {
         let s = client.status()?;
         let r = s.get("reconcile").cloned().unwrap_or_default();
@@ -346,26 +369,52 @@ fn reconcile(socket: &Path, wait: bool) -> Result<i32> {
         let walking = r
             .as_object()
             .and_then(|o| cj_types::protocol::get_path(o, "walking").ok().flatten())
-            .map(|p| escape_path(&p))
-            .unwrap_or_else(|| "-".into());
-        let line = format!(
-            "reconcile: {} walking {} ({} entries, {} directories), {} queued, {} walks, {} reconciled records",
-            if busy { "busy" } else { "idle" },
-            walking,
-            r["entries_walked"],
-            r["directories_walked"],
-            r["pending_requests"],
-            r["walks"],
-            r["reconciled_records"]
-        );
+            .map(|p| escape_path(&p));
+        let entries = r["entries_walked"].as_u64().unwrap_or(0);
+        let expected = r["expected_entries"].as_u64().unwrap_or(0);
+        let line = match (&walking, busy) {
+            (Some(root), true) => {
+                let phase = r["phase"].as_str().unwrap_or("working");
+                let progress = if phase == "walking" && expected > 0 {
+                    format!(
+                        "{} {:>3}% ",
+                        bar(entries, expected, 30),
+                        (entries.min(expected) * 100) / expected
+                    )
+                } else {
+                    String::new()
+                };
+                format!(
+                    "reconcile: {root}: {phase} {progress}({entries} entries, {} directories), {} queued",
+                    r["directories_walked"], r["pending_requests"]
+                )
+            }
+            _ => format!(
+                "reconcile: {}; {} passes, {} reconciled records; last: {} in {} ms{}",
+                if busy { "starting" } else { "idle" },
+                r["walks"],
+                r["reconciled_records"],
+                r["last_method"].as_str().unwrap_or("-"),
+                r["last_resolve_ms"],
+                r["last_walk_reason"]
+                    .as_str()
+                    .map(|w| format!(" (walked: {w})"))
+                    .unwrap_or_default()
+            ),
+        };
         if !wait || !busy {
+            if wait && tty {
+                eprint!("\r\x1b[K");
+            }
             eprintln!("{line}");
             if let Some(e) = r["last_error"].as_str() {
                 eprintln!("reconcile: last error: {e}");
             }
             return Ok(EXIT_COMPLETE);
         }
-        eprint!("\r{line}\x1b[K");
+        if tty {
+            eprint!("\r{line}\x1b[K");
+        }
         std::thread::sleep(std::time::Duration::from_millis(200));
     }
 }

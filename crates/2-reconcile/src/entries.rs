@@ -1,0 +1,362 @@
+//! The entries of a snapshot: a sorted map from path to [`Stat`].
+//!
+//! A loaded snapshot keeps the file's bytes as they are (one allocation)
+//! with an index of where each entry starts, instead of a map node and a
+//! path allocation per entry: loading a million entries is a read, a
+//! checksum and one pass. Changes made afterwards (a refresh, a test) go to
+//! a small sorted overlay; reading merges the two.
+
+use std::cmp::Ordering;
+use std::collections::BTreeMap;
+use std::fmt;
+use std::ops::Bound;
+
+use crate::Stat;
+
+/// Fixed-size part of an encoded entry after its path.
+pub(crate) const ENTRY_FIXED_LEN: usize = 48;
+
+fn u32_at(b: &[u8], at: usize) -> u32 {
+    let mut x = [0u8; 4];
+    x.copy_from_slice(&b[at..at + 4]);
+    u32::from_le_bytes(x)
+}
+fn u64_at(b: &[u8], at: usize) -> u64 {
+    let mut x = [0u8; 8];
+    x.copy_from_slice(&b[at..at + 8]);
+    u64::from_le_bytes(x)
+}
+
+/// Encodes one entry: `path length u32`, path, then the 48 fixed bytes.
+pub(crate) fn encode_entry(out: &mut Vec<u8>, path: &[u8], s: &Stat) {
+    out.extend_from_slice(&(path.len() as u32).to_le_bytes());
+    out.extend_from_slice(path);
+    out.extend_from_slice(&s.ino.to_le_bytes());
+    out.extend_from_slice(&s.mode.to_le_bytes());
+    out.extend_from_slice(&s.uid.to_le_bytes());
+    out.extend_from_slice(&s.gid.to_le_bytes());
+    out.extend_from_slice(&s.nlink.to_le_bytes());
+    out.extend_from_slice(&s.size.to_le_bytes());
+    out.extend_from_slice(&s.mtime_ns.to_le_bytes());
+    out.extend_from_slice(&s.ctime_ns.to_le_bytes());
+}
+
+/// Encoded entries, sorted by path, validated when built.
+#[derive(Clone, Default)]
+struct Base {
+    bytes: Vec<u8>,
+    /// Offset of each entry's path length field, in path order.
+    offs: Vec<u64>,
+}
+
+impl Base {
+    fn len(&self) -> usize {
+        self.offs.len()
+    }
+
+    fn path(&self, i: usize) -> &[u8] {
+        let o = self.offs[i] as usize;
+        let len = u32_at(&self.bytes, o) as usize;
+        &self.bytes[o + 4..o + 4 + len]
+    }
+
+    fn stat(&self, i: usize) -> Stat {
+        let o = self.offs[i] as usize;
+        let f = o + 4 + u32_at(&self.bytes, o) as usize;
+        let b = &self.bytes;
+        Stat {
+            ino: u64_at(b, f),
+            mode: u32_at(b, f + 8),
+            uid: u32_at(b, f + 12),
+            gid: u32_at(b, f + 16),
+            nlink: u32_at(b, f + 20),
+            size: u64_at(b, f + 24),
+            mtime_ns: u64_at(b, f + 32) as i64,
+            ctime_ns: u64_at(b, f + 40) as i64,
+        }
+    }
+
+    /// The first index whose path is not below `lo`.
+    fn start(&self, lo: Bound<&[u8]>) -> usize {
+        match lo {
+            Bound::Unbounded => 0,
+            Bound::Included(k) => self.lower(k, true),
+            Bound::Excluded(k) => self.lower(k, false),
+        }
+    }
+
+    /// The first index past `hi`.
+    fn end(&self, hi: Bound<&[u8]>) -> usize {
+        match hi {
+            Bound::Unbounded => self.len(),
+            Bound::Included(k) => self.lower(k, false),
+            Bound::Excluded(k) => self.lower(k, true),
+        }
+    }
+
+    /// First index with path >= k (`inclusive`) or > k.
+    fn lower(&self, k: &[u8], inclusive: bool) -> usize {
+        let (mut lo, mut hi) = (0usize, self.len());
+        while lo < hi {
+            let mid = lo + (hi - lo) / 2;
+            let before = match self.path(mid).cmp(k) {
+                Ordering::Less => true,
+                Ordering::Equal => !inclusive,
+                Ordering::Greater => false,
+            };
+            if before {
+                lo = mid + 1;
+            } else {
+                hi = mid;
+            }
+        }
+        lo
+    }
+
+    fn find(&self, k: &[u8]) -> Option<usize> {
+        let i = self.lower(k, true);
+        (i < self.len() && self.path(i) == k).then_some(i)
+    }
+}
+
+/// A sorted map from path to [`Stat`] (see the module comment).
+#[derive(Clone, Default)]
+pub struct Entries {
+    base: Base,
+    /// `None` hides a base entry.
+    overlay: BTreeMap<Vec<u8>, Option<Stat>>,
+    len: usize,
+}
+
+impl Entries {
+    pub fn new() -> Entries {
+        Entries::default()
+    }
+
+    /// Wraps already validated encoded entries (`offs` in path order).
+    pub(crate) fn from_encoded(bytes: Vec<u8>, offs: Vec<u64>) -> Entries {
+        let len = offs.len();
+        Entries {
+            base: Base { bytes, offs },
+            overlay: BTreeMap::new(),
+            len,
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    pub fn get(&self, path: &[u8]) -> Option<Stat> {
+        match self.overlay.get(path) {
+            Some(o) => *o,
+            None => self.base.find(path).map(|i| self.base.stat(i)),
+        }
+    }
+
+    pub fn contains_key(&self, path: &[u8]) -> bool {
+        self.get(path).is_some()
+    }
+
+    pub fn insert(&mut self, path: Vec<u8>, stat: Stat) {
+        if self.get(&path).is_none() {
+            self.len += 1;
+        }
+        self.overlay.insert(path, Some(stat));
+    }
+
+    pub fn remove(&mut self, path: &[u8]) {
+        if self.get(path).is_none() {
+            return;
+        }
+        self.len -= 1;
+        if self.base.find(path).is_some() {
+            self.overlay.insert(path.to_vec(), None);
+        } else {
+            self.overlay.remove(path);
+        }
+    }
+
+    pub fn iter(&self) -> Range<'_> {
+        self.range(Bound::Unbounded, Bound::Unbounded)
+    }
+
+    /// Entries with `lo <= path <= hi` (as the bounds say), in path order.
+    pub fn range<'a>(&'a self, lo: Bound<&[u8]>, hi: Bound<&[u8]>) -> Range<'a> {
+        let bi = self.base.start(lo);
+        let bend = self.base.end(hi).max(bi);
+        Range {
+            base: &self.base,
+            bi,
+            bend,
+            overlay: self.overlay.range::<[u8], _>((lo, hi)).peekable(),
+        }
+    }
+
+    /// Entries from pairs sorted by path without duplicates (checked: an
+    /// out-of-order pair is a bug, refused rather than stored).
+    pub fn from_sorted(pairs: Vec<(Vec<u8>, Stat)>) -> Entries {
+        let mut bytes = Vec::new();
+        let mut offs = Vec::with_capacity(pairs.len());
+        let mut last: Option<Vec<u8>> = None;
+        for (p, st) in pairs {
+            if let Some(l) = &last {
+                assert!(*l < p, "walk output out of order");
+            }
+            offs.push(bytes.len() as u64);
+            encode_entry(&mut bytes, &p, &st);
+            last = Some(p);
+        }
+        bytes.shrink_to_fit();
+        Entries::from_encoded(bytes, offs)
+    }
+
+    /// Everything in a sorted map, e.g. a walk.
+    pub fn from_map(map: BTreeMap<Vec<u8>, Stat>) -> Entries {
+        let len = map.len();
+        Entries {
+            base: Base::default(),
+            overlay: map.into_iter().map(|(k, v)| (k, Some(v))).collect(),
+            len,
+        }
+    }
+
+    pub fn to_map(&self) -> BTreeMap<Vec<u8>, Stat> {
+        self.iter().map(|(k, v)| (k.to_vec(), v)).collect()
+    }
+}
+
+impl From<BTreeMap<Vec<u8>, Stat>> for Entries {
+    fn from(map: BTreeMap<Vec<u8>, Stat>) -> Entries {
+        Entries::from_map(map)
+    }
+}
+
+impl PartialEq for Entries {
+    fn eq(&self, other: &Entries) -> bool {
+        self.len == other.len && self.iter().eq(other.iter())
+    }
+}
+
+impl fmt::Debug for Entries {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_map()
+            .entries(self.iter().map(|(k, v)| (String::from_utf8_lossy(k), v)))
+            .finish()
+    }
+}
+
+/// A merged, sorted walk over the base and the overlay.
+pub struct Range<'a> {
+    base: &'a Base,
+    bi: usize,
+    bend: usize,
+    overlay: std::iter::Peekable<std::collections::btree_map::Range<'a, Vec<u8>, Option<Stat>>>,
+}
+
+impl<'a> Iterator for Range<'a> {
+    type Item = (&'a [u8], Stat);
+
+    fn next(&mut self) -> Option<(&'a [u8], Stat)> {
+        loop {
+            let base: &'a Base = self.base;
+            let b = (self.bi < self.bend).then(|| base.path(self.bi));
+            let o = self.overlay.peek().map(|(k, v)| (k.as_slice(), **v));
+            match (b, o) {
+                (None, None) => return None,
+                (Some(bp), None) => {
+                    let s = base.stat(self.bi);
+                    self.bi += 1;
+                    return Some((bp, s));
+                }
+                (bp, Some((op, ov))) => {
+                    let order = bp.map_or(Ordering::Greater, |bp| bp.cmp(op));
+                    if order == Ordering::Less {
+                        let s = base.stat(self.bi);
+                        self.bi += 1;
+                        return bp.map(|bp| (bp, s));
+                    }
+                    if order == Ordering::Equal {
+                        self.bi += 1;
+                    }
+                    self.overlay.next();
+                    if let Some(s) = ov {
+                        return Some((op, s));
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn st(ino: u64) -> Stat {
+        Stat {
+            ino,
+            ..Stat::default()
+        }
+    }
+
+    fn base_of(paths: &[&[u8]]) -> Entries {
+        let mut bytes = Vec::new();
+        let mut offs = Vec::new();
+        for (i, p) in paths.iter().enumerate() {
+            offs.push(bytes.len() as u64);
+            encode_entry(&mut bytes, p, &st(i as u64));
+        }
+        Entries::from_encoded(bytes, offs)
+    }
+
+    #[test]
+    fn overlay_merges_with_base_like_a_map() {
+        let paths: Vec<&[u8]> = vec![b"/a", b"/a b", b"/a/x", b"/a/y", b"/b", b"/c/d"];
+        let mut e = base_of(&paths);
+        let mut m: BTreeMap<Vec<u8>, Stat> = paths
+            .iter()
+            .enumerate()
+            .map(|(i, p)| (p.to_vec(), st(i as u64)))
+            .collect();
+        assert_eq!(e.to_map(), m);
+        for (k, v) in [
+            (&b"/a/x"[..], 9u64),
+            (b"/a/z", 10),
+            (b"/0", 11),
+            (b"/d", 12),
+        ] {
+            e.insert(k.to_vec(), st(v));
+            m.insert(k.to_vec(), st(v));
+        }
+        for k in [&b"/a/y"[..], b"/d", b"/nothing", b"/a"] {
+            e.remove(k);
+            m.remove(k);
+        }
+        assert_eq!(e.to_map(), m);
+        assert_eq!(e.len(), m.len());
+        for k in m.keys() {
+            assert_eq!(e.get(k), m.get(k).copied());
+        }
+        assert_eq!(e.get(b"/a/y"), None);
+        type Bounds<'a> = (Bound<&'a [u8]>, Bound<&'a [u8]>);
+        let bounds: [Bounds; 4] = [
+            (Bound::Included(b"/a/"), Bound::Excluded(b"/a0")),
+            (Bound::Excluded(b"/a b"), Bound::Included(b"/b")),
+            (Bound::Unbounded, Bound::Excluded(b"/a/z")),
+            (Bound::Included(b"/c"), Bound::Unbounded),
+        ];
+        for (lo, hi) in bounds {
+            let got: Vec<Vec<u8>> = e.range(lo, hi).map(|(k, _)| k.to_vec()).collect();
+            let want: Vec<Vec<u8>> = m
+                .range::<[u8], _>((lo, hi))
+                .map(|(k, _)| k.clone())
+                .collect();
+            assert_eq!(got, want, "{lo:?}..{hi:?}");
+        }
+    }
+}

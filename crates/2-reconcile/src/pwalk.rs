@@ -1,0 +1,248 @@
+//! The parallel tree walk used for whole-root reconciliation.
+//!
+//! Workers take directories from a shared stack, open each one below the
+//! root with `openat2(RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS |
+//! RESOLVE_NO_MAGICLINKS | RESOLVE_NO_XDEV)` (so no symlink is ever followed
+//! and no other mount entered, even if the tree changes under the walk),
+//! read it with `getdents64` and `statx` every entry relative to it. Only
+//! paths wait on the stack, never descriptors: each worker holds one
+//! directory open at a time. Several directories in flight keep the disk
+//! busy on a cold cache and both cores busy on a warm one.
+
+use std::ffi::CString;
+use std::os::unix::io::{AsRawFd, OwnedFd};
+use std::sync::atomic::Ordering;
+use std::sync::{Condvar, Mutex};
+
+use crate::walk::{
+    below, join, open_beneath, open_root, read_names, statx_at, DIRENT_BUFFER_BYTES,
+};
+use crate::{Entries, Stat, WalkError, WalkProgress};
+
+/// Worker threads of one walk.
+pub const WALK_THREADS: usize = 4;
+
+const S_IFMT: u32 = 0o170000;
+const S_IFDIR: u32 = 0o040000;
+
+struct Work {
+    /// Directories still to read.
+    stack: Vec<Vec<u8>>,
+    /// Workers reading a directory right now (they may add more).
+    active: usize,
+    failed: Option<WalkError>,
+}
+
+struct Shared<'a> {
+    work: Mutex<Work>,
+    cv: Condvar,
+    root: &'a [u8],
+    root_fd: &'a OwnedFd,
+    mnt: u64,
+    excluded: &'a [Vec<u8>],
+    progress: &'a WalkProgress,
+}
+
+impl Shared<'_> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Work> {
+        self.work.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn rel<'p>(&self, path: &'p [u8]) -> &'p [u8] {
+        let r = &path[self.root.len().min(path.len())..];
+        r.strip_prefix(b"/").unwrap_or(r)
+    }
+
+    /// Reads directory `dir`: its entries go to `out`, its subdirectories
+    /// to `subdirs`.
+    fn read(
+        &self,
+        dir: &[u8],
+        buf: &mut [u8],
+        out: &mut Vec<(Vec<u8>, Stat)>,
+        subdirs: &mut Vec<Vec<u8>>,
+    ) -> Result<(), WalkError> {
+        let fd = match open_beneath(self.root_fd.as_raw_fd(), self.rel(dir)) {
+            Ok(fd) => fd,
+            // Gone, replaced by a non-directory or a mount point since it
+            // was listed: the live capture has the change.
+            Err(e)
+                if matches!(
+                    e.raw_os_error(),
+                    Some(libc::ENOENT)
+                        | Some(libc::ENOTDIR)
+                        | Some(libc::ELOOP)
+                        | Some(libc::EXDEV)
+                ) =>
+            {
+                return Ok(())
+            }
+            Err(source) => {
+                return Err(WalkError::Directory {
+                    path: dir.to_vec(),
+                    source,
+                })
+            }
+        };
+        self.progress.directories.fetch_add(1, Ordering::Relaxed);
+        let names = match read_names(fd.as_raw_fd(), buf) {
+            Ok(n) => n,
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(()),
+            Err(source) => {
+                return Err(WalkError::Directory {
+                    path: dir.to_vec(),
+                    source,
+                })
+            }
+        };
+        for name in names {
+            let child = join(dir, &name);
+            if self.excluded.iter().any(|e| below(&child, e)) {
+                continue;
+            }
+            let Ok(cname) = CString::new(name) else {
+                continue;
+            };
+            let (stat, mnt) = match statx_at(fd.as_raw_fd(), &cname, libc::AT_SYMLINK_NOFOLLOW) {
+                Ok(s) => s,
+                Err(e) if e.raw_os_error() == Some(libc::ENOENT) => continue,
+                Err(source) => {
+                    return Err(WalkError::Directory {
+                        path: child,
+                        source,
+                    })
+                }
+            };
+            self.progress.entries.fetch_add(1, Ordering::Relaxed);
+            if mnt != self.mnt {
+                continue; // another mount: not captured, not walked
+            }
+            if stat.mode & S_IFMT == S_IFDIR {
+                subdirs.push(child.clone());
+            }
+            out.push((child, stat));
+        }
+        Ok(())
+    }
+
+    fn worker(&self) -> Vec<(Vec<u8>, Stat)> {
+        let mut out = Vec::new();
+        let mut buf = vec![0u8; DIRENT_BUFFER_BYTES];
+        let mut subdirs = Vec::new();
+        loop {
+            let dir = {
+                let mut w = self.lock();
+                loop {
+                    if w.failed.is_some() {
+                        return out;
+                    }
+                    if let Some(d) = w.stack.pop() {
+                        w.active += 1;
+                        break d;
+                    }
+                    if w.active == 0 {
+                        return out;
+                    }
+                    w = self.cv.wait(w).unwrap_or_else(|e| e.into_inner());
+                }
+            };
+            let r = self.read(&dir, &mut buf, &mut out, &mut subdirs);
+            let mut w = self.lock();
+            w.active -= 1;
+            match r {
+                Ok(()) => w.stack.append(&mut subdirs),
+                Err(e) => {
+                    w.failed.get_or_insert(e);
+                }
+            }
+            self.cv.notify_all();
+        }
+    }
+}
+
+/// Walks `root` with [`WALK_THREADS`] workers and returns every path below
+/// it (and the root) with its stat. Paths at or below an `excluded` prefix
+/// are left out; entries that vanish during the walk are skipped (the live
+/// capture sees their removal).
+pub fn walk(
+    root: &[u8],
+    excluded: &[Vec<u8>],
+    progress: &WalkProgress,
+) -> Result<Entries, WalkError> {
+    let root_fd = open_root(root).map_err(|source| WalkError::Root {
+        path: root.to_vec(),
+        source,
+    })?;
+    let (root_stat, mnt) = statx_at(
+        root_fd.as_raw_fd(),
+        &CString::default(),
+        libc::AT_EMPTY_PATH,
+    )
+    .map_err(|source| WalkError::Root {
+        path: root.to_vec(),
+        source,
+    })?;
+    let shared = Shared {
+        work: Mutex::new(Work {
+            stack: vec![root.to_vec()],
+            active: 0,
+            failed: None,
+        }),
+        cv: Condvar::new(),
+        root,
+        root_fd: &root_fd,
+        mnt,
+        excluded,
+        progress,
+    };
+    let mut parts: Vec<Vec<(Vec<u8>, Stat)>> = std::thread::scope(|sc| {
+        let workers: Vec<_> = (0..WALK_THREADS)
+            .map(|_| {
+                sc.spawn(|| {
+                    let mut part = shared.worker();
+                    // Each worker sorts its own part, in parallel.
+                    part.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+                    part
+                })
+            })
+            .collect();
+        workers
+            .into_iter()
+            .map(|w| w.join().unwrap_or_default())
+            .collect()
+    });
+    let work = shared.work.into_inner().unwrap_or_else(|e| e.into_inner());
+    if let Some(e) = work.failed {
+        return Err(e);
+    }
+    if work.active != 0 || !work.stack.is_empty() {
+        // A worker died (panicked) with work left: the walk is incomplete.
+        return Err(WalkError::Directory {
+            path: root.to_vec(),
+            source: std::io::Error::other("a walk worker stopped unexpectedly"),
+        });
+    }
+    parts.push(vec![(root.to_vec(), root_stat)]);
+    // Merge the sorted parts (a handful); the map is then built from sorted
+    // input in one pass.
+    let total = parts.iter().map(Vec::len).sum();
+    let mut merged: Vec<(Vec<u8>, Stat)> = Vec::with_capacity(total);
+    let mut pos = vec![0usize; parts.len()];
+    loop {
+        let mut best: Option<usize> = None;
+        for i in 0..parts.len() {
+            if pos[i] >= parts[i].len() {
+                continue;
+            }
+            match best {
+                Some(b) if parts[b][pos[b]].0 <= parts[i][pos[i]].0 => {}
+                _ => best = Some(i),
+            }
+        }
+        let Some(b) = best else { break };
+        let (path, stat) = &mut parts[b][pos[b]];
+        merged.push((std::mem::take(path), *stat));
+        pos[b] += 1;
+    }
+    Ok(Entries::from_sorted(merged))
+}
