@@ -22,7 +22,7 @@ use std::ops::Bound;
 use std::os::unix::io::{AsRawFd, OwnedFd, RawFd};
 use std::sync::atomic::Ordering;
 
-use crate::walk::{join, open_beneath, open_child, read_names, statx_at, walk_from};
+use crate::walk::{join, open_beneath, open_child, read_entries, statx_at, walk_from};
 use crate::{Entries, Snapshot, Stat, WalkError, WalkProgress};
 
 /// Paths whose stat changed: (stat in the baseline, stat now); `None` means
@@ -64,6 +64,7 @@ struct Refresher<'a> {
     mnt: u64,
     excluded: &'a [Vec<u8>],
     progress: &'a WalkProgress,
+    changed: &'a HashSet<u64>,
     changes: Transitions,
 }
 
@@ -188,7 +189,7 @@ impl Refresher<'_> {
     /// Reads directory `path` (open as `fd`) again and settles its entries.
     fn reread(&mut self, fd: &OwnedFd, path: &[u8], buf: &mut [u8]) -> Result<(), WalkError> {
         self.progress.directories.fetch_add(1, Ordering::Relaxed);
-        let names = match read_names(fd.as_raw_fd(), buf) {
+        let names = match read_entries(fd.as_raw_fd(), buf) {
             Ok(n) => n,
             Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(()),
             Err(source) => {
@@ -198,13 +199,19 @@ impl Refresher<'_> {
                 })
             }
         };
-        let present: HashSet<&[u8]> = names.iter().map(|n| &n[..]).collect();
+        let present: HashSet<&[u8]> = names.iter().map(|(n, _)| &n[..]).collect();
         for old in self.children(path) {
             if !present.contains(&old[..]) {
                 self.remove_subtree(&join(path, &old));
             }
         }
-        for name in &names {
+        for (name, ino) in &names {
+            // The same inode under the same name, and not changed itself:
+            // the baseline's stat is still right; no need to look.
+            let child = join(path, name);
+            if !self.changed.contains(ino) && self.map.get(&child).is_some_and(|s| s.ino == *ino) {
+                continue;
+            }
             self.settle_child(fd.as_raw_fd(), path, name)?;
         }
         Ok(())
@@ -297,6 +304,7 @@ pub fn refresh(
         mnt,
         excluded,
         progress,
+        changed,
         changes: BTreeMap::new(),
     };
     let mut buf = vec![0u8; 64 * 1024];

@@ -169,6 +169,15 @@ pub(crate) fn open_child(dir: RawFd, name: &CString) -> std::io::Result<OwnedFd>
 
 /// Names in a directory (without "." and "..").
 pub(crate) fn read_names(dir: RawFd, buf: &mut [u8]) -> std::io::Result<Vec<Vec<u8>>> {
+    Ok(read_entries(dir, buf)?
+        .into_iter()
+        .map(|(n, _)| n)
+        .collect())
+}
+
+/// Names in a directory (without "." and "..") with their inode numbers
+/// (`d_ino`).
+pub(crate) fn read_entries(dir: RawFd, buf: &mut [u8]) -> std::io::Result<Vec<(Vec<u8>, u64)>> {
     let mut names = Vec::new();
     loop {
         // SAFETY: the buffer is writable for its length.
@@ -190,7 +199,9 @@ pub(crate) fn read_names(dir: RawFd, buf: &mut [u8]) -> std::io::Result<Vec<Vec<
             let raw = &chunk[off + 19..off + reclen];
             let name = &raw[..raw.iter().position(|&b| b == 0).unwrap_or(raw.len())];
             if name != b"." && name != b".." && !name.is_empty() {
-                names.push(name.to_vec());
+                let mut ino = [0u8; 8];
+                ino.copy_from_slice(&chunk[off..off + 8]);
+                names.push((name.to_vec(), u64::from_ne_bytes(ino)));
             }
             off += reclen;
         }

@@ -37,6 +37,8 @@ use pipeline::{Ctl, Exit, Pipeline};
 
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/cj";
 pub const DEFAULT_SOCKET: &str = "/run/cj/cj.sock";
+/// Default for how often idle baselines on XFS/btrfs are refreshed.
+pub const BASELINE_REFRESH_DEFAULT_SECS: u64 = 600;
 
 #[derive(Clone, Debug)]
 pub struct Config {
@@ -50,6 +52,9 @@ pub struct Config {
     pub commit_interval: Duration,
     /// Never use the XFS/btrfs fast paths to reconcile (always walk).
     pub reconcile_walk_only: bool,
+    /// How often idle baselines on XFS/btrfs are refreshed quietly
+    /// (`None`: never).
+    pub baseline_refresh: Option<Duration>,
 }
 
 impl Default for Config {
@@ -61,6 +66,7 @@ impl Default for Config {
             journal: cj_journal::Options::default(),
             commit_interval: Duration::from_millis(pipeline::COMMIT_INTERVAL_DEFAULT_MS),
             reconcile_walk_only: false,
+            baseline_refresh: Some(Duration::from_secs(BASELINE_REFRESH_DEFAULT_SECS)),
         }
     }
 }
@@ -195,6 +201,7 @@ pub fn run(config: Config) -> Result<(), Error> {
         snapshots: snapshots.clone(),
         excluded: vec![state_dir.as_os_str().as_bytes().to_vec()],
         walk_only: config.reconcile_walk_only,
+        refresh_every: config.baseline_refresh,
     };
     let fatal = exit_tx.clone();
     std::thread::Builder::new()

@@ -64,6 +64,8 @@ pub struct Status {
     pub last_resolve_ms: u64,
     /// `walk`, `xfs-bulkstat` or `btrfs-tree-search`.
     pub last_method: &'static str,
+    /// Baselines brought up to date quietly (no gap, fast path).
+    pub baseline_refreshes: u64,
     /// Why the last reconciliation walked instead of a fast path.
     pub last_walk_reason: String,
     /// Inodes the last fast path found changed.
@@ -153,6 +155,9 @@ pub struct Reconciler {
     pub excluded: Vec<Vec<u8>>,
     /// Never use a filesystem fast path (`--reconcile walk`).
     pub walk_only: bool,
+    /// How often idle baselines on fast-path filesystems are brought up to
+    /// date without records (`None`: never).
+    pub refresh_every: Option<Duration>,
 }
 
 impl Reconciler {
@@ -186,6 +191,7 @@ impl Reconciler {
     }
 
     pub fn run(self) {
+        let mut next_refresh = self.refresh_every.map(|every| Instant::now() + every);
         loop {
             let batch = {
                 let mut q = self
@@ -194,10 +200,32 @@ impl Reconciler {
                     .lock()
                     .unwrap_or_else(|e| e.into_inner());
                 while q.is_empty() && !self.queue().stop.load(Ordering::SeqCst) {
-                    q = self.queue().cv.wait(q).unwrap_or_else(|e| e.into_inner());
+                    let Some(at) = next_refresh else {
+                        q = self.queue().cv.wait(q).unwrap_or_else(|e| e.into_inner());
+                        continue;
+                    };
+                    let now = Instant::now();
+                    if now >= at {
+                        break;
+                    }
+                    q = self
+                        .queue()
+                        .cv
+                        .wait_timeout(q, at - now)
+                        .unwrap_or_else(|e| e.into_inner())
+                        .0;
                 }
                 if self.queue().stop.load(Ordering::SeqCst) {
                     return;
+                }
+                if q.is_empty() {
+                    // Idle and due: refresh the baselines quietly.
+                    self.status(|s| s.running = Some(Vec::new()));
+                    drop(q);
+                    self.refresh_baselines();
+                    self.status(|s| s.running = None);
+                    next_refresh = self.refresh_every.map(|every| Instant::now() + every);
+                    continue;
                 }
                 // Busy from the moment requests leave the queue, so that a
                 // waiting query never sees "idle" in between.
@@ -350,6 +378,104 @@ impl Reconciler {
             ));
         }
         Ok((out, forced))
+    }
+
+    fn refresh_baselines(&self) {
+        let roots: Vec<Vec<u8>> = self
+            .shared
+            .roots
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .filter(|r| r.unavailable.is_none())
+            .map(|r| r.path.clone())
+            .collect();
+        for root in roots {
+            if self.queue().stop.load(Ordering::SeqCst) || self.queue().pending() > 0 {
+                return;
+            }
+            match self.refresh_baseline(&root) {
+                Ok(true) => self.status(|s| s.baseline_refreshes += 1),
+                Ok(false) => {}
+                Err(e) => eprintln!(
+                    "cj daemon: refreshing the baseline of {}: {e}",
+                    String::from_utf8_lossy(&root)
+                ),
+            }
+        }
+    }
+
+    /// True if the journal in `(after, upto]` holds anything that makes it
+    /// incomplete below `root` (a gap, an unknown path, damage), or cannot
+    /// be read.
+    fn incomplete(&self, root: &[u8], after: u64, upto: u64) -> bool {
+        if after + 1 < self.reader.first_seq() {
+            return true;
+        }
+        let mut bad = false;
+        let scanned = self.reader.scan(after, upto, |item| {
+            bad = match item {
+                Item::Record(r) => match &r.body {
+                    RecordBody::Gap(g) => {
+                        g.scope.is_empty()
+                            || is_at_or_below(root, &g.scope)
+                            || is_at_or_below(&g.scope, root)
+                    }
+                    RecordBody::Event(e) => e.flags & cj_types::EVENT_FLAG_PATH_UNKNOWN != 0,
+                    _ => false,
+                },
+                Item::Damaged { .. } => true,
+            };
+            !bad
+        });
+        bad || scanned.is_err()
+    }
+
+    /// Brings the baseline of `root` up to date by a fast path, without
+    /// journaling anything: allowed only when the journal since the
+    /// baseline is complete for the root (no gap, no unknown path), so
+    /// every change in between is already a record. Later gaps are then
+    /// compared with a recent state, and changes journaled before it are
+    /// not reported again (fewer false positives). `Ok(false)`: skipped.
+    fn refresh_baseline(&self, root: &[u8]) -> Result<bool, String> {
+        use std::os::fd::AsRawFd;
+        let Ok(root_fd) = open_root(root) else {
+            return Ok(false);
+        };
+        if self.walk_only || fast::probe(root_fd.as_raw_fd()) == Method::Walk {
+            return Ok(false); // a refresh would be a whole walk
+        }
+        let Some(mut base) = Snapshot::load(&self.snapshots, root).ok().flatten() else {
+            return Ok(false);
+        };
+        let through = self.sync()?;
+        if through <= base.valid_after_seq || self.incomplete(root, base.through_seq, through) {
+            return Ok(false);
+        }
+        let marks = fast::marks(root_fd.as_raw_fd());
+        let Ok(method) = self.method(&root_fd, &base, &marks, None) else {
+            return Ok(false);
+        };
+        self.status(|s| s.running = Some(root.to_vec()));
+        let changed = fast::changed_inodes(root_fd.as_raw_fd(), method, &base.marks)
+            .map_err(|e| e.to_string())?;
+        refresh(
+            &mut base,
+            &root_fd,
+            &self.excluded,
+            &changed,
+            &self.queue().progress,
+        )
+        .map_err(|e| e.to_string())?;
+        let walk_end = self.sync()?;
+        if self.gaps_arrived(root) || self.incomplete(root, through, walk_end) {
+            return Ok(false);
+        }
+        base.marks = marks;
+        base.through_seq = through;
+        base.valid_after_seq = walk_end;
+        save_baseline(root, &base, &self.snapshots)?;
+        Ok(true)
     }
 
     fn reconcile(&self, root: &[u8], baseline_only: bool) -> Result<(), String> {

@@ -477,6 +477,10 @@ fn reconcile_status(ctx: &Context) -> Value {
     );
     m.insert("last_walk_ms".into(), Value::from(st.last_walk_ms));
     m.insert("last_resolve_ms".into(), Value::from(st.last_resolve_ms));
+    m.insert(
+        "baseline_refreshes".into(),
+        Value::from(st.baseline_refreshes),
+    );
     m.insert("last_method".into(), Value::from(st.last_method));
     if !st.last_walk_reason.is_empty() {
         m.insert("last_walk_reason".into(), Value::from(st.last_walk_reason));

@@ -46,6 +46,11 @@ struct DaemonArgs {
     /// `walk` always walks and compares every entry.
     #[arg(long, value_name = "METHOD", default_value = "auto", value_parser = ["auto", "walk"])]
     reconcile: String,
+    /// On XFS and btrfs, bring idle baselines up to date this often (by the
+    /// fast path, journaling nothing), so that a later gap re-reports fewer
+    /// already journaled changes. 0 turns it off.
+    #[arg(long, value_name = "SECS", default_value_t = cj_service::BASELINE_REFRESH_DEFAULT_SECS)]
+    baseline_refresh_secs: u64,
     /// Testing only: use the kernel's bounded event queue so that
     /// overflows can be forced.
     #[arg(long, hide = true)]
@@ -173,6 +178,8 @@ fn daemon(socket: PathBuf, a: DaemonArgs) -> Result<i32> {
         },
         commit_interval: std::time::Duration::from_millis(a.commit_interval_ms),
         reconcile_walk_only: a.reconcile == "walk",
+        baseline_refresh: (a.baseline_refresh_secs > 0)
+            .then(|| std::time::Duration::from_secs(a.baseline_refresh_secs)),
     };
     cj_service::run(config)?;
     Ok(EXIT_COMPLETE)

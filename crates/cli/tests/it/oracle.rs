@@ -173,8 +173,14 @@ struct Setup {
     outside: PathBuf,
 }
 
+/// Every oracle daemon refreshes idle baselines every second (on XFS and
+/// btrfs), so that quiet refreshes race with the workload, kills and gaps.
+const REFRESH: [&str; 2] = ["--baseline-refresh-secs", "1"];
+
 fn setup(fs: Fs, extra: &[&str], state_outside: bool) -> Setup {
     let m = Mount::new(fs);
+    let extra: Vec<&str> = extra.iter().copied().chain(REFRESH).collect();
+    let extra = &extra[..];
     // The state directory is on the tracked filesystem, as /var/lib is on /,
     // except when the test unmounts that filesystem.
     let d = if state_outside {
@@ -400,7 +406,7 @@ fn syncfs(path: &Path) {
 fn crash_image(fs: Fs, seed: u64, ops: usize) -> Outcome {
     let host = Mount::new(Fs::Xfs);
     let mut m = Mount::new_in(fs, &host.mnt);
-    let mut d = Daemon::start(&m.mnt, &[]);
+    let mut d = Daemon::start(&m.mnt, &REFRESH);
     let tree = m.mnt.join("tree");
     let outside = m.mnt.join("outside");
     std::fs::create_dir_all(&tree).unwrap();

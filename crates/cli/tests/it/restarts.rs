@@ -486,3 +486,68 @@ fn filesystem_replaced_while_down_xfs() {
 fn filesystem_replaced_while_down_btrfs() {
     filesystem_replaced_while_down(Fs::Btrfs);
 }
+
+/// The journal seq a cursor stands for.
+fn cursor_seq(c: &str) -> u64 {
+    let part = c.split('.').nth(2).expect("cursor has a seq");
+    u64::from_str_radix(part, 16).unwrap()
+}
+
+/// The through seq in the header of every snapshot in `state`.
+fn baseline_through(state: &Path) -> Vec<u64> {
+    let Ok(dir) = fs::read_dir(state.join("snapshots")) else {
+        return Vec::new();
+    };
+    dir.filter_map(|e| e.ok())
+        .filter(|e| e.path().extension().is_some_and(|x| x == "snap"))
+        .filter_map(|e| fs::read(e.path()).ok())
+        .filter(|b| b.len() >= 32)
+        .map(|b| u64::from_le_bytes(b[24..32].try_into().unwrap()))
+        .collect()
+}
+
+/// Idle baselines on fast-path filesystems are refreshed quietly: a later
+/// downtime then reports what changed since the refresh, not again what
+/// was journaled before it (no false positive), and still everything new.
+fn quiet_baseline_refresh(kind: Fs) {
+    let m = Mount::new(kind);
+    let mut d = Daemon::start(&m.mnt, &["--baseline-refresh-secs", "1"]);
+    let t = m.mnt.join("tree");
+    fs::create_dir(&t).unwrap();
+    fs::write(t.join("early"), b"1").unwrap();
+    d.track(&t);
+    d.reconciled();
+    fs::write(t.join("live"), b"1").unwrap();
+    let c1 = d.cursor();
+    let want = cursor_seq(&c1);
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !baseline_through(&d.state).iter().any(|&s| s >= want) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no quiet refresh: {}",
+            d.ok(&["status", "--json"])
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    d.stop();
+    fs::write(t.join("down"), b"1").unwrap();
+    d.spawn();
+    let a = d.changes_wait(&c1, 60);
+    assert_eq!(a.code, 0, "{}", a.dump());
+    assert!(a.get(&t.join("down")).is_some(), "{}", a.dump());
+    assert!(
+        a.get(&t.join("live")).is_none(),
+        "reported again: {}",
+        a.dump()
+    );
+}
+
+#[test]
+fn quiet_baseline_refresh_xfs() {
+    quiet_baseline_refresh(Fs::Xfs);
+}
+
+#[test]
+fn quiet_baseline_refresh_btrfs() {
+    quiet_baseline_refresh(Fs::Btrfs);
+}
