@@ -30,6 +30,78 @@ use std::collections::HashSet;
 
 use cj_types::{Changes, EventRecord, ObjectKind, RecordBody};
 
+/// One difference found, with the stats it was found from.
+struct Found<'a> {
+    path: &'a [u8],
+    changes: Changes,
+    kind: ObjectKind,
+    was: Option<Stat>,
+    now: Option<Stat>,
+}
+
+/// Turns differences into records. A path that vanished and another that
+/// appeared with the same inode (the only name of it on both sides, same
+/// type) become one rename record, carrying `modified`/`attrib` when the
+/// inode changed too; everything else is created/deleted/modified/attrib.
+fn records(found: Vec<Found<'_>>, fsid: u64) -> Vec<RecordBody> {
+    use std::collections::HashMap;
+    let single =
+        |s: &Option<Stat>| s.is_some_and(|s| s.nlink <= 1 || s.mode & 0o170000 == 0o040000);
+    let mut gone: HashMap<u64, Option<usize>> = HashMap::new();
+    let mut came: HashMap<u64, Option<usize>> = HashMap::new();
+    for (i, f) in found.iter().enumerate() {
+        let table = if f.changes == Changes::DELETED && single(&f.was) {
+            f.was.map(|s| (&mut gone, s.ino))
+        } else if f.changes == Changes::CREATED && single(&f.now) {
+            f.now.map(|s| (&mut came, s.ino))
+        } else {
+            None
+        };
+        if let Some((t, ino)) = table {
+            // Two candidates for one inode: ambiguous, no pairing.
+            t.entry(ino).and_modify(|v| *v = None).or_insert(Some(i));
+        }
+    }
+    let mut pair_of: HashMap<usize, usize> = HashMap::new();
+    let mut paired: HashSet<usize> = HashSet::new();
+    for (ino, g) in &gone {
+        if let (Some(g), Some(Some(c))) = (g, came.get(ino)) {
+            let (w, n) = (found[*g].was, found[*c].now);
+            if let (Some(w), Some(n)) = (w, n) {
+                if (w.mode ^ n.mode) & 0o170000 == 0 {
+                    pair_of.insert(*c, *g);
+                    paired.insert(*g);
+                }
+            }
+        }
+    }
+    let mut out = Vec::with_capacity(found.len());
+    for (i, f) in found.iter().enumerate() {
+        if paired.contains(&i) {
+            continue; // emitted with its new name
+        }
+        if let Some(&g) = pair_of.get(&i) {
+            let from = &found[g];
+            let (w, n) = (from.was.unwrap_or_default(), f.now.unwrap_or_default());
+            let mut c = Changes::RENAMED_FROM | Changes::RENAMED_TO;
+            if w.size != n.size || w.mtime_ns != n.mtime_ns {
+                c |= Changes::MODIFIED;
+            }
+            if w.mode != n.mode || w.uid != n.uid || w.gid != n.gid || w.nlink != n.nlink {
+                c |= Changes::ATTRIB;
+            }
+            let mut r = record(f.path, c, f.kind, fsid);
+            if let RecordBody::Event(e) = &mut r {
+                e.old_path = from.path.to_vec();
+            }
+            out.push(r);
+        } else {
+            out.push(record(f.path, f.changes, f.kind, fsid));
+        }
+    }
+    out
+}
+
 fn record(path: &[u8], changes: Changes, kind: ObjectKind, fsid: u64) -> RecordBody {
     let name = path.rsplit(|&b| b == b'/').next().unwrap_or(b"").to_vec();
     RecordBody::Event(EventRecord {
@@ -112,16 +184,28 @@ pub fn diff(
                 }
             },
         };
-        if let Some((c, k)) = classify(was.as_ref(), now.as_ref()) {
-            out.push(record(path, c, k, fsid));
+        if let Some((changes, kind)) = classify(was.as_ref(), now.as_ref()) {
+            out.push(Found {
+                path,
+                changes,
+                kind,
+                was,
+                now,
+            });
         }
     }
     for path in touched {
         if !new.entries.contains_key(path) && !old.entries.contains_key(path) {
-            out.push(record(path, Changes::DELETED, ObjectKind::Unknown, fsid));
+            out.push(Found {
+                path,
+                changes: Changes::DELETED,
+                kind: ObjectKind::Unknown,
+                was: None,
+                now: None,
+            });
         }
     }
-    out
+    records(out, fsid)
 }
 
 /// Records for the transitions of a [`refresh`] of the baseline, which is
@@ -132,10 +216,16 @@ pub fn diff_transitions(
     touched: &HashSet<Vec<u8>>,
     fsid: u64,
 ) -> Vec<RecordBody> {
-    let mut out = Vec::new();
+    let mut out: Vec<Found<'_>> = Vec::new();
     for (path, (was, now)) in transitions {
-        if let Some((c, k)) = classify(was.as_ref(), now.as_ref()) {
-            out.push(record(path, c, k, fsid));
+        if let Some((changes, kind)) = classify(was.as_ref(), now.as_ref()) {
+            out.push(Found {
+                path,
+                changes,
+                kind,
+                was: *was,
+                now: *now,
+            });
         }
     }
     for path in touched {
@@ -144,10 +234,16 @@ pub fn diff_transitions(
             None => current.entries.contains_key(path),
         };
         if !in_old && !current.entries.contains_key(path) {
-            out.push(record(path, Changes::DELETED, ObjectKind::Unknown, fsid));
+            out.push(Found {
+                path,
+                changes: Changes::DELETED,
+                kind: ObjectKind::Unknown,
+                was: None,
+                now: None,
+            });
         }
     }
-    out
+    records(out, fsid)
 }
 
 #[cfg(test)]
@@ -205,5 +301,35 @@ mod tests {
                 (b"/r/touched".to_vec(), Changes::ATTRIB | r),
             ]
         );
+    }
+
+    #[test]
+    fn a_moved_inode_becomes_one_rename_record() {
+        let mut old = Snapshot::new(b"/r".to_vec());
+        old.entries.insert(b"/r/a".to_vec(), st(7, 1));
+        old.entries.insert(b"/r/x".to_vec(), st(8, 1));
+        let mut new = Snapshot::new(b"/r".to_vec());
+        let mut grown = st(7, 2);
+        grown.size = 99;
+        new.entries.insert(b"/r/b".to_vec(), grown);
+        // Two new names for one old inode: ambiguous, left as they are.
+        new.entries.insert(b"/r/y".to_vec(), st(8, 2));
+        new.entries.insert(b"/r/z".to_vec(), st(8, 2));
+        let recs = diff(&old, &new, &HashSet::new(), 1);
+        let events: Vec<&EventRecord> = recs
+            .iter()
+            .map(|r| match r {
+                RecordBody::Event(e) => e,
+                _ => unreachable!(),
+            })
+            .collect();
+        let rename = events.iter().find(|e| e.path == b"/r/b").unwrap();
+        assert_eq!(rename.old_path, b"/r/a");
+        assert_eq!(
+            rename.changes,
+            Changes::RENAMED_FROM | Changes::RENAMED_TO | Changes::MODIFIED | Changes::RECONCILED
+        );
+        assert!(!events.iter().any(|e| e.path == b"/r/a"));
+        assert_eq!(events.len(), 4, "{events:?}");
     }
 }

@@ -671,6 +671,7 @@ fn writer_loop(
                         if failed.is_none() {
                             match writer.append(time, r) {
                                 Ok(seq) => {
+                                    shared.reconcile.note(seq, r);
                                     if let Some(t) = reconcile_trigger(seq, r) {
                                         triggers.push(t);
                                     }

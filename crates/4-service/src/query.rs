@@ -216,7 +216,8 @@ impl Builder<'_> {
                                 if en.changes.is_empty() {
                                     en.first = Changes::RENAMED_FROM;
                                 }
-                                en.changes |= Changes::RENAMED_FROM;
+                                en.changes |=
+                                    Changes::RENAMED_FROM | (e.changes & Changes::RECONCILED);
                                 en.renamed_to = to;
                                 merge_kind(en, e.kind);
                             }
@@ -227,7 +228,13 @@ impl Builder<'_> {
                                 if en.changes.is_empty() {
                                     en.first = Changes::RENAMED_TO;
                                 }
-                                en.changes |= Changes::RENAMED_TO;
+                                // A reconciled rename also carries what
+                                // happened to the object meanwhile.
+                                en.changes |= Changes::RENAMED_TO
+                                    | (e.changes
+                                        & (Changes::RECONCILED
+                                            | Changes::MODIFIED
+                                            | Changes::ATTRIB));
                                 en.renamed_from = Some(from);
                                 merge_kind(en, e.kind);
                             }

@@ -83,8 +83,25 @@ pub struct Status {
     pub last_error: Option<String>,
 }
 
+/// Recent gaps kept for `cj status`.
+pub const GAPS_SHOWN_MAX: usize = 32;
+
+/// A gap the daemon journaled, and the roots a `Resolved` record has closed
+/// it for since.
+#[derive(Clone, Debug)]
+pub struct GapEntry {
+    pub seq: u64,
+    pub reason: &'static str,
+    /// Empty: every root.
+    pub scope: Vec<u8>,
+    pub start_time_ns: u64,
+    pub resolved_for: Vec<Vec<u8>>,
+}
+
 #[derive(Default)]
 pub struct Queue {
+    /// The last [`GAPS_SHOWN_MAX`] gaps (written by the journal writer).
+    pub gaps: Mutex<std::collections::VecDeque<GapEntry>>,
     pub requests: Mutex<Vec<Request>>,
     pub cv: Condvar,
     pub status: Mutex<Status>,
@@ -99,6 +116,40 @@ pub struct Queue {
 }
 
 impl Queue {
+    /// Keeps the status's gap list up to date with a record just journaled.
+    pub fn note(&self, seq: u64, r: &RecordBody) {
+        let mut gaps = self.gaps.lock().unwrap_or_else(|e| e.into_inner());
+        match r {
+            RecordBody::Gap(g) => {
+                if gaps.len() >= GAPS_SHOWN_MAX {
+                    gaps.pop_front();
+                }
+                gaps.push_back(GapEntry {
+                    seq,
+                    reason: g.reason.as_str(),
+                    scope: g.scope.clone(),
+                    start_time_ns: g.start_time_ns,
+                    resolved_for: Vec::new(),
+                });
+            }
+            RecordBody::Resolved(rr) => {
+                for g in gaps.iter_mut() {
+                    let covers = g.scope.is_empty()
+                        || is_at_or_below(&g.scope, &rr.scope)
+                        || is_at_or_below(&rr.scope, &g.scope);
+                    if rr.after_seq < g.seq
+                        && g.seq <= rr.through_seq
+                        && covers
+                        && !g.resolved_for.contains(&rr.scope)
+                    {
+                        g.resolved_for.push(rr.scope.clone());
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+
     pub fn push(&self, reqs: impl IntoIterator<Item = Request>) {
         let mut q = self.requests.lock().unwrap_or_else(|e| e.into_inner());
         for r in reqs {

@@ -446,8 +446,42 @@ fn status(ctx: &Context) -> Value {
             "parse_errors": n.parse_errors,
         },
         "roots": roots,
+        "gaps": gaps_status(ctx),
         "reconcile": reconcile_status(ctx),
     })
+}
+
+/// The recent gaps, oldest first, with the roots each is closed for.
+fn gaps_status(ctx: &Context) -> Value {
+    let gaps = ctx
+        .shared
+        .reconcile
+        .gaps
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone();
+    Value::Array(
+        gaps.into_iter()
+            .map(|g| {
+                let mut m = Map::new();
+                m.insert("seq".into(), Value::from(g.seq));
+                m.insert("reason".into(), Value::from(g.reason));
+                put_path(&mut m, "scope", &g.scope);
+                m.insert("start_time_ns".into(), Value::from(g.start_time_ns));
+                let resolved: Vec<Value> = g
+                    .resolved_for
+                    .iter()
+                    .map(|p| {
+                        let mut r = Map::new();
+                        put_path(&mut r, "path", p);
+                        Value::Object(r)
+                    })
+                    .collect();
+                m.insert("resolved_for".into(), Value::Array(resolved));
+                Value::Object(m)
+            })
+            .collect(),
+    )
 }
 
 fn reconcile_status(ctx: &Context) -> Value {

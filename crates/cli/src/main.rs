@@ -281,7 +281,7 @@ fn status(socket: &Path, json: bool) -> Result<i32> {
     )?;
     writeln!(
         out,
-        "reconcile   {}, {} walks, {} reconciled records, last walk {} ms{}",
+        "reconcile   {}, {} passes, {} reconciled records, last by {} in {} ms{}",
         if g(&["reconcile", "busy"]).as_bool().unwrap_or(false) {
             "busy"
         } else {
@@ -289,12 +289,48 @@ fn status(socket: &Path, json: bool) -> Result<i32> {
         },
         g(&["reconcile", "walks"]),
         g(&["reconcile", "reconciled_records"]),
-        g(&["reconcile", "last_walk_ms"]),
+        g(&["reconcile", "last_method"]).as_str().unwrap_or("-"),
+        g(&["reconcile", "last_resolve_ms"]),
         g(&["reconcile", "last_error"])
             .as_str()
             .map(|e| format!(", last error: {e}"))
             .unwrap_or_default()
     )?;
+    let gaps = g(&["gaps"]);
+    for (i, gap) in gaps.as_array().into_iter().flatten().enumerate() {
+        let obj = gap.as_object().cloned().unwrap_or_default();
+        let scope = cj_types::protocol::get_path(&obj, "scope")
+            .ok()
+            .flatten()
+            .filter(|p| !p.is_empty())
+            .map(|p| escape_path(&p))
+            .unwrap_or_else(|| "every root".into());
+        let resolved: Vec<String> = obj
+            .get("resolved_for")
+            .and_then(|v| v.as_array())
+            .into_iter()
+            .flatten()
+            .filter_map(|v| v.as_object())
+            .filter_map(|o| cj_types::protocol::get_path(o, "path").ok().flatten())
+            .map(|p| escape_path(&p))
+            .collect();
+        writeln!(
+            out,
+            "{}seq {} {} ({scope}): {}",
+            if i == 0 {
+                "gaps        "
+            } else {
+                "            "
+            },
+            obj.get("seq").cloned().unwrap_or_default(),
+            obj.get("reason").and_then(|v| v.as_str()).unwrap_or("?"),
+            if resolved.is_empty() {
+                "open".to_string()
+            } else {
+                format!("resolved for {}", resolved.join(", "))
+            }
+        )?;
+    }
     let roots = g(&["roots"]);
     let roots = roots.as_array().cloned().unwrap_or_default();
     if roots.is_empty() {

@@ -52,6 +52,18 @@ fn clean_restart_keeps_cursors_and_reports_the_downtime() {
     assert_eq!(w.code, 0, "{}", w.dump());
     let down = w.changes_of(&t.join("while_down"));
     assert!(down.iter().any(|c| c == "reconciled"), "{}", w.dump());
+    // `cj status` lists the gap and the root it was closed for.
+    let st: serde_json::Value = serde_json::from_str(&d.ok(&["status", "--json"])).unwrap();
+    let gap = st["gaps"]
+        .as_array()
+        .and_then(|g| g.iter().find(|g| g["reason"] == "daemon_down"))
+        .unwrap_or_else(|| panic!("no daemon_down gap in {st}"));
+    assert_eq!(gap["resolved_for"][0]["path"], t.to_str().unwrap(), "{st}");
+    let text = d.ok(&["status"]);
+    assert!(
+        text.contains("daemon_down (every root): resolved for"),
+        "{text}"
+    );
     // The pre-restart cursor is still a valid position.
     assert_ne!(
         reasons(&d.changes(&c1, None)),
@@ -260,6 +272,7 @@ fn reconcile_after_downtime(kind: Fs) {
     fs::write(t.join("modify_me"), b"1").unwrap();
     fs::write(t.join("delete_me"), b"1").unwrap();
     fs::write(t.join("dir/inner"), b"1").unwrap();
+    fs::write(t.join("move_and_grow"), b"1").unwrap();
     d.track(&t);
     d.reconciled(); // baseline
                     // Journaled live: a file created after the baseline, in a directory that
@@ -275,6 +288,8 @@ fn reconcile_after_downtime(kind: Fs) {
     fs::write(t.join("created_down"), b"1").unwrap();
     fs::rename(t.join("dir"), t.join("dir_moved")).unwrap();
     fs::remove_file(t.join("grown/born_live")).unwrap();
+    fs::rename(t.join("move_and_grow"), t.join("moved_and_grown")).unwrap();
+    fs::write(t.join("moved_and_grown"), b"longer").unwrap();
     d.spawn();
     let a = d.changes_wait(&c0, 60);
     assert_eq!(a.code, 0, "reconciliation must close the gap\n{}", a.dump());
@@ -282,10 +297,14 @@ fn reconcile_after_downtime(kind: Fs) {
         ("modify_me", "modified"),
         ("delete_me", "deleted"),
         ("created_down", "created"),
-        ("dir", "deleted"),
-        ("dir_moved", "created"),
-        ("dir_moved/inner", "created"),
+        ("dir", "renamed_from"),
+        ("dir_moved", "renamed_to"),
+        ("dir_moved/inner", "renamed_to"),
         ("grown/born_live", "deleted"),
+        ("move_and_grow", "renamed_from"),
+        ("moved_and_grown", "renamed_to"),
+        // The rename record carries what happened to the file meanwhile.
+        ("moved_and_grown", "modified"),
     ] {
         let got = a.changes_of(&t.join(p));
         assert!(
