@@ -25,8 +25,8 @@ use cj_journal::Item;
 use cj_normalize::is_at_or_below;
 use cj_reconcile::fast::{self, FsMarks, Method};
 use cj_reconcile::{diff, diff_transitions, open_root, refresh, walk, Snapshot, WalkProgress};
-use cj_types::{GapReason, RecordBody, ResolvedRecord};
-use std::collections::HashSet;
+use cj_types::{Changes, GapReason, RecordBody, ResolvedRecord};
+use std::collections::{HashMap, HashSet};
 
 use crate::pipeline::{Ctl, Shared};
 
@@ -375,7 +375,8 @@ impl Reconciler {
         if after + 1 < self.reader.first_seq() {
             return Err("the journal since the baseline has expired; the next walk becomes the new baseline".into());
         }
-        let mut out: HashSet<Vec<u8>> = HashSet::new();
+        // Path -> whether the journal last left it existing.
+        let mut out: HashMap<Vec<u8>, bool> = HashMap::new();
         let mut damaged = false;
         let mut too_many = false;
         let mut renames = 0usize;
@@ -404,10 +405,15 @@ impl Reconciler {
                                 renames += 1;
                                 follow_rename(&mut out, baseline, &e.old_path, &e.path);
                             }
-                            for p in [e.path, e.old_path] {
-                                if !p.is_empty() && is_at_or_below(&p, root) {
-                                    out.insert(p);
-                                }
+                            if !e.old_path.is_empty() && is_at_or_below(&e.old_path, root) {
+                                out.insert(e.old_path, false);
+                            }
+                            if !e.path.is_empty() && is_at_or_below(&e.path, root) {
+                                let gone = e.changes.contains(Changes::DELETED)
+                                    && !e.changes.intersects(
+                                        Changes::CREATED | Changes::RENAMED_TO | Changes::REPLACED,
+                                    );
+                                out.insert(e.path, !gone);
                             }
                         }
                     }
@@ -428,7 +434,14 @@ impl Reconciler {
                 "more than {TOUCHED_PATHS_MAX} paths changed since the baseline"
             ));
         }
-        Ok((out, forced))
+        // Only paths the journal last saw existing can have vanished
+        // unseen; a path it saw removed was already gone at the gap.
+        let present = out
+            .into_iter()
+            .filter(|(_, p)| *p)
+            .map(|(k, _)| k)
+            .collect();
+        Ok((present, forced))
     }
 
     fn refresh_baselines(&self) {
@@ -828,29 +841,31 @@ fn save_baseline(root: &[u8], new: &Snapshot, dir: &std::path::Path) -> Result<(
     new.save(dir).map_err(|e| e.to_string())
 }
 
-/// Adds, for every candidate or baseline path at or below `from`, the same
-/// path below `to`.
-fn follow_rename(out: &mut HashSet<Vec<u8>>, baseline: &Snapshot, from: &[u8], to: &[u8]) {
+/// Moves, in `out`, every path at or below `from` (known to the journal or
+/// present in the baseline) to the same path below `to`, keeping its state;
+/// the old paths are gone.
+fn follow_rename(out: &mut HashMap<Vec<u8>, bool>, baseline: &Snapshot, from: &[u8], to: &[u8]) {
     let mut hi = from.to_vec();
     hi.push(b'/' + 1);
-    let moved: Vec<Vec<u8>> = out
+    let mut moved: Vec<(Vec<u8>, bool)> = out
         .iter()
-        .map(|p| p.as_slice())
-        .chain(
-            baseline
-                .entries
-                .range(
-                    std::ops::Bound::Included(from),
-                    std::ops::Bound::Excluded(&hi[..]),
-                )
-                .map(|(k, _)| k),
-        )
-        .filter(|p| is_at_or_below(p, from))
-        .map(|p| {
-            let mut n = to.to_vec();
-            n.extend_from_slice(&p[from.len()..]);
-            n
-        })
+        .filter(|(p, _)| is_at_or_below(p, from))
+        .map(|(p, present)| (p.clone(), *present))
         .collect();
-    out.extend(moved);
+    moved.extend(
+        baseline
+            .entries
+            .range(
+                std::ops::Bound::Included(from),
+                std::ops::Bound::Excluded(&hi[..]),
+            )
+            .filter(|(p, _)| is_at_or_below(p, from) && !out.contains_key(*p))
+            .map(|(p, _)| (p.to_vec(), true)),
+    );
+    for (p, present) in moved {
+        let mut n = to.to_vec();
+        n.extend_from_slice(&p[from.len()..]);
+        out.insert(p, false);
+        out.insert(n, present);
+    }
 }

@@ -275,8 +275,13 @@ fn reconcile_after_downtime(kind: Fs) {
     fs::write(t.join("move_and_grow"), b"1").unwrap();
     d.track(&t);
     d.reconciled(); // baseline
-                    // Journaled live: a file created after the baseline, in a directory that
-                    // is then renamed (its path at the gap is known only through the rename).
+    let cb = d.cursor();
+    // Created and removed live, before the gap: the journal has both, so
+    // reconciliation must not report it again.
+    fs::write(t.join("ephemeral_live"), b"1").unwrap();
+    fs::remove_file(t.join("ephemeral_live")).unwrap();
+    // Journaled live: a file created after the baseline, in a directory that
+    // is then renamed (its path at the gap is known only through the rename).
     fs::create_dir(t.join("young")).unwrap();
     fs::write(t.join("young/born_live"), b"1").unwrap();
     fs::rename(t.join("young"), t.join("grown")).unwrap();
@@ -321,6 +326,13 @@ fn reconcile_after_downtime(kind: Fs) {
         a.get(&t.join("keep")).is_none(),
         "unchanged file reported\n{}",
         a.dump()
+    );
+    let b = d.changes_wait(&cb, 60);
+    assert_eq!(b.code, 0, "{}", b.dump());
+    assert!(
+        b.get(&t.join("ephemeral_live")).is_none(),
+        "a path created and removed live was reported again\n{}",
+        b.dump()
     );
     let want = match kind {
         Fs::Xfs => "xfs-bulkstat",
