@@ -46,7 +46,16 @@ pub struct Entry {
     pub changes: Changes,
     pub renamed_from: Option<Vec<u8>>,
     pub renamed_to: Option<Vec<u8>>,
+    /// A directory was created, deleted or renamed at this path during the
+    /// range: everything below it may have changed and is not listed one by
+    /// one (whatever `kind` the path holds now).
+    pub subtree: bool,
 }
+
+/// Changes that, on a directory, cover its whole subtree.
+const SUBTREE_CHANGES: Changes = Changes(
+    Changes::CREATED.0 | Changes::DELETED.0 | Changes::RENAMED_FROM.0 | Changes::RENAMED_TO.0,
+);
 
 pub struct Answer {
     pub entries: Vec<Entry>,
@@ -289,6 +298,9 @@ fn merge_kind(en: &mut Entry, kind: ObjectKind) {
     if en.kind == ObjectKind::Unknown {
         en.kind = kind;
     }
+    if kind == ObjectKind::Dir && en.changes.intersects(SUBTREE_CHANGES) {
+        en.subtree = true;
+    }
 }
 
 /// Removes rescan scopes below another scope and exact duplicates (keeping
@@ -382,9 +394,15 @@ pub fn answer(
     let rescans = dedupe(std::mem::take(&mut b.rescans));
     let mut entries: Vec<Entry> = b.paths.into_values().collect();
     for e in &mut entries {
+        if e.kind == ObjectKind::Dir && e.changes.intersects(SUBTREE_CHANGES) {
+            e.subtree = true;
+        }
         if let Ok(Some(st)) = nsys::stat_path_nofollow(&e.path) {
             e.exists = true;
             e.kind = st.kind;
+        }
+        if e.kind == ObjectKind::Dir && e.changes.intersects(SUBTREE_CHANGES) {
+            e.subtree = true;
         }
     }
     entries.retain(|e| !ephemeral(e));
@@ -624,5 +642,27 @@ mod tests {
         assert_eq!(intersect(b"/a/b", b"/a"), Some(b"/a/b".to_vec()));
         assert_eq!(intersect(b"/a", b"/a/b"), Some(b"/a/b".to_vec()));
         assert_eq!(intersect(b"/a", b"/b"), None);
+    }
+
+    /// Found by the oracle: a directory renamed out of the root and then
+    /// replaced by a symlink was reported with kind `symlink` only, so its
+    /// former contents looked covered by nothing.
+    #[test]
+    fn a_directory_replaced_by_another_kind_still_covers_its_subtree() {
+        let mut moved_out = ev(&p("/h2"), Changes::RENAMED_FROM | Changes::RENAMED_TO);
+        if let RecordBody::Event(e) = &mut moved_out {
+            e.kind = ObjectKind::Dir;
+            e.old_path = p("/h2");
+            e.path = b"/elsewhere/h2".to_vec();
+        }
+        let mut link = ev(&p("/h2"), Changes::CREATED);
+        if let RecordBody::Event(e) = &mut link {
+            e.kind = ObjectKind::Symlink;
+        }
+        let a = ask(vec![moved_out, link]);
+        let e = a.entries.iter().find(|e| e.path == p("/h2")).unwrap();
+        assert!(e.subtree, "subtree not flagged");
+        let plain = ask(vec![ev(&p("/f"), Changes::CREATED)]);
+        assert!(!plain.entries.iter().any(|e| e.subtree));
     }
 }

@@ -354,6 +354,9 @@ fn changes(
         if let Some(t) = &e.renamed_to {
             put_path(&mut m, "renamed_to", t);
         }
+        if e.subtree {
+            m.insert("subtree".into(), Value::from(true));
+        }
         let _ = writeln!(out, "{}", Value::Object(m));
     }
     let rescans: Vec<Value> = answer

@@ -96,6 +96,9 @@ pub struct Change {
     pub changes: Vec<String>,
     pub renamed_from: Option<Vec<u8>>,
     pub renamed_to: Option<Vec<u8>>,
+    /// A directory was created, deleted or renamed at this path in the
+    /// range: treat everything below it as changed.
+    pub subtree: bool,
 }
 
 /// A directory whose whole subtree must be rescanned, and why.
@@ -305,6 +308,7 @@ pub fn parse_change(m: &Map<String, Value>) -> Result<Change, Error> {
             .unwrap_or_default(),
         renamed_from: need_path(m, "renamed_from")?,
         renamed_to: need_path(m, "renamed_to")?,
+        subtree: m.get("subtree").and_then(|v| v.as_bool()).unwrap_or(false),
     })
 }
 

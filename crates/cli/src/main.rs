@@ -501,6 +501,10 @@ fn changes(
         out.write_all(b"\0")?;
         for e in &answer.entries {
             out.write_all(&e.path)?;
+            // A trailing slash: everything below may have changed.
+            if e.subtree && !e.path.ends_with(b"/") {
+                out.write_all(b"/")?;
+            }
             out.write_all(b"\0")?;
         }
         for r in &answer.rescan {
@@ -526,6 +530,9 @@ fn changes(
             }
             if let Some(t) = &e.renamed_to {
                 write!(out, "\tto {}", escape_path(t))?;
+            }
+            if e.subtree {
+                write!(out, "\tsubtree")?;
             }
             writeln!(out)?;
         }
