@@ -328,8 +328,15 @@ pub fn apply(op: &Op) -> bool {
 }
 
 fn mmap_store(p: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
     use std::os::unix::io::AsRawFd;
-    let f = std::fs::OpenOptions::new().read(true).write(true).open(p)?;
+    // Never through a symlink: its target may be another worker's file,
+    // truncated between the size check and the store (SIGBUS).
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(p)?;
     if !f.metadata()?.is_file() || f.metadata()?.len() == 0 {
         return Ok(());
     }
