@@ -39,6 +39,20 @@ struct Found<'a> {
     now: Option<Stat>,
 }
 
+impl<'a> Found<'a> {
+    /// A path the journal saw existing that neither side holds: it was
+    /// created after the baseline and removed during the gap.
+    fn vanished(path: &'a [u8]) -> Found<'a> {
+        Found {
+            path,
+            changes: Changes::DELETED,
+            kind: ObjectKind::Unknown,
+            was: None,
+            now: None,
+        }
+    }
+}
+
 /// Turns differences into records. A path that vanished and another that
 /// appeared with the same inode (the only name of it on both sides, same
 /// type) become one rename record, carrying `modified`/`attrib` when the
@@ -196,13 +210,7 @@ pub fn diff(
     }
     for path in touched {
         if !new.entries.contains_key(path) && !old.entries.contains_key(path) {
-            out.push(Found {
-                path,
-                changes: Changes::DELETED,
-                kind: ObjectKind::Unknown,
-                was: None,
-                now: None,
-            });
+            out.push(Found::vanished(path));
         }
     }
     records(out, fsid)
@@ -234,13 +242,7 @@ pub fn diff_transitions(
             None => current.entries.contains_key(path),
         };
         if !in_old && !current.entries.contains_key(path) {
-            out.push(Found {
-                path,
-                changes: Changes::DELETED,
-                kind: ObjectKind::Unknown,
-                was: None,
-                now: None,
-            });
+            out.push(Found::vanished(path));
         }
     }
     records(out, fsid)

@@ -15,7 +15,7 @@ use std::sync::atomic::Ordering;
 use std::sync::{Condvar, Mutex};
 
 use crate::walk::{
-    below, join, open_beneath, open_root, read_names, statx_at, DIRENT_BUFFER_BYTES,
+    below, join, open_beneath, open_root, read_names, stat_root, statx_at, DIRENT_BUFFER_BYTES,
 };
 use crate::{Entries, Stat, WalkError, WalkProgress};
 
@@ -173,15 +173,7 @@ pub fn walk(
         path: root.to_vec(),
         source,
     })?;
-    let (root_stat, mnt) = statx_at(
-        root_fd.as_raw_fd(),
-        &CString::default(),
-        libc::AT_EMPTY_PATH,
-    )
-    .map_err(|source| WalkError::Root {
-        path: root.to_vec(),
-        source,
-    })?;
+    let (root_stat, mnt) = stat_root(&root_fd, root)?;
     let shared = Shared {
         work: Mutex::new(Work {
             stack: vec![root.to_vec()],

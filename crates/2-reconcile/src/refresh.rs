@@ -22,7 +22,7 @@ use std::ops::Bound;
 use std::os::unix::io::{AsRawFd, OwnedFd, RawFd};
 use std::sync::atomic::Ordering;
 
-use crate::walk::{join, open_beneath, open_child, read_entries, statx_at, walk_from};
+use crate::walk::{join, open_beneath, open_child, read_entries, stat_root, statx_at, walk_from};
 use crate::{Entries, Snapshot, Stat, WalkError, WalkProgress};
 
 /// Paths whose stat changed: (stat in the baseline, stat now); `None` means
@@ -277,15 +277,7 @@ pub fn refresh(
     progress: &WalkProgress,
 ) -> Result<Transitions, WalkError> {
     let root = snap.root.clone();
-    let (_, mnt) = statx_at(
-        root_fd.as_raw_fd(),
-        &CString::default(),
-        libc::AT_EMPTY_PATH,
-    )
-    .map_err(|source| WalkError::Root {
-        path: root.clone(),
-        source,
-    })?;
+    let (_, mnt) = stat_root(root_fd, &root)?;
     // Directories first (path order: parents before children), then files.
     let mut dirs = Vec::new();
     let mut files = Vec::new();

@@ -141,6 +141,16 @@ fn open_dir(dir: RawFd, path: &[u8], flags: libc::c_int, resolve: u64) -> std::i
     }
 }
 
+/// The stat and mount id of an open root (`path` names it in errors).
+pub(crate) fn stat_root(fd: &OwnedFd, path: &[u8]) -> Result<(Stat, u64), WalkError> {
+    statx_at(fd.as_raw_fd(), &CString::default(), libc::AT_EMPTY_PATH).map_err(|source| {
+        WalkError::Root {
+            path: path.to_vec(),
+            source,
+        }
+    })
+}
+
 /// Opens a root directory by absolute path without following any symlink.
 pub fn open_root(path: &[u8]) -> std::io::Result<OwnedFd> {
     open_dir(
@@ -244,15 +254,7 @@ pub fn walk_sequential(
         path: root.to_vec(),
         source,
     })?;
-    let (root_stat, root_mnt) = statx_at(
-        root_fd.as_raw_fd(),
-        &CString::default(),
-        libc::AT_EMPTY_PATH,
-    )
-    .map_err(|source| WalkError::Root {
-        path: root.to_vec(),
-        source,
-    })?;
+    let (root_stat, root_mnt) = stat_root(&root_fd, root)?;
     let mut out = BTreeMap::new();
     out.insert(root.to_vec(), root_stat);
     walk_from(
