@@ -89,6 +89,27 @@ fn records(found: Vec<Found<'_>>, fsid: u64) -> Vec<RecordBody> {
             }
         }
     }
+    // Directory renames, new path -> old path: an entry that moved along
+    // with its directory, unchanged, is implied by the directory's record
+    // (which covers its subtree) and not listed.
+    let dir_moves: HashMap<&[u8], &[u8]> = pair_of
+        .iter()
+        .filter(|(c, _)| found[**c].kind == ObjectKind::Dir)
+        .map(|(c, g)| (found[*c].path, found[*g].path))
+        .collect();
+    let implied = |from: &[u8], to: &[u8]| {
+        let mut at = to.len();
+        while let Some(cut) = to[..at].iter().rposition(|&b| b == b'/') {
+            at = cut;
+            if let Some(old_dir) = dir_moves.get(&to[..at]) {
+                let rest = &to[at..];
+                return from.len() == old_dir.len() + rest.len()
+                    && from.starts_with(old_dir)
+                    && from.ends_with(rest);
+            }
+        }
+        false
+    };
     let mut out = Vec::with_capacity(found.len());
     for (i, f) in found.iter().enumerate() {
         if paired.contains(&i) {
@@ -96,6 +117,9 @@ fn records(found: Vec<Found<'_>>, fsid: u64) -> Vec<RecordBody> {
         }
         if let Some(&g) = pair_of.get(&i) {
             let from = &found[g];
+            if from.was == f.now && implied(from.path, f.path) {
+                continue;
+            }
             let (w, n) = (from.was.unwrap_or_default(), f.now.unwrap_or_default());
             let mut c = Changes::RENAMED_FROM | Changes::RENAMED_TO;
             if w.size != n.size || w.mtime_ns != n.mtime_ns {
@@ -333,5 +357,37 @@ mod tests {
         );
         assert!(!events.iter().any(|e| e.path == b"/r/a"));
         assert_eq!(events.len(), 4, "{events:?}");
+    }
+
+    #[test]
+    fn entries_moved_with_their_directory_are_implied() {
+        let dir = |ino| Stat {
+            mode: 0o040755,
+            ..st(ino, 1)
+        };
+        let mut old = Snapshot::new(b"/r".to_vec());
+        old.entries.insert(b"/r/d".to_vec(), dir(10));
+        old.entries.insert(b"/r/d/same".to_vec(), st(11, 1));
+        old.entries.insert(b"/r/d/grew".to_vec(), st(12, 1));
+        let mut new = Snapshot::new(b"/r".to_vec());
+        new.entries.insert(b"/r/e".to_vec(), dir(10));
+        new.entries.insert(b"/r/e/same".to_vec(), st(11, 1));
+        let mut grew = st(12, 1);
+        grew.size = 5;
+        new.entries.insert(b"/r/e/grew".to_vec(), grew);
+        let paths: Vec<(Vec<u8>, Vec<u8>)> = diff(&old, &new, &HashSet::new(), 1)
+            .into_iter()
+            .map(|r| match r {
+                RecordBody::Event(e) => (e.old_path, e.path),
+                _ => unreachable!(),
+            })
+            .collect();
+        assert_eq!(
+            paths,
+            vec![
+                (b"/r/d".to_vec(), b"/r/e".to_vec()),
+                (b"/r/d/grew".to_vec(), b"/r/e/grew".to_vec()),
+            ]
+        );
     }
 }
