@@ -14,6 +14,7 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 const MAGIC: [u8; 8] = *b"CJSNAPSH";
+const UNKNOWN_VERSION: &str = "unknown version";
 const VERSION: u32 = 2;
 const HEADER_LEN: usize = 128;
 /// Entries per checksummed block.
@@ -68,6 +69,13 @@ impl fmt::Display for SnapshotError {
             SnapshotError::Io { path, op, source } => {
                 write!(f, "snapshot {op} {}: {source}", path.display())
             }
+            SnapshotError::Corrupt { path, detail } if *detail == UNKNOWN_VERSION => write!(
+                f,
+                "snapshot {} was written by another version of cj; it will be replaced by \
+                 the next walk, and gaps it would have closed stay open (clients are asked \
+                 to rescan)",
+                path.display()
+            ),
             SnapshotError::Corrupt { path, detail } => write!(
                 f,
                 "snapshot {} is damaged ({detail}); it will be rebuilt by the next walk, and \
@@ -157,7 +165,7 @@ impl Snapshot {
             return Err("header checksum mismatch");
         }
         if u32_at(h, 8) != Some(VERSION) {
-            return Err("unknown version");
+            return Err(UNKNOWN_VERSION);
         }
         let count = u64_at(h, 32).ok_or("header")? as usize;
         let root_len = u32_at(h, 40).ok_or("header")? as usize;

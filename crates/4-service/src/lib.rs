@@ -216,10 +216,11 @@ pub fn run(config: Config) -> Result<(), Error> {
             }
         })
         .map_err(io(&state_dir, "start reconciler thread"))?;
-    // Roots without a baseline get one, so that later gaps can be closed.
+    // Roots without a usable baseline (none, a damaged header, another
+    // format version) get one, so that later gaps can be closed.
     let missing: Vec<reconciler::Request> = roots
         .iter()
-        .filter(|r| !cj_reconcile::Snapshot::file_for(&snapshots, r).exists())
+        .filter(|r| cj_reconcile::Snapshot::load_marks(&snapshots, r).is_none())
         .map(|r| reconciler::Request {
             seq: 0,
             scope: Some(r.clone()),
