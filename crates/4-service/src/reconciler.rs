@@ -118,6 +118,10 @@ pub struct Queue {
 impl Queue {
     /// Keeps the status's gap list up to date with a record just journaled.
     pub fn note(&self, seq: u64, r: &RecordBody) {
+        // Events (nearly every record) take no lock.
+        if !matches!(r, RecordBody::Gap(_) | RecordBody::Resolved(_)) {
+            return;
+        }
         let mut gaps = self.gaps.lock().unwrap_or_else(|e| e.into_inner());
         match r {
             RecordBody::Gap(g) => {
