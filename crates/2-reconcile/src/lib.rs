@@ -30,6 +30,10 @@ use std::collections::HashSet;
 
 use cj_types::{Changes, EventRecord, ObjectKind, RecordBody};
 
+/// Paths the journal names between a baseline and a gap and last saw
+/// existing, with the kind it last saw there.
+pub type Touched = std::collections::HashMap<Vec<u8>, ObjectKind>;
+
 /// One difference found, with the stats it was found from.
 struct Found<'a> {
     path: &'a [u8],
@@ -41,12 +45,13 @@ struct Found<'a> {
 
 impl<'a> Found<'a> {
     /// A path the journal saw existing that neither side holds: it was
-    /// created after the baseline and removed during the gap.
-    fn vanished(path: &'a [u8]) -> Found<'a> {
+    /// created after the baseline and removed during the gap. `kind` is what
+    /// the journal last saw there (a directory's record covers its subtree).
+    fn vanished(path: &'a [u8], kind: ObjectKind) -> Found<'a> {
         Found {
             path,
             changes: Changes::DELETED,
-            kind: ObjectKind::Unknown,
+            kind,
             was: None,
             now: None,
         }
@@ -185,12 +190,7 @@ fn classify(was: Option<&Stat>, now: Option<&Stat>) -> Option<(Changes, ObjectKi
 /// `touched`: every path the journal names between the baseline's walk and
 /// the gap. A path created after the baseline and removed during the gap is
 /// in neither snapshot; it is reported deleted because the journal saw it.
-pub fn diff(
-    old: &Snapshot,
-    new: &Snapshot,
-    touched: &HashSet<Vec<u8>>,
-    fsid: u64,
-) -> Vec<RecordBody> {
+pub fn diff(old: &Snapshot, new: &Snapshot, touched: &Touched, fsid: u64) -> Vec<RecordBody> {
     let mut out = Vec::new();
     // Both maps are sorted: one merge pass.
     let mut a = old.entries.iter().peekable();
@@ -232,9 +232,9 @@ pub fn diff(
             });
         }
     }
-    for path in touched {
+    for (path, kind) in touched {
         if !new.entries.contains_key(path) && !old.entries.contains_key(path) {
-            out.push(Found::vanished(path));
+            out.push(Found::vanished(path, *kind));
         }
     }
     records(out, fsid)
@@ -245,7 +245,7 @@ pub fn diff(
 pub fn diff_transitions(
     transitions: &Transitions,
     current: &Snapshot,
-    touched: &HashSet<Vec<u8>>,
+    touched: &Touched,
     fsid: u64,
 ) -> Vec<RecordBody> {
     let mut out: Vec<Found<'_>> = Vec::new();
@@ -260,13 +260,13 @@ pub fn diff_transitions(
             });
         }
     }
-    for path in touched {
+    for (path, kind) in touched {
         let in_old = match transitions.get(path) {
             Some((was, _)) => was.is_some(),
             None => current.entries.contains_key(path),
         };
         if !in_old && !current.entries.contains_key(path) {
-            out.push(Found::vanished(path));
+            out.push(Found::vanished(path, *kind));
         }
     }
     records(out, fsid)
@@ -301,11 +301,17 @@ mod tests {
         new.entries.insert(b"/r/touched".to_vec(), st(3, 2));
         new.entries.insert(b"/r/replaced".to_vec(), st(9, 1));
         new.entries.insert(b"/r/new".to_vec(), st(5, 1));
-        let touched: std::collections::HashSet<Vec<u8>> =
-            [b"/r/born_and_gone".to_vec(), b"/r/new".to_vec()]
-                .into_iter()
-                .collect();
-        let mut got: Vec<(Vec<u8>, Changes)> = diff(&old, &new, &touched, 7)
+        let touched: Touched = [
+            (b"/r/born_and_gone".to_vec(), ObjectKind::Dir),
+            (b"/r/new".to_vec(), ObjectKind::File),
+        ]
+        .into_iter()
+        .collect();
+        let recs = diff(&old, &new, &touched, 7);
+        // A vanished path keeps the kind the journal last saw there.
+        assert!(recs.iter().any(|r| matches!(r,
+            RecordBody::Event(e) if e.path == b"/r/born_and_gone" && e.kind == ObjectKind::Dir)));
+        let mut got: Vec<(Vec<u8>, Changes)> = recs
             .into_iter()
             .map(|r| match r {
                 RecordBody::Event(e) => (e.path, e.changes),
@@ -341,7 +347,7 @@ mod tests {
         // Two new names for one old inode: ambiguous, left as they are.
         new.entries.insert(b"/r/y".to_vec(), st(8, 2));
         new.entries.insert(b"/r/z".to_vec(), st(8, 2));
-        let recs = diff(&old, &new, &HashSet::new(), 1);
+        let recs = diff(&old, &new, &Touched::new(), 1);
         let events: Vec<&EventRecord> = recs
             .iter()
             .map(|r| match r {
@@ -375,7 +381,7 @@ mod tests {
         let mut grew = st(12, 1);
         grew.size = 5;
         new.entries.insert(b"/r/e/grew".to_vec(), grew);
-        let paths: Vec<(Vec<u8>, Vec<u8>)> = diff(&old, &new, &HashSet::new(), 1)
+        let paths: Vec<(Vec<u8>, Vec<u8>)> = diff(&old, &new, &Touched::new(), 1)
             .into_iter()
             .map(|r| match r {
                 RecordBody::Event(e) => (e.old_path, e.path),

@@ -294,11 +294,17 @@ fn ephemeral(e: &Entry) -> bool {
     !e.exists && e.first.contains(Changes::CREATED) && !e.first.contains(Changes::RECONCILED)
 }
 
+/// A directory, or an object whose kind nobody saw (it may have been one:
+/// covering a subtree that was not there costs a client nothing).
+fn may_have_subtree(kind: ObjectKind) -> bool {
+    matches!(kind, ObjectKind::Dir | ObjectKind::Unknown)
+}
+
 fn merge_kind(en: &mut Entry, kind: ObjectKind) {
     if en.kind == ObjectKind::Unknown {
         en.kind = kind;
     }
-    if kind == ObjectKind::Dir && en.changes.intersects(SUBTREE_CHANGES) {
+    if may_have_subtree(kind) && en.changes.intersects(SUBTREE_CHANGES) {
         en.subtree = true;
     }
 }
@@ -394,7 +400,7 @@ pub fn answer(
     let rescans = dedupe(std::mem::take(&mut b.rescans));
     let mut entries: Vec<Entry> = b.paths.into_values().collect();
     for e in &mut entries {
-        if e.kind == ObjectKind::Dir && e.changes.intersects(SUBTREE_CHANGES) {
+        if may_have_subtree(e.kind) && e.changes.intersects(SUBTREE_CHANGES) {
             e.subtree = true;
         }
         if let Ok(Some(st)) = nsys::stat_path_nofollow(&e.path) {

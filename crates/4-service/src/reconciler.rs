@@ -24,9 +24,11 @@ use cj_capture::Waker;
 use cj_journal::Item;
 use cj_normalize::is_at_or_below;
 use cj_reconcile::fast::{self, FsMarks, Method};
-use cj_reconcile::{diff, diff_transitions, open_root, refresh, walk, Snapshot, WalkProgress};
-use cj_types::{Changes, GapReason, RecordBody, ResolvedRecord};
-use std::collections::{HashMap, HashSet};
+use cj_reconcile::{
+    diff, diff_transitions, open_root, refresh, walk, Snapshot, Touched, WalkProgress,
+};
+use cj_types::{Changes, GapReason, ObjectKind, RecordBody, ResolvedRecord};
+use std::collections::HashMap;
 
 use crate::pipeline::{Ctl, Shared};
 
@@ -375,12 +377,12 @@ impl Reconciler {
         after: u64,
         upto: u64,
         baseline: &Snapshot,
-    ) -> Result<(HashSet<Vec<u8>>, Option<&'static str>), String> {
+    ) -> Result<(Touched, Option<&'static str>), String> {
         if after + 1 < self.reader.first_seq() {
             return Err("the journal since the baseline has expired; the next walk becomes the new baseline".into());
         }
-        // Path -> whether the journal last left it existing.
-        let mut out: HashMap<Vec<u8>, bool> = HashMap::new();
+        // Path -> what the journal last saw there (`None`: removed).
+        let mut out: HashMap<Vec<u8>, Option<ObjectKind>> = HashMap::new();
         let mut damaged = false;
         let mut too_many = false;
         let mut renames = 0usize;
@@ -410,14 +412,14 @@ impl Reconciler {
                                 follow_rename(&mut out, baseline, &e.old_path, &e.path);
                             }
                             if !e.old_path.is_empty() && is_at_or_below(&e.old_path, root) {
-                                out.insert(e.old_path, false);
+                                out.insert(e.old_path, None);
                             }
                             if !e.path.is_empty() && is_at_or_below(&e.path, root) {
                                 let gone = e.changes.contains(Changes::DELETED)
                                     && !e.changes.intersects(
                                         Changes::CREATED | Changes::RENAMED_TO | Changes::REPLACED,
                                     );
-                                out.insert(e.path, !gone);
+                                out.insert(e.path, (!gone).then_some(e.kind));
                             }
                         }
                     }
@@ -442,8 +444,7 @@ impl Reconciler {
         // unseen; a path it saw removed was already gone at the gap.
         let present = out
             .into_iter()
-            .filter(|(_, p)| *p)
-            .map(|(k, _)| k)
+            .filter_map(|(k, kind)| Some((k, kind?)))
             .collect();
         Ok((present, forced))
     }
@@ -848,13 +849,18 @@ fn save_baseline(root: &[u8], new: &Snapshot, dir: &std::path::Path) -> Result<(
 /// Moves, in `out`, every path at or below `from` (known to the journal or
 /// present in the baseline) to the same path below `to`, keeping its state;
 /// the old paths are gone.
-fn follow_rename(out: &mut HashMap<Vec<u8>, bool>, baseline: &Snapshot, from: &[u8], to: &[u8]) {
+fn follow_rename(
+    out: &mut HashMap<Vec<u8>, Option<ObjectKind>>,
+    baseline: &Snapshot,
+    from: &[u8],
+    to: &[u8],
+) {
     let mut hi = from.to_vec();
     hi.push(b'/' + 1);
-    let mut moved: Vec<(Vec<u8>, bool)> = out
+    let mut moved: Vec<(Vec<u8>, Option<ObjectKind>)> = out
         .iter()
         .filter(|(p, _)| is_at_or_below(p, from))
-        .map(|(p, present)| (p.clone(), *present))
+        .map(|(p, kind)| (p.clone(), *kind))
         .collect();
     moved.extend(
         baseline
@@ -864,12 +870,12 @@ fn follow_rename(out: &mut HashMap<Vec<u8>, bool>, baseline: &Snapshot, from: &[
                 std::ops::Bound::Excluded(&hi[..]),
             )
             .filter(|(p, _)| is_at_or_below(p, from) && !out.contains_key(*p))
-            .map(|(p, _)| (p.to_vec(), true)),
+            .map(|(p, st)| (p.to_vec(), Some(ObjectKind::from_mode(st.mode)))),
     );
-    for (p, present) in moved {
+    for (p, kind) in moved {
         let mut n = to.to_vec();
         n.extend_from_slice(&p[from.len()..]);
-        out.insert(p, false);
-        out.insert(n, present);
+        out.insert(p, None);
+        out.insert(n, kind);
     }
 }

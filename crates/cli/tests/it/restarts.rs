@@ -588,3 +588,31 @@ fn quiet_baseline_refresh_xfs() {
 fn quiet_baseline_refresh_btrfs() {
     quiet_baseline_refresh(Fs::Btrfs);
 }
+
+/// A directory moved into the tree live (so only the journal knows it:
+/// the baseline predates it) and removed with its contents while the
+/// daemon is down: its reconciled deletion must cover its subtree, or the
+/// files it held are reported by nothing.
+#[test]
+fn a_directory_known_only_to_the_journal_and_removed_while_down_covers_its_subtree() {
+    let m = Mount::new(Fs::Ext4);
+    let mut d = Daemon::start(&m.mnt, &[]);
+    let t = m.mnt.join("tree");
+    let outside = m.mnt.join("outside");
+    fs::create_dir_all(&t).unwrap();
+    fs::create_dir_all(outside.join("moved_in")).unwrap();
+    fs::write(outside.join("moved_in/inner"), b"1").unwrap();
+    d.track(&t);
+    d.reconciled();
+    fs::rename(outside.join("moved_in"), t.join("moved_in")).unwrap();
+    let c1 = d.cursor(); // a client has seen moved_in/inner by now
+    d.stop();
+    fs::remove_dir_all(t.join("moved_in")).unwrap();
+    d.spawn();
+    let a = d.changes_wait(&c1, 60);
+    assert_eq!(a.code, 0, "{}", a.dump());
+    let e = a
+        .get(&t.join("moved_in"))
+        .unwrap_or_else(|| panic!("{}", a.dump()));
+    assert_eq!(e["subtree"], true, "{}", a.dump());
+}
