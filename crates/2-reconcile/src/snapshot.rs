@@ -288,7 +288,14 @@ impl Snapshot {
             let path = path.to_path_buf();
             move |source| SnapshotError::Io { path, op, source }
         };
-        fs::create_dir_all(dir).map_err(io(dir, "create directory"))?;
+        {
+            use std::os::unix::fs::DirBuilderExt;
+            fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(dir)
+                .map_err(io(dir, "create directory"))?;
+        }
         let path = Snapshot::file_for(dir, &self.root);
         let tmp = path.with_extension("tmp");
         let _ = fs::remove_file(&tmp);
@@ -366,9 +373,23 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let s = sample();
         assert!(Snapshot::load(dir.path(), b"/root").unwrap().is_none());
-        s.save(dir.path()).unwrap();
-        let l = Snapshot::load(dir.path(), b"/root").unwrap().unwrap();
+        s.save(&dir.path().join("snaps")).unwrap();
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode(&dir.path().join("snaps")), 0o700);
+            assert_eq!(
+                mode(&Snapshot::file_for(&dir.path().join("snaps"), b"/root")),
+                0o600
+            );
+        }
+        let l = Snapshot::load(&dir.path().join("snaps"), b"/root")
+            .unwrap()
+            .unwrap();
         assert_eq!(l.entries.len(), 10_000);
-        assert_eq!(Snapshot::load_marks(dir.path(), b"/root"), Some(s.marks));
+        assert_eq!(
+            Snapshot::load_marks(&dir.path().join("snaps"), b"/root"),
+            Some(s.marks)
+        );
     }
 }
