@@ -24,7 +24,7 @@ pub use entries::{Entries, Range};
 pub use pwalk::{walk, WALK_THREADS};
 pub use refresh::{refresh, Transitions};
 pub use snapshot::{Snapshot, SnapshotError, Stat};
-pub use walk::{open_root, walk_sequential, WalkError, WalkProgress};
+pub use walk::{open_root, WalkError, WalkProgress};
 
 use std::collections::HashSet;
 

@@ -15,7 +15,8 @@ use std::sync::atomic::Ordering;
 use std::sync::{Condvar, Mutex};
 
 use crate::walk::{
-    below, join, open_beneath, open_root, read_names, stat_root, statx_at, DIRENT_BUFFER_BYTES,
+    below, gone, join, open_beneath, open_root, read_names, stat_root, statx_at,
+    DIRENT_BUFFER_BYTES,
 };
 use crate::{Entries, Stat, WalkError, WalkProgress};
 
@@ -66,17 +67,7 @@ impl Shared<'_> {
             Ok(fd) => fd,
             // Gone, replaced by a non-directory or a mount point since it
             // was listed: the live capture has the change.
-            Err(e)
-                if matches!(
-                    e.raw_os_error(),
-                    Some(libc::ENOENT)
-                        | Some(libc::ENOTDIR)
-                        | Some(libc::ELOOP)
-                        | Some(libc::EXDEV)
-                ) =>
-            {
-                return Ok(())
-            }
+            Err(e) if gone(&e) => return Ok(()),
             Err(source) => {
                 return Err(WalkError::Directory {
                     path: dir.to_vec(),
@@ -174,15 +165,31 @@ pub fn walk(
         source,
     })?;
     let (root_stat, mnt) = stat_root(&root_fd, root)?;
+    let mut pairs = vec![(root.to_vec(), root_stat)];
+    // The root sorts before everything below it.
+    pairs.extend(walk_below(&root_fd, root, root, mnt, excluded, progress)?);
+    Ok(Entries::from_sorted(pairs))
+}
+
+/// Every path strictly below `start` (a directory at or below `root`, open
+/// as `root_fd`, on mount `mnt`) with its stat, sorted by path.
+pub(crate) fn walk_below(
+    root_fd: &OwnedFd,
+    root: &[u8],
+    start: &[u8],
+    mnt: u64,
+    excluded: &[Vec<u8>],
+    progress: &WalkProgress,
+) -> Result<Vec<(Vec<u8>, Stat)>, WalkError> {
     let shared = Shared {
         work: Mutex::new(Work {
-            stack: vec![root.to_vec()],
+            stack: vec![start.to_vec()],
             active: 0,
             failed: None,
         }),
         cv: Condvar::new(),
         root,
-        root_fd: &root_fd,
+        root_fd,
         mnt,
         excluded,
         progress,
@@ -210,11 +217,10 @@ pub fn walk(
     if work.active != 0 || !work.stack.is_empty() {
         // A worker died (panicked) with work left: the walk is incomplete.
         return Err(WalkError::Directory {
-            path: root.to_vec(),
+            path: start.to_vec(),
             source: std::io::Error::other("a walk worker stopped unexpectedly"),
         });
     }
-    parts.push(vec![(root.to_vec(), root_stat)]);
     // Merge the sorted parts (a handful); the map is then built from sorted
     // input in one pass.
     let total = parts.iter().map(Vec::len).sum();
@@ -236,5 +242,5 @@ pub fn walk(
         merged.push((std::mem::take(path), *stat));
         pos[b] += 1;
     }
-    Ok(Entries::from_sorted(merged))
+    Ok(merged)
 }

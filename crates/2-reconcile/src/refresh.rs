@@ -22,7 +22,8 @@ use std::ops::Bound;
 use std::os::unix::io::{AsRawFd, OwnedFd, RawFd};
 use std::sync::atomic::Ordering;
 
-use crate::walk::{join, open_beneath, open_child, read_entries, stat_root, statx_at, walk_from};
+use crate::pwalk::walk_below;
+use crate::walk::{gone, join, open_beneath, read_entries, stat_root, statx_at};
 use crate::{Entries, Snapshot, Stat, WalkError, WalkProgress};
 
 /// Paths whose stat changed: (stat in the baseline, stat now); `None` means
@@ -40,14 +41,6 @@ fn einval() -> std::io::Error {
     std::io::Error::from_raw_os_error(libc::EINVAL)
 }
 
-/// "Not there any more as a directory": the path is settled by its parent.
-fn gone(e: &std::io::Error) -> bool {
-    matches!(
-        e.raw_os_error(),
-        Some(libc::ENOENT) | Some(libc::ENOTDIR) | Some(libc::ELOOP) | Some(libc::EXDEV)
-    )
-}
-
 /// `[lo, hi)`: the keys strictly below `dir`.
 fn below_range(dir: &[u8]) -> (Vec<u8>, Vec<u8>) {
     let base = dir.strip_suffix(b"/").unwrap_or(dir);
@@ -60,6 +53,7 @@ fn below_range(dir: &[u8]) -> (Vec<u8>, Vec<u8>) {
 
 struct Refresher<'a> {
     map: &'a mut Entries,
+    root_fd: &'a OwnedFd,
     root: &'a [u8],
     mnt: u64,
     excluded: &'a [Vec<u8>],
@@ -163,7 +157,7 @@ impl Refresher<'_> {
                 }
                 self.set(&path, Some(now));
                 if is_dir(&now) {
-                    self.walk_new(dir, &cname, path)?;
+                    self.walk_new(&path)?;
                 }
             }
         }
@@ -172,15 +166,16 @@ impl Refresher<'_> {
 
     /// A directory the baseline does not know (new, moved in or replaced):
     /// everything below it is new.
-    fn walk_new(&mut self, dir: RawFd, name: &CString, path: Vec<u8>) -> Result<(), WalkError> {
-        let fd = match open_child(dir, name) {
-            Ok(fd) => fd,
-            Err(e) if gone(&e) => return Ok(()),
-            Err(source) => return Err(WalkError::Directory { path, source }),
-        };
-        let mut sub = BTreeMap::new();
-        walk_from(fd, path, self.mnt, self.excluded, &mut sub, self.progress)?;
-        for (k, v) in sub {
+    fn walk_new(&mut self, path: &[u8]) -> Result<(), WalkError> {
+        let below = walk_below(
+            self.root_fd,
+            self.root,
+            path,
+            self.mnt,
+            self.excluded,
+            self.progress,
+        )?;
+        for (k, v) in below {
             self.set(&k, Some(v));
         }
         Ok(())
@@ -292,6 +287,7 @@ pub fn refresh(
     }
     let mut r = Refresher {
         map: &mut snap.entries,
+        root_fd,
         root: &root,
         mnt,
         excluded,

@@ -1,21 +1,17 @@
-//! A symlink-safe tree walk: every directory is opened relative to its
-//! parent's descriptor with `O_NOFOLLOW`, read with `getdents64`, and every
-//! entry is looked at with `statx(AT_SYMLINK_NOFOLLOW)` relative to it. The
-//! walk never leaves the root's mount (other mounts are not captured either).
+//! The pieces every walk and refresh is made of: symlink-safe directory
+//! opens (`openat2` without following any symlink, never leaving the root or
+//! its mount, `O_NOATIME`), `getdents64` listings and `statx` relative to a
+//! directory descriptor. The walk itself is in `pwalk.rs`.
 
-use std::collections::BTreeMap;
 use std::ffi::CString;
 use std::fmt;
 use std::os::unix::io::{AsRawFd, FromRawFd, OwnedFd, RawFd};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::AtomicU64;
 
 use crate::Stat;
 
 /// `getdents64` buffer size.
 pub(crate) const DIRENT_BUFFER_BYTES: usize = 64 * 1024;
-/// Directories open at once is bounded by the tree depth; deeper trees than
-/// this are refused rather than exhausting descriptors.
-pub(crate) const DEPTH_MAX: usize = 4096;
 
 /// Counters a status request can read while a walk runs.
 #[derive(Default, Debug)]
@@ -37,9 +33,6 @@ pub enum WalkError {
         path: Vec<u8>,
         source: std::io::Error,
     },
-    TooDeep {
-        path: Vec<u8>,
-    },
 }
 
 impl fmt::Display for WalkError {
@@ -59,11 +52,6 @@ impl fmt::Display for WalkError {
                     String::from_utf8_lossy(path)
                 )
             }
-            WalkError::TooDeep { path } => write!(
-                f,
-                "directory tree deeper than {DEPTH_MAX} levels at {}",
-                String::from_utf8_lossy(path)
-            ),
         }
     }
 }
@@ -173,8 +161,13 @@ pub(crate) fn open_beneath(dir: RawFd, rel: &[u8]) -> std::io::Result<OwnedFd> {
     open_dir(dir, rel, libc::O_NOFOLLOW, BENEATH)
 }
 
-pub(crate) fn open_child(dir: RawFd, name: &CString) -> std::io::Result<OwnedFd> {
-    open_dir(dir, name.as_bytes(), libc::O_NOFOLLOW, BENEATH)
+/// "Not there any more as a directory" (removed, replaced by something
+/// else, or now a mount point): the change is someone else's to report.
+pub(crate) fn gone(e: &std::io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::ENOENT) | Some(libc::ENOTDIR) | Some(libc::ELOOP) | Some(libc::EXDEV)
+    )
 }
 
 /// Names in a directory (without "." and "..").
@@ -232,143 +225,6 @@ pub(crate) fn below(path: &[u8], root: &[u8]) -> bool {
         && (path.len() == root.len() || path[root.len()] == b'/' || root.ends_with(b"/"))
 }
 
-/// One directory being walked: its descriptor and the subdirectories still
-/// to visit. Only one frame per depth level is open at a time.
-struct Frame {
-    fd: OwnedFd,
-    path: Vec<u8>,
-    subdirs: Vec<Vec<u8>>,
-}
-
-/// Walks `root` in one thread and returns every path below it (and the root)
-/// with its stat (the reconciler uses the parallel `crate::walk`).
-/// Paths at or below an `excluded` prefix are left out. Entries that vanish
-/// during the walk are skipped (the live capture sees their removal).
-/// Descriptors held at once: the tree depth (at most `DEPTH_MAX`).
-pub fn walk_sequential(
-    root: &[u8],
-    excluded: &[Vec<u8>],
-    progress: &WalkProgress,
-) -> Result<BTreeMap<Vec<u8>, Stat>, WalkError> {
-    let root_fd = open_root(root).map_err(|source| WalkError::Root {
-        path: root.to_vec(),
-        source,
-    })?;
-    let (root_stat, root_mnt) = stat_root(&root_fd, root)?;
-    let mut out = BTreeMap::new();
-    out.insert(root.to_vec(), root_stat);
-    walk_from(
-        root_fd,
-        root.to_vec(),
-        root_mnt,
-        excluded,
-        &mut out,
-        progress,
-    )?;
-    Ok(out)
-}
-
-/// Walks below the open directory `dir` (at `path`, on mount `mnt`) and adds
-/// every entry to `out` (the directory itself is not added).
-pub(crate) fn walk_from(
-    dir: OwnedFd,
-    path: Vec<u8>,
-    mnt: u64,
-    excluded: &[Vec<u8>],
-    out: &mut BTreeMap<Vec<u8>, Stat>,
-    progress: &WalkProgress,
-) -> Result<(), WalkError> {
-    let mut buf = vec![0u8; DIRENT_BUFFER_BYTES];
-    let mut stack: Vec<Frame> = Vec::new();
-    if let Some(frame) = read_dir(dir, path, mnt, excluded, &mut buf, out, progress)? {
-        stack.push(frame);
-    }
-    while let Some(top) = stack.last_mut() {
-        let Some(name) = top.subdirs.pop() else {
-            stack.pop();
-            continue;
-        };
-        let child = join(&top.path, &name);
-        let Ok(cname) = CString::new(name) else {
-            continue;
-        };
-        let fd = match open_child(top.fd.as_raw_fd(), &cname) {
-            Ok(fd) => fd,
-            // Gone or replaced by a non-directory since: captured live.
-            Err(e)
-                if matches!(
-                    e.raw_os_error(),
-                    Some(libc::ENOENT) | Some(libc::ENOTDIR) | Some(libc::ELOOP)
-                ) =>
-            {
-                continue
-            }
-            Err(source) => {
-                return Err(WalkError::Directory {
-                    path: child,
-                    source,
-                })
-            }
-        };
-        if stack.len() >= DEPTH_MAX {
-            return Err(WalkError::TooDeep { path: child });
-        }
-        if let Some(frame) = read_dir(fd, child, mnt, excluded, &mut buf, out, progress)? {
-            stack.push(frame);
-        }
-    }
-    Ok(())
-}
-
-/// Reads one directory: records every entry's stat, and returns the frame of
-/// its subdirectories to visit (`None` if it vanished meanwhile).
-fn read_dir(
-    fd: OwnedFd,
-    path: Vec<u8>,
-    root_mnt: u64,
-    excluded: &[Vec<u8>],
-    buf: &mut [u8],
-    out: &mut BTreeMap<Vec<u8>, Stat>,
-    progress: &WalkProgress,
-) -> Result<Option<Frame>, WalkError> {
-    progress.directories.fetch_add(1, Ordering::Relaxed);
-    let names = match read_names(fd.as_raw_fd(), buf) {
-        Ok(n) => n,
-        // Removed while we walked: its removal is captured live.
-        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(None),
-        Err(source) => return Err(WalkError::Directory { path, source }),
-    };
-    let mut subdirs = Vec::new();
-    for name in names {
-        let child = join(&path, &name);
-        if excluded.iter().any(|e| below(&child, e)) {
-            continue;
-        }
-        let Ok(cname) = CString::new(name.clone()) else {
-            continue;
-        };
-        let (stat, mnt) = match statx_at(fd.as_raw_fd(), &cname, libc::AT_SYMLINK_NOFOLLOW) {
-            Ok(s) => s,
-            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => continue,
-            Err(source) => {
-                return Err(WalkError::Directory {
-                    path: child,
-                    source,
-                })
-            }
-        };
-        progress.entries.fetch_add(1, Ordering::Relaxed);
-        if mnt != root_mnt {
-            continue; // another mount: not captured, not walked
-        }
-        out.insert(child, stat);
-        if stat.mode & 0o170000 == 0o040000 {
-            subdirs.push(name);
-        }
-    }
-    Ok(Some(Frame { fd, path, subdirs }))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -376,13 +232,14 @@ mod tests {
 
     #[test]
     fn wide_directories_do_not_hold_a_descriptor_each() {
+        const WIDE: usize = 4196;
         let d = tempfile::tempdir().unwrap();
         let root = d.path().as_os_str().as_bytes().to_vec();
-        for i in 0..DEPTH_MAX + 100 {
+        for i in 0..WIDE {
             std::fs::create_dir(d.path().join(format!("d{i}"))).unwrap();
         }
-        let got = walk_sequential(&root, &[], &WalkProgress::default()).unwrap();
-        assert_eq!(got.len(), DEPTH_MAX + 101);
+        let got = crate::walk(&root, &[], &WalkProgress::default()).unwrap();
+        assert_eq!(got.len(), WIDE + 1);
     }
 
     #[test]
@@ -398,8 +255,7 @@ mod tests {
         let root = r.as_os_str().as_bytes().to_vec();
         let excluded = vec![join(&root, b"skip")];
         let p = WalkProgress::default();
-        let got = walk_sequential(&root, &excluded, &p).unwrap();
-        assert_eq!(got, crate::walk(&root, &excluded, &p).unwrap().to_map());
+        let got = crate::walk(&root, &excluded, &p).unwrap().to_map();
         let mut names: Vec<Vec<u8>> = got.keys().map(|k| k[root.len()..].to_vec()).collect();
         names.sort();
         assert_eq!(
@@ -443,7 +299,6 @@ mod tests {
         );
         let root = d.path().as_os_str().as_bytes().to_vec();
         crate::walk(&root, &[], &WalkProgress::default()).unwrap();
-        walk_sequential(&root, &[], &WalkProgress::default()).unwrap();
         assert_eq!(std::fs::metadata(&sub).unwrap().atime(), 1000);
     }
 }
