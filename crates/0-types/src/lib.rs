@@ -6,6 +6,7 @@
 //! the stages: capture -> normalisation -> journal -> service -> client.
 
 mod cursor;
+pub mod fsutil;
 mod path;
 pub mod protocol;
 mod record;

@@ -8,9 +8,7 @@
 use crate::entries::{encode_entry, Entries, ENTRY_FIXED_LEN};
 use crate::fast::FsMarks;
 use std::fmt;
-use std::fs::{self, File, OpenOptions};
-use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
+use std::fs::{self, File};
 use std::path::{Path, PathBuf};
 
 const MAGIC: [u8; 8] = *b"CJSNAPSH";
@@ -296,22 +294,12 @@ impl Snapshot {
                 .create(dir)
                 .map_err(io(dir, "create directory"))?;
         }
-        let path = Snapshot::file_for(dir, &self.root);
-        let tmp = path.with_extension("tmp");
-        let _ = fs::remove_file(&tmp);
-        let mut f = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .custom_flags(libc::O_CLOEXEC | libc::O_NOFOLLOW)
-            .open(&tmp)
-            .map_err(io(&tmp, "create"))?;
-        f.write_all(&self.encode()).map_err(io(&tmp, "write"))?;
-        f.sync_all().map_err(io(&tmp, "fsync"))?;
-        fs::rename(&tmp, &path).map_err(io(&path, "rename"))?;
-        File::open(dir)
-            .and_then(|d| d.sync_all())
-            .map_err(io(dir, "fsync directory"))
+        cj_types::fsutil::write_atomic(&Snapshot::file_for(dir, &self.root), &self.encode())
+            .map_err(|e| SnapshotError::Io {
+                path: e.path,
+                op: e.op,
+                source: e.source,
+            })
     }
 
     pub fn remove(dir: &Path, root: &[u8]) {

@@ -277,23 +277,10 @@ fn read_id_file(dir: &Path) -> Option<JournalId> {
 }
 
 fn write_id_file(dir: &Path, id: JournalId) -> Result<(), Error> {
-    use std::io::Write;
-    let tmp = dir.join(format!("{ID_FILE}.tmp"));
-    let path = dir.join(ID_FILE);
     let mut b = id.0.to_vec();
     b.extend_from_slice(&crc32c::crc32c(&id.0).to_le_bytes());
-    let _ = fs::remove_file(&tmp);
-    let mut f = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .custom_flags(libc::O_CLOEXEC | libc::O_NOFOLLOW)
-        .open(&tmp)
-        .map_err(error::io(&tmp, "create"))?;
-    f.write_all(&b).map_err(error::io(&tmp, "write"))?;
-    f.sync_all().map_err(error::io(&tmp, "fsync"))?;
-    fs::rename(&tmp, &path).map_err(error::io(&path, "rename"))?;
-    fsync_dir(dir)
+    cj_types::fsutil::write_atomic(&dir.join(ID_FILE), &b)
+        .map_err(|e| error::io(&e.path, e.op)(e.source))
 }
 
 fn lock_dir(dir: &Path) -> Result<File, Error> {

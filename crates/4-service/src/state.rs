@@ -2,9 +2,7 @@
 //! clean-stop marker. Both are replaced atomically (write, fsync, rename,
 //! fsync directory) and created 0600.
 
-use std::fs::{self, File, OpenOptions};
-use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
+use std::fs::{self, File};
 use std::path::{Path, PathBuf};
 
 use cj_types::protocol::{get_path, put_path};
@@ -20,22 +18,7 @@ pub const BOOT_ID_FILE: &str = "boot-id";
 pub const ROOTS_MAX: usize = 64;
 
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), Error> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let tmp = path.with_extension("tmp");
-    let _ = fs::remove_file(&tmp);
-    let mut f = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .custom_flags(libc::O_CLOEXEC | libc::O_NOFOLLOW)
-        .open(&tmp)
-        .map_err(io(&tmp, "create"))?;
-    f.write_all(bytes).map_err(io(&tmp, "write"))?;
-    f.sync_all().map_err(io(&tmp, "fsync"))?;
-    fs::rename(&tmp, path).map_err(io(path, "rename"))?;
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(io(dir, "fsync directory"))
+    cj_types::fsutil::write_atomic(path, bytes).map_err(|e| io(&e.path, e.op)(e.source))
 }
 
 pub fn load_roots(state_dir: &Path) -> Result<Vec<Vec<u8>>, Error> {
