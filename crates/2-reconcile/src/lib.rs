@@ -22,7 +22,7 @@ mod walk;
 
 pub use entries::{Entries, Range};
 pub use pwalk::{walk, WALK_THREADS};
-pub use refresh::{refresh, Transitions};
+pub use refresh::{changed_by_paths, refresh, Transitions};
 pub use snapshot::{Snapshot, SnapshotError, Stat};
 pub use walk::{open_root, WalkError, WalkProgress};
 

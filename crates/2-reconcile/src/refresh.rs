@@ -262,6 +262,42 @@ impl Refresher<'_> {
     }
 }
 
+/// The inodes a refresh must look at again when `paths` are all the paths
+/// the journal names (created, deleted, renamed from or to, changed)
+/// since `snap`'s walk started: each path's inode in the baseline, and the
+/// baseline inode of its nearest ancestor the baseline holds (the directory
+/// whose entries changed, or the new subtree's nearest known ancestor, whose
+/// re-read finds and walks it).
+///
+/// Why this is enough when that journal range has no gap: every change to
+/// an entry or an inode below the root is a record naming its path (design
+/// section 4), so a directory none of whose entries is named has the
+/// baseline's entries, and an entry not named has the baseline's stat.
+pub fn changed_by_paths<'p>(
+    snap: &Snapshot,
+    paths: impl IntoIterator<Item = &'p [u8]>,
+) -> HashSet<u64> {
+    let mut out = HashSet::new();
+    for path in paths {
+        if !crate::walk::below(path, &snap.root) {
+            continue;
+        }
+        if let Some(s) = snap.entries.get(path) {
+            out.insert(s.ino);
+        }
+        let mut p = path;
+        while p.len() > snap.root.len() {
+            let cut = p.iter().rposition(|&b| b == b'/').unwrap_or(0);
+            p = &p[..cut.max(1)];
+            if let Some(s) = snap.entries.get(p) {
+                out.insert(s.ino);
+                break;
+            }
+        }
+    }
+    out
+}
+
 /// Brings `snap` up to date given every inode changed since its walk
 /// started, and returns what changed. `root_fd` is the open root.
 pub fn refresh(
@@ -346,6 +382,49 @@ mod tests {
         assert_eq!(snap.entries.to_map(), fresh);
         assert!(t.contains_key(&join(&root, b"x/moved/c/f")));
         assert_eq!(t[&join(&root, b"a/b/c/f")].1, None);
+    }
+
+    /// Driven by the paths a journal would name (each change's own path,
+    /// both sides of a rename, nothing below a moved directory), a refresh
+    /// reaches exactly what a fresh walk sees.
+    #[test]
+    fn refresh_from_named_paths_equals_a_walk() {
+        let d = tempfile::tempdir().unwrap();
+        let r = d.path();
+        std::fs::create_dir_all(r.join("a/b/c")).unwrap();
+        std::fs::create_dir_all(r.join("x/y")).unwrap();
+        std::fs::create_dir_all(r.join("quiet/q")).unwrap();
+        std::fs::write(r.join("a/b/c/f"), b"1").unwrap();
+        std::fs::write(r.join("a/g"), b"1").unwrap();
+        std::fs::write(r.join("x/y/h"), b"1").unwrap();
+        std::fs::write(r.join("quiet/q/z"), b"1").unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(outside.path().join("in/deep")).unwrap();
+        std::fs::write(outside.path().join("in/deep/k"), b"1").unwrap();
+        let root = r.as_os_str().as_bytes().to_vec();
+        let p = WalkProgress::default();
+        let mut snap = Snapshot::new(root.clone());
+        snap.entries = crate::walk(&root, &[], &p).unwrap();
+        let named: Vec<&[u8]> = vec![
+            b"a/b", b"x/moved", b"a/g", b"x/y/h", b"new", b"new/f", b"in",
+        ];
+        std::fs::rename(r.join("a/b"), r.join("x/moved")).unwrap();
+        std::fs::remove_file(r.join("a/g")).unwrap();
+        std::fs::create_dir(r.join("a/g")).unwrap();
+        std::fs::write(r.join("x/y/h"), b"22").unwrap();
+        std::fs::create_dir(r.join("new")).unwrap();
+        std::fs::write(r.join("new/f"), b"1").unwrap();
+        std::fs::rename(outside.path().join("in"), r.join("in")).unwrap();
+        let named: Vec<Vec<u8>> = named.iter().map(|n| join(&root, n)).collect();
+        let changed = changed_by_paths(&snap, named.iter().map(|n| &n[..]));
+        let quiet = snap.entries.get(&join(&root, b"quiet/q")).unwrap().ino;
+        assert!(!changed.contains(&quiet));
+        let fd = crate::walk::open_root(&root).unwrap();
+        let t = refresh(&mut snap, &fd, &[], &changed, &p).unwrap();
+        let fresh = crate::walk(&root, &[], &p).unwrap().to_map();
+        assert_eq!(snap.entries.to_map(), fresh);
+        assert!(t.contains_key(&join(&root, b"in/deep/k")));
+        assert!(!t.contains_key(&join(&root, b"quiet/q/z")));
     }
 
     /// Only the changed directory is read: an unchanged directory's new

@@ -37,7 +37,7 @@ use pipeline::{Ctl, Exit, Pipeline};
 
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/cj";
 pub const DEFAULT_SOCKET: &str = "/run/cj/cj.sock";
-/// Default for how often idle baselines on XFS/btrfs are refreshed.
+/// Default for how often idle baselines are refreshed.
 pub const BASELINE_REFRESH_DEFAULT_SECS: u64 = 600;
 
 #[derive(Clone, Debug)]
@@ -52,7 +52,7 @@ pub struct Config {
     pub commit_interval: Duration,
     /// Never use the XFS/btrfs fast paths to reconcile (always walk).
     pub reconcile_walk_only: bool,
-    /// How often idle baselines on XFS/btrfs are refreshed quietly
+    /// How often idle baselines are refreshed quietly
     /// (`None`: never).
     pub baseline_refresh: Option<Duration>,
 }

@@ -25,12 +25,20 @@ use cj_journal::Item;
 use cj_normalize::is_at_or_below;
 use cj_reconcile::fast::{self, FsMarks, Method};
 use cj_reconcile::{
-    diff, diff_transitions, open_root, refresh, walk, Snapshot, Touched, WalkProgress,
+    changed_by_paths, diff, diff_transitions, open_root, refresh, walk, Snapshot, Touched,
+    WalkProgress,
 };
 use cj_types::{Changes, GapReason, ObjectKind, RecordBody, ResolvedRecord};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use crate::pipeline::{Ctl, Shared};
+
+/// What a journal range says about a root (`Reconciler::journal_paths`).
+enum JournalPaths {
+    Incomplete,
+    TooMany,
+    Complete(HashSet<Vec<u8>>),
+}
 
 /// Requests kept before they are merged into one "everything" request.
 pub const RECONCILE_REQUESTS_MAX: usize = 4096;
@@ -66,8 +74,11 @@ pub struct Status {
     pub last_resolve_ms: u64,
     /// `walk`, `xfs-bulkstat` or `btrfs-tree-search`.
     pub last_method: &'static str,
-    /// Baselines brought up to date quietly (no gap, fast path).
+    /// Baselines brought up to date quietly (no gap in the journal).
     pub baseline_refreshes: u64,
+    /// How the last quiet refresh found what changed: `journal` (the paths
+    /// the journal names), a fast path, or `walk`.
+    pub last_refresh: &'static str,
     /// Why the last reconciliation walked instead of a fast path.
     pub last_walk_reason: String,
     /// Inodes the last fast path found changed.
@@ -478,64 +489,122 @@ impl Reconciler {
     /// incomplete below `root` (a gap, an unknown path, damage), or cannot
     /// be read.
     fn incomplete(&self, root: &[u8], after: u64, upto: u64) -> bool {
+        matches!(
+            self.journal_paths(root, after, upto, false),
+            JournalPaths::Incomplete
+        )
+    }
+
+    /// What the journal in `(after, upto]` says below `root`: incomplete
+    /// (a gap, an unknown path, damage, or a range that cannot be read),
+    /// or complete, with every path it names (old and new sides of
+    /// renames) when `collect` is set.
+    fn journal_paths(&self, root: &[u8], after: u64, upto: u64, collect: bool) -> JournalPaths {
         if after + 1 < self.reader.first_seq() {
-            return true;
+            return JournalPaths::Incomplete;
         }
         let mut bad = false;
+        let mut paths: HashSet<Vec<u8>> = HashSet::new();
+        let mut too_many = false;
         let scanned = self.reader.scan(after, upto, |item| {
-            bad = match item {
-                Item::Record(r) => match &r.body {
+            match item {
+                Item::Record(r) => match r.body {
                     RecordBody::Gap(g) => {
-                        g.scope.is_empty()
+                        bad = g.scope.is_empty()
                             || is_at_or_below(root, &g.scope)
                             || is_at_or_below(&g.scope, root)
                     }
-                    RecordBody::Event(e) => e.flags & cj_types::EVENT_FLAG_PATH_UNKNOWN != 0,
-                    _ => false,
+                    RecordBody::Event(e) => {
+                        bad = e.flags & cj_types::EVENT_FLAG_PATH_UNKNOWN != 0;
+                        if collect && !too_many {
+                            for p in [e.path, e.old_path] {
+                                if !p.is_empty() && is_at_or_below(&p, root) {
+                                    paths.insert(p);
+                                }
+                            }
+                            too_many = paths.len() > TOUCHED_PATHS_MAX;
+                        }
+                    }
+                    _ => {}
                 },
-                Item::Damaged { .. } => true,
+                Item::Damaged { .. } => bad = true,
             };
             !bad
         });
-        bad || scanned.is_err()
+        if bad || scanned.is_err() {
+            JournalPaths::Incomplete
+        } else if too_many {
+            JournalPaths::TooMany
+        } else {
+            JournalPaths::Complete(paths)
+        }
     }
 
-    /// Brings the baseline of `root` up to date by a fast path, without
-    /// journaling anything: allowed only when the journal since the
-    /// baseline is complete for the root (no gap, no unknown path), so
-    /// every change in between is already a record. Later gaps are then
-    /// compared with a recent state, and changes journaled before it are
-    /// not reported again (fewer false positives). `Ok(false)`: skipped.
+    /// Brings the baseline of `root` up to date without journaling
+    /// anything: allowed only when the journal since the baseline is
+    /// complete for the root (no gap, no unknown path), so every change in
+    /// between is already a record. Later gaps are then compared with a
+    /// recent state, and changes journaled before it are not reported again
+    /// (fewer false positives). `Ok(false)`: skipped.
+    ///
+    /// The journal itself says what to look at again (the paths it names,
+    /// `changed_by_paths`), on every filesystem. Only when it names more
+    /// than [`TOUCHED_PATHS_MAX`] paths does a fast path (XFS, btrfs) or a
+    /// walk find them instead.
     fn refresh_baseline(&self, root: &[u8]) -> Result<bool, String> {
         use std::os::fd::AsRawFd;
         let Ok(root_fd) = open_root(root) else {
             return Ok(false);
         };
-        if self.walk_only || fast::probe(root_fd.as_raw_fd()) == Method::Walk {
-            return Ok(false); // a refresh would be a whole walk
-        }
         let Some(mut base) = Snapshot::load(&self.snapshots, root).ok().flatten() else {
             return Ok(false);
         };
         let through = self.sync()?;
-        if through <= base.valid_after_seq || self.incomplete(root, base.through_seq, through) {
+        if through <= base.valid_after_seq {
             return Ok(false);
         }
         let marks = fast::marks(root_fd.as_raw_fd());
-        let Ok(method) = self.method(&root_fd, &base, &marks, None) else {
-            return Ok(false);
+        let how = match self.journal_paths(root, base.through_seq, through, true) {
+            JournalPaths::Incomplete => return Ok(false),
+            JournalPaths::Complete(paths) if paths.is_empty() => return Ok(false),
+            JournalPaths::Complete(paths) => {
+                let changed = changed_by_paths(&base, paths.iter().map(|p| &p[..]));
+                self.status(|s| s.running = Some(root.to_vec()));
+                refresh(
+                    &mut base,
+                    &root_fd,
+                    &self.excluded,
+                    &changed,
+                    &self.queue().progress,
+                )
+                .map_err(|e| e.to_string())?;
+                "journal"
+            }
+            JournalPaths::TooMany => {
+                self.status(|s| s.running = Some(root.to_vec()));
+                match self.method(&root_fd, &base, &marks, None) {
+                    Ok(method) => {
+                        let changed =
+                            fast::changed_inodes(root_fd.as_raw_fd(), method, &base.marks)
+                                .map_err(|e| e.to_string())?;
+                        refresh(
+                            &mut base,
+                            &root_fd,
+                            &self.excluded,
+                            &changed,
+                            &self.queue().progress,
+                        )
+                        .map_err(|e| e.to_string())?;
+                        method.as_str()
+                    }
+                    Err(_) => {
+                        base.entries = walk(root, &self.excluded, &self.queue().progress)
+                            .map_err(|e| e.to_string())?;
+                        Method::Walk.as_str()
+                    }
+                }
+            }
         };
-        self.status(|s| s.running = Some(root.to_vec()));
-        let changed = fast::changed_inodes(root_fd.as_raw_fd(), method, &base.marks)
-            .map_err(|e| e.to_string())?;
-        refresh(
-            &mut base,
-            &root_fd,
-            &self.excluded,
-            &changed,
-            &self.queue().progress,
-        )
-        .map_err(|e| e.to_string())?;
         let walk_end = self.sync()?;
         if self.gaps_arrived(root) || self.incomplete(root, through, walk_end) {
             return Ok(false);
@@ -544,6 +613,7 @@ impl Reconciler {
         base.through_seq = through;
         base.valid_after_seq = walk_end;
         save_baseline(root, &base, &self.snapshots)?;
+        self.status(|s| s.last_refresh = how);
         Ok(true)
     }
 

@@ -519,6 +519,9 @@ fn reconcile_status(ctx: &Context) -> Value {
         Value::from(st.baseline_refreshes),
     );
     m.insert("last_method".into(), Value::from(st.last_method));
+    if !st.last_refresh.is_empty() {
+        m.insert("last_refresh".into(), Value::from(st.last_refresh));
+    }
     if !st.last_walk_reason.is_empty() {
         m.insert("last_walk_reason".into(), Value::from(st.last_walk_reason));
     }

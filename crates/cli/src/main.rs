@@ -46,9 +46,9 @@ struct DaemonArgs {
     /// `walk` always walks and compares every entry.
     #[arg(long, value_name = "METHOD", default_value = "auto", value_parser = ["auto", "walk"])]
     reconcile: String,
-    /// On XFS and btrfs, bring idle baselines up to date this often (by the
-    /// fast path, journaling nothing), so that a later gap re-reports fewer
-    /// already journaled changes. 0 turns it off.
+    /// Bring idle baselines up to date this often (looking again at the
+    /// paths the journal names, journaling nothing), so that a later gap
+    /// re-reports fewer already journaled changes. 0 turns it off.
     #[arg(long, value_name = "SECS", default_value_t = cj_service::BASELINE_REFRESH_DEFAULT_SECS)]
     baseline_refresh_secs: u64,
     /// Testing only: use the kernel's bounded event queue so that

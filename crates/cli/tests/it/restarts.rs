@@ -550,11 +550,20 @@ fn quiet_baseline_refresh(kind: Fs) {
     let m = Mount::new(kind);
     let mut d = Daemon::start(&m.mnt, &["--baseline-refresh-secs", "1"]);
     let t = m.mnt.join("tree");
-    fs::create_dir(&t).unwrap();
+    let outside = m.mnt.join("outside");
+    fs::create_dir_all(t.join("sub")).unwrap();
+    fs::create_dir_all(outside.join("moved_in/deep")).unwrap();
+    fs::write(outside.join("moved_in/deep/inner"), b"1").unwrap();
     fs::write(t.join("early"), b"1").unwrap();
+    fs::write(t.join("sub/keep"), b"1").unwrap();
     d.track(&t);
     d.reconciled();
     fs::write(t.join("live"), b"1").unwrap();
+    fs::write(t.join("sub/keep"), b"22").unwrap();
+    // Known to the journal only as one rename record: a refresh driven by
+    // the journal must walk it whole.
+    fs::rename(outside.join("moved_in"), t.join("moved_in")).unwrap();
+    fs::rename(t.join("sub"), t.join("sub2")).unwrap();
     let c1 = d.cursor();
     let want = cursor_seq(&c1);
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
@@ -566,17 +575,35 @@ fn quiet_baseline_refresh(kind: Fs) {
         );
         std::thread::sleep(Duration::from_millis(200));
     }
+    let st: serde_json::Value = serde_json::from_str(&d.ok(&["status", "--json"])).unwrap();
+    assert_eq!(st["reconcile"]["last_refresh"], "journal", "{st}");
     d.stop();
     fs::write(t.join("down"), b"1").unwrap();
+    fs::remove_file(t.join("moved_in/deep/inner")).unwrap();
+    fs::write(t.join("sub2/keep"), b"333").unwrap();
     d.spawn();
     let a = d.changes_wait(&c1, 60);
     assert_eq!(a.code, 0, "{}", a.dump());
-    assert!(a.get(&t.join("down")).is_some(), "{}", a.dump());
-    assert!(
-        a.get(&t.join("live")).is_none(),
-        "reported again: {}",
-        a.dump()
-    );
+    for p in ["down", "moved_in/deep/inner", "sub2/keep"] {
+        assert!(a.get(&t.join(p)).is_some(), "{p} missing: {}", a.dump());
+    }
+    for p in ["live", "early", "moved_in", "sub", "sub2"] {
+        assert!(
+            a.get(&t.join(p)).is_none(),
+            "{p} reported again: {}",
+            a.dump()
+        );
+    }
+}
+
+#[test]
+fn quiet_baseline_refresh_ext4() {
+    quiet_baseline_refresh(Fs::Ext4);
+}
+
+#[test]
+fn quiet_baseline_refresh_tmpfs() {
+    quiet_baseline_refresh(Fs::Tmpfs);
 }
 
 #[test]
