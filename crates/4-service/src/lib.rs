@@ -37,6 +37,9 @@ use pipeline::{Ctl, Exit, Pipeline};
 
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/cj";
 pub const DEFAULT_SOCKET: &str = "/run/cj/cj.sock";
+/// How long a clean stop waits for the last quiet baseline refresh
+/// (`Queue::refresh_before_stop`).
+pub const STOP_REFRESH_WAIT: Duration = Duration::from_secs(20);
 /// Default for how often idle baselines are refreshed.
 pub const BASELINE_REFRESH_DEFAULT_SECS: u64 = 600;
 
@@ -265,7 +268,15 @@ pub fn run(config: Config) -> Result<(), Error> {
     let _ = fs::remove_file(&config.socket);
     match exit {
         Exit::Signal(sig) => {
-            log(format!("signal {sig}: draining and committing"));
+            log(format!("signal {sig}: bringing baselines up to date"));
+            if !pipeline
+                .shared
+                .reconcile
+                .refresh_before_stop(STOP_REFRESH_WAIT)
+            {
+                log("baselines not brought up to date in time; the next start may report already journaled changes again");
+            }
+            log("draining and committing");
             let last = pipeline.shutdown().map_err(Error::WriterFailed)?;
             state::write_clean_stop(&state_dir, last)?;
             log(format!("stopped cleanly at seq {last}"));

@@ -126,6 +126,8 @@ pub struct Queue {
     /// Batches finished: a waiting query that synced before a batch finished
     /// must look again (the batch's records lie past its answer).
     pub completed: std::sync::atomic::AtomicU64,
+    /// A clean stop asked for a last quiet refresh; told when it is done.
+    pub final_refresh: Mutex<Option<SyncSender<()>>>,
 }
 
 impl Queue {
@@ -212,6 +214,26 @@ impl Queue {
         self.stop.store(true, Ordering::SeqCst);
         self.cv.notify_all();
     }
+
+    /// Asks the reconciler, at a clean stop, to bring every baseline up to
+    /// date from the journal (design 11.5) while capture still runs, so the
+    /// next start compares with the state at the stop and reports only what
+    /// changed while the daemon was down. Waits at most `wait` (a running
+    /// reconciliation finishes first); `false` if it did not happen in time,
+    /// which costs only false positives later.
+    pub fn refresh_before_stop(&self, wait: Duration) -> bool {
+        let (tx, rx) = mpsc::sync_channel(1);
+        *self.final_refresh.lock().unwrap_or_else(|e| e.into_inner()) = Some(tx);
+        self.cv.notify_all();
+        rx.recv_timeout(wait).is_ok()
+    }
+
+    fn final_refresh_asked(&self) -> bool {
+        self.final_refresh
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_some()
+    }
 }
 
 pub struct Reconciler {
@@ -267,7 +289,10 @@ impl Reconciler {
                     .requests
                     .lock()
                     .unwrap_or_else(|e| e.into_inner());
-                while q.is_empty() && !self.queue().stop.load(Ordering::SeqCst) {
+                while q.is_empty()
+                    && !self.queue().stop.load(Ordering::SeqCst)
+                    && !self.queue().final_refresh_asked()
+                {
                     let Some(at) = next_refresh else {
                         q = self.queue().cv.wait(q).unwrap_or_else(|e| e.into_inner());
                         continue;
@@ -286,11 +311,25 @@ impl Reconciler {
                 if self.queue().stop.load(Ordering::SeqCst) {
                     return;
                 }
+                let last = self
+                    .queue()
+                    .final_refresh
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .take();
+                if let Some(done) = last {
+                    self.status(|s| s.running = Some(Vec::new()));
+                    drop(q);
+                    self.refresh_baselines(true);
+                    self.status(|s| s.running = None);
+                    let _ = done.send(());
+                    continue;
+                }
                 if q.is_empty() {
                     // Idle and due: refresh the baselines quietly.
                     self.status(|s| s.running = Some(Vec::new()));
                     drop(q);
-                    self.refresh_baselines();
+                    self.refresh_baselines(false);
                     self.status(|s| s.running = None);
                     next_refresh = self.refresh_every.map(|every| Instant::now() + every);
                     continue;
@@ -460,7 +499,12 @@ impl Reconciler {
         Ok((present, forced))
     }
 
-    fn refresh_baselines(&self) {
+    /// Quiet refreshes of every captured root's baseline. `last`: the
+    /// refresh before a clean stop, which runs even with requests pending
+    /// (their roots are skipped as incomplete) and only when the journal
+    /// names few enough paths (never a walk or a fast path: a stop must be
+    /// quick).
+    fn refresh_baselines(&self, last: bool) {
         let roots: Vec<Vec<u8>> = self
             .shared
             .roots
@@ -471,10 +515,10 @@ impl Reconciler {
             .map(|r| r.path.clone())
             .collect();
         for root in roots {
-            if self.queue().stop.load(Ordering::SeqCst) || self.queue().pending() > 0 {
+            if self.queue().stop.load(Ordering::SeqCst) || (!last && self.queue().pending() > 0) {
                 return;
             }
-            match self.refresh_baseline(&root) {
+            match self.refresh_baseline(&root, last) {
                 Ok(true) => self.status(|s| s.baseline_refreshes += 1),
                 Ok(false) => {}
                 Err(e) => eprintln!(
@@ -551,7 +595,7 @@ impl Reconciler {
     /// `changed_by_paths`), on every filesystem. Only when it names more
     /// than [`TOUCHED_PATHS_MAX`] paths does a fast path (XFS, btrfs) or a
     /// walk find them instead.
-    fn refresh_baseline(&self, root: &[u8]) -> Result<bool, String> {
+    fn refresh_baseline(&self, root: &[u8], journal_only: bool) -> Result<bool, String> {
         use std::os::fd::AsRawFd;
         let Ok(root_fd) = open_root(root) else {
             return Ok(false);
@@ -580,6 +624,7 @@ impl Reconciler {
                 .map_err(|e| e.to_string())?;
                 "journal"
             }
+            JournalPaths::TooMany if journal_only => return Ok(false),
             JournalPaths::TooMany => {
                 self.status(|s| s.running = Some(root.to_vec()));
                 match self.method(&root_fd, &base, &marks, None) {

@@ -616,6 +616,36 @@ fn quiet_baseline_refresh_btrfs() {
     quiet_baseline_refresh(Fs::Btrfs);
 }
 
+/// A clean stop brings the baseline up to date from the journal first, so
+/// after a restart only what changed while the daemon was down is
+/// reported, even with periodic refreshes off.
+#[test]
+fn a_clean_stop_refreshes_the_baseline() {
+    let m = Mount::new(Fs::Ext4);
+    let mut d = Daemon::start(&m.mnt, &["--baseline-refresh-secs", "0"]);
+    let t = m.mnt.join("tree");
+    fs::create_dir_all(t.join("dir")).unwrap();
+    fs::write(t.join("dir/old"), b"1").unwrap();
+    d.track(&t);
+    d.reconciled();
+    fs::write(t.join("live"), b"1").unwrap();
+    fs::rename(t.join("dir"), t.join("dir2")).unwrap();
+    let c1 = d.cursor();
+    d.stop();
+    fs::write(t.join("down"), b"1").unwrap();
+    d.spawn();
+    let a = d.changes_wait(&c1, 60);
+    assert_eq!(a.code, 0, "{}", a.dump());
+    assert!(a.get(&t.join("down")).is_some(), "{}", a.dump());
+    for p in ["live", "dir", "dir2", "dir2/old"] {
+        assert!(
+            a.get(&t.join(p)).is_none(),
+            "{p} reported again: {}",
+            a.dump()
+        );
+    }
+}
+
 /// A directory moved into the tree live (so only the journal knows it:
 /// the baseline predates it) and removed with its contents while the
 /// daemon is down: its reconciled deletion must cover its subtree, or the
