@@ -113,6 +113,39 @@ impl Base {
         lo
     }
 
+    /// First index `>= from` whose path is `>= k`, searching outward from
+    /// `from` (galloping): cheap when the answer is near, as the next child
+    /// of a directory is.
+    fn lower_from(&self, from: usize, k: &[u8]) -> usize {
+        let n = self.len();
+        if from >= n || self.path(from) >= k {
+            return from;
+        }
+        // path(lo) < k; the answer lies in (lo, hi].
+        let (mut lo, mut step) = (from, 1usize);
+        let mut hi = loop {
+            let probe = from.saturating_add(step);
+            if probe >= n {
+                break n;
+            }
+            if self.path(probe) >= k {
+                break probe;
+            }
+            lo = probe;
+            step = step.saturating_mul(2);
+        };
+        lo += 1;
+        while lo < hi {
+            let mid = lo + (hi - lo) / 2;
+            if self.path(mid) < k {
+                lo = mid + 1;
+            } else {
+                hi = mid;
+            }
+        }
+        lo
+    }
+
     fn find(&self, k: &[u8]) -> Option<usize> {
         let i = self.lower(k, true);
         (i < self.len() && self.path(i) == k).then_some(i)
@@ -223,6 +256,58 @@ impl Entries {
             overlay: map.into_iter().map(|(k, v)| (k, Some(v))).collect(),
             len,
         }
+    }
+
+    /// `dir`'s direct children (keys `dir/name`): names and stats, in order.
+    /// A child's own subtree is skipped by a galloping search, so the cost
+    /// follows the number of children, not of entries below `dir`.
+    pub fn children(&self, dir: &[u8]) -> Vec<(Vec<u8>, Stat)> {
+        let base = dir.strip_suffix(b"/").unwrap_or(dir);
+        let mut lo = base.to_vec();
+        lo.push(b'/');
+        let mut names: Vec<(Vec<u8>, Stat)> = Vec::new();
+        // Direct children among keys in [lo, hi): seek past each child's
+        // subtree (`child/` .. `child0`).
+        let mut i = self.base.lower(&lo, true);
+        let mut skip = Vec::new();
+        while i < self.base.len() {
+            let k = self.base.path(i);
+            if !k.starts_with(&lo) {
+                break;
+            }
+            let rest = &k[lo.len()..];
+            let name_len = rest.iter().position(|&b| b == b'/').unwrap_or(rest.len());
+            if name_len == rest.len() {
+                match self.overlay.get(k) {
+                    None => names.push((rest.to_vec(), self.base.stat(i))),
+                    Some(Some(o)) => names.push((rest.to_vec(), *o)),
+                    Some(None) => {}
+                }
+            }
+            if name_len < rest.len() {
+                // Deeper: jump past `lo + name + "/..."`.
+                skip.clear();
+                skip.extend_from_slice(&k[..lo.len() + name_len]);
+                skip.push(b'/' + 1);
+                i = self.base.lower_from(i, &skip);
+            } else {
+                i += 1;
+            }
+        }
+        let mut hi = base.to_vec();
+        hi.push(b'/' + 1);
+        let extra: Vec<(Vec<u8>, Stat)> = self
+            .overlay
+            .range::<[u8], _>((Bound::Included(&lo[..]), Bound::Excluded(&hi[..])))
+            .filter(|(k, _)| !k[lo.len()..].contains(&b'/'))
+            .filter_map(|(k, v)| Some((k[lo.len()..].to_vec(), (*v)?)))
+            .collect();
+        if !extra.is_empty() {
+            names.extend(extra);
+            names.sort_by(|a, b| a.0.cmp(&b.0));
+            names.dedup_by(|a, b| a.0 == b.0);
+        }
+        names
     }
 
     pub fn to_map(&self) -> BTreeMap<Vec<u8>, Stat> {
@@ -357,6 +442,65 @@ mod tests {
                 .map(|(k, _)| k.clone())
                 .collect();
             assert_eq!(got, want, "{lo:?}..{hi:?}");
+        }
+    }
+
+    /// `children` agrees with a naive filter over the merged map, for
+    /// names that sort around '/' ('-' and '0') and deep subtrees between
+    /// children, with an overlay that adds and hides entries.
+    #[test]
+    fn children_match_a_naive_filter() {
+        let mut paths: Vec<Vec<u8>> = Vec::new();
+        for top in ["/r/a", "/r/a-", "/r/a0", "/r/b", "/r/b/c", "/r/z"] {
+            paths.push(top.as_bytes().to_vec());
+            for i in 0..40 {
+                paths.push(format!("{top}/f{i:03}").into_bytes());
+                paths.push(format!("{top}/g{i:03}/deep").into_bytes());
+            }
+        }
+        paths.push(b"/r".to_vec());
+        paths.push(b"/r0".to_vec());
+        paths.push(b"/q/x".to_vec());
+        paths.sort();
+        paths.dedup();
+        let refs: Vec<&[u8]> = paths.iter().map(|p| &p[..]).collect();
+        let mut e = base_of(&refs);
+        let mut m = e.to_map();
+        for (k, add) in [
+            (&b"/r/a-"[..], false),
+            (b"/r/new", true),
+            (b"/r/a/f005", false),
+            (b"/r/a/new", true),
+            (b"/r/b/c/x/y", true),
+        ] {
+            if add {
+                e.insert(k.to_vec(), st(1));
+                m.insert(k.to_vec(), st(1));
+            } else {
+                e.remove(k);
+                m.remove(k);
+            }
+        }
+        for dir in [
+            &b"/r"[..],
+            b"/r/",
+            b"/r/a",
+            b"/r/a-",
+            b"/r/b",
+            b"/r/b/c",
+            b"/q",
+            b"/none",
+            b"/",
+        ] {
+            let d = dir.strip_suffix(b"/").unwrap_or(dir);
+            let mut lo = d.to_vec();
+            lo.push(b'/');
+            let want: Vec<(Vec<u8>, Stat)> = m
+                .iter()
+                .filter(|(k, _)| k.starts_with(&lo) && !k[lo.len()..].contains(&b'/'))
+                .map(|(k, v)| (k[lo.len()..].to_vec(), *v))
+                .collect();
+            assert_eq!(e.children(dir), want, "{}", String::from_utf8_lossy(dir));
         }
     }
 }

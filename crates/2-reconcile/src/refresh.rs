@@ -16,7 +16,7 @@
 //! Directories are re-read in path order, so a parent is settled before its
 //! children; a path that a parent's re-read removed is skipped.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::ffi::CString;
 use std::ops::Bound;
 use std::os::unix::io::{AsRawFd, OwnedFd, RawFd};
@@ -31,6 +31,8 @@ use crate::{Entries, Snapshot, Stat, WalkError, WalkProgress};
 pub type Transitions = BTreeMap<Vec<u8>, (Option<Stat>, Option<Stat>)>;
 
 const S_IFMT: u32 = 0o170000;
+/// Size of the changed-inode prefilter in `refresh` (64-bit words).
+const INO_FILTER_WORDS: usize = 4096;
 const S_IFDIR: u32 = 0o040000;
 
 fn is_dir(s: &Stat) -> bool {
@@ -91,35 +93,6 @@ impl Refresher<'_> {
             self.set(&k, None);
         }
         self.set(path, None);
-    }
-
-    /// The names of `dir`'s direct children in the map.
-    fn children(&self, dir: &[u8]) -> Vec<Vec<u8>> {
-        let (lo, hi) = below_range(dir);
-        let mut out = Vec::new();
-        let mut from = Bound::Included(lo.clone());
-        loop {
-            let next = self
-                .map
-                .range(from.as_ref().map(|v| &v[..]), Bound::Excluded(&hi[..]))
-                .next();
-            let Some((k, _)) = next else {
-                return out;
-            };
-            let rest = &k[lo.len()..];
-            match rest.iter().position(|&b| b == b'/') {
-                None => {
-                    out.push(rest.to_vec());
-                    from = Bound::Excluded(k.to_vec());
-                }
-                Some(i) => {
-                    // Something deeper: skip the whole subtree of that child.
-                    let mut skip = k[..lo.len() + i].to_vec();
-                    skip.push(b'/' + 1);
-                    from = Bound::Included(skip);
-                }
-            }
-        }
     }
 
     /// Settles `parent/name` against the filesystem, seen from `dir` (the
@@ -195,16 +168,21 @@ impl Refresher<'_> {
             }
         };
         let present: HashSet<&[u8]> = names.iter().map(|(n, _)| &n[..]).collect();
-        for old in self.children(path) {
+        let known: HashMap<Vec<u8>, u64> = self
+            .map
+            .children(path)
+            .into_iter()
+            .map(|(name, st)| (name, st.ino))
+            .collect();
+        for old in known.keys() {
             if !present.contains(&old[..]) {
-                self.remove_subtree(&join(path, &old));
+                self.remove_subtree(&join(path, old));
             }
         }
         for (name, ino) in &names {
             // The same inode under the same name, and not changed itself:
             // the baseline's stat is still right; no need to look.
-            let child = join(path, name);
-            if !self.changed.contains(ino) && self.map.get(&child).is_some_and(|s| s.ino == *ino) {
+            if !self.changed.contains(ino) && known.get(name) == Some(ino) {
                 continue;
             }
             self.settle_child(fd.as_raw_fd(), path, name)?;
@@ -312,8 +290,17 @@ pub fn refresh(
     // Directories first (path order: parents before children), then files.
     let mut dirs = Vec::new();
     let mut files = Vec::new();
+    // A bitmap of inode numbers' low bits rejects almost every unchanged
+    // entry before the hash lookup (a million entries per refresh).
+    let mut maybe = vec![0u64; INO_FILTER_WORDS];
+    let bit = |ino: u64| (ino % (INO_FILTER_WORDS as u64 * 64)) as usize;
+    for &ino in changed {
+        let b = bit(ino);
+        maybe[b / 64] |= 1 << (b % 64);
+    }
     for (path, st) in snap.entries.iter() {
-        if changed.contains(&st.ino) {
+        let b = bit(st.ino);
+        if maybe[b / 64] & (1 << (b % 64)) != 0 && changed.contains(&st.ino) {
             if is_dir(&st) {
                 dirs.push((path.to_vec(), st));
             } else {
