@@ -153,6 +153,21 @@ pub const EVENT_FLAG_VERIFIED_SAME: u8 = 1 << 1;
 /// must treat the whole filesystem's tracked roots as needing a rescan.
 pub const EVENT_FLAG_PATH_UNKNOWN: u8 = 1 << 2;
 
+/// What `statx` (without following symlinks) said about a path: the fields
+/// reconciliation compares. Journaled with an event (`EventRecord::stat`)
+/// and stored per entry in baselines.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct Stat {
+    pub ino: u64,
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub nlink: u32,
+    pub size: u64,
+    pub mtime_ns: i64,
+    pub ctime_ns: i64,
+}
+
 /// One normalised change, as journaled.
 #[derive(Clone, PartialEq, Eq, Debug, Default)]
 pub struct EventRecord {
@@ -174,6 +189,10 @@ pub struct EventRecord {
     pub path: Vec<u8>,
     /// For a rename: the old absolute path. Empty otherwise.
     pub old_path: Vec<u8>,
+    /// What was at `path` when normalisation looked (after the event), if
+    /// anything: lets reconciliation tell a change it already journaled
+    /// from one made during a gap.
+    pub stat: Option<Stat>,
 }
 
 /// Why history has a hole.

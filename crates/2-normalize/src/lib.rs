@@ -91,6 +91,8 @@ struct Verified {
     kind: ObjectKind,
     flags: u8,
     nlink: u32,
+    /// What is at the name now (journaled with the record).
+    stat: Option<cj_types::Stat>,
 }
 
 fn fid_handle(f: &Fid<'_>) -> FileHandle {
@@ -322,6 +324,7 @@ impl Normalizer {
             kind: ObjectKind::Unknown,
             flags: 0,
             nlink: 0,
+            stat: None,
         };
         let Some(fd) = self.dir_fd(dir) else {
             return none;
@@ -345,6 +348,7 @@ impl Normalizer {
             kind: st.kind,
             flags,
             nlink: st.nlink,
+            stat: Some(st.full),
         }
     }
 
@@ -477,6 +481,7 @@ impl Normalizer {
                 dir: fid_handle(&de.dir),
                 name: de.name.to_vec(),
                 path: path.clone(),
+                stat: v.stat,
                 ..Default::default()
             },
         );
@@ -712,6 +717,7 @@ impl Normalizer {
                 old_name: old.name.to_vec(),
                 path: new_path.unwrap_or_default(),
                 old_path: old_path.unwrap_or_default(),
+                stat: v.stat,
             },
         );
     }

@@ -71,6 +71,8 @@ pub struct Stat {
     pub kind: ObjectKind,
     pub nlink: u32,
     pub ino: u64,
+    /// Everything reconciliation compares (journaled with the record).
+    pub full: cj_types::Stat,
 }
 
 pub fn stat_at(dir: RawFd, name: &[u8]) -> io::Result<Option<Stat>> {
@@ -96,7 +98,18 @@ fn stat_at_c(dir: RawFd, name: &std::ffi::CStr, flags: libc::c_int) -> io::Resul
             dir,
             name.as_ptr(),
             flags,
-            libc::STATX_TYPE | libc::STATX_NLINK | libc::STATX_INO,
+            // Asking for ctime also makes the kernel give the next change
+            // of this inode a distinct (fine-grained) ctime, so the stat
+            // journaled here tells any later change apart.
+            libc::STATX_TYPE
+                | libc::STATX_MODE
+                | libc::STATX_NLINK
+                | libc::STATX_UID
+                | libc::STATX_GID
+                | libc::STATX_INO
+                | libc::STATX_SIZE
+                | libc::STATX_MTIME
+                | libc::STATX_CTIME,
             &mut st,
         )
     };
@@ -107,10 +120,25 @@ fn stat_at_c(dir: RawFd, name: &std::ffi::CStr, flags: libc::c_int) -> io::Resul
             _ => Err(e),
         };
     }
+    let ns = |t: libc::statx_timestamp| {
+        t.tv_sec
+            .saturating_mul(1_000_000_000)
+            .saturating_add(i64::from(t.tv_nsec))
+    };
     Ok(Some(Stat {
         kind: ObjectKind::from_mode(st.stx_mode as u32),
         nlink: st.stx_nlink,
         ino: st.stx_ino,
+        full: cj_types::Stat {
+            ino: st.stx_ino,
+            mode: u32::from(st.stx_mode),
+            uid: st.stx_uid,
+            gid: st.stx_gid,
+            nlink: st.stx_nlink,
+            size: st.stx_size,
+            mtime_ns: ns(st.stx_mtime),
+            ctime_ns: ns(st.stx_ctime),
+        },
     }))
 }
 

@@ -30,9 +30,64 @@ use std::collections::HashSet;
 
 use cj_types::{Changes, EventRecord, ObjectKind, RecordBody};
 
-/// Paths the journal names between a baseline and a gap and last saw
-/// existing, with the kind it last saw there.
-pub type Touched = std::collections::HashMap<Vec<u8>, ObjectKind>;
+/// What the journal last saw at a path it names between a baseline and a
+/// gap (renames followed).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Seen {
+    /// Deleted or renamed away.
+    Gone,
+    /// There, of this kind, with the stat normalisation took after the
+    /// event when the record carries one.
+    Present(ObjectKind, Option<Stat>),
+}
+
+/// What the journal says about the paths below a root between a baseline
+/// and a gap.
+#[derive(Clone, Debug, Default)]
+pub struct Touched {
+    pub seen: std::collections::HashMap<Vec<u8>, Seen>,
+    /// The journal's last view of each path stands for its state when the
+    /// gap began: every gap in the range is one where the daemon was not
+    /// running, so every stat journaled before it was taken before it
+    /// (design 11.7). Then a path whose current state equals what the
+    /// journal last saw did not change during the gap, and one the journal
+    /// saw removed was already gone: neither is reported again.
+    pub exact: bool,
+}
+
+impl Touched {
+    /// Paths only, as the journal last saw them existing, not exact.
+    pub fn present<I: IntoIterator<Item = (Vec<u8>, ObjectKind)>>(paths: I) -> Touched {
+        Touched {
+            seen: paths
+                .into_iter()
+                .map(|(p, k)| (p, Seen::Present(k, None)))
+                .collect(),
+            exact: false,
+        }
+    }
+
+    /// The baseline's view of `path` (`was`), replaced by the journal's
+    /// when that is exact and known.
+    fn was(&self, path: &[u8], was: Option<Stat>) -> Option<Stat> {
+        if !self.exact {
+            return was;
+        }
+        match self.seen.get(path) {
+            Some(Seen::Gone) => None,
+            Some(Seen::Present(_, Some(s))) => Some(*s),
+            _ => was,
+        }
+    }
+
+    /// Paths the journal last saw existing, with their kind.
+    fn present_paths(&self) -> impl Iterator<Item = (&Vec<u8>, ObjectKind)> {
+        self.seen.iter().filter_map(|(p, s)| match s {
+            Seen::Present(k, _) => Some((p, *k)),
+            Seen::Gone => None,
+        })
+    }
+}
 
 /// One difference found, with the stats it was found from.
 struct Found<'a> {
@@ -222,6 +277,7 @@ pub fn diff(old: &Snapshot, new: &Snapshot, touched: &Touched, fsid: u64) -> Vec
                 }
             },
         };
+        let was = touched.was(path, was);
         if let Some((changes, kind)) = classify(was.as_ref(), now.as_ref()) {
             out.push(Found {
                 path,
@@ -232,9 +288,9 @@ pub fn diff(old: &Snapshot, new: &Snapshot, touched: &Touched, fsid: u64) -> Vec
             });
         }
     }
-    for (path, kind) in touched {
+    for (path, kind) in touched.present_paths() {
         if !new.entries.contains_key(path) && !old.entries.contains_key(path) {
-            out.push(Found::vanished(path, *kind));
+            out.push(Found::vanished(path, kind));
         }
     }
     records(out, fsid)
@@ -250,23 +306,24 @@ pub fn diff_transitions(
 ) -> Vec<RecordBody> {
     let mut out: Vec<Found<'_>> = Vec::new();
     for (path, (was, now)) in transitions {
+        let was = touched.was(path, *was);
         if let Some((changes, kind)) = classify(was.as_ref(), now.as_ref()) {
             out.push(Found {
                 path,
                 changes,
                 kind,
-                was: *was,
+                was,
                 now: *now,
             });
         }
     }
-    for (path, kind) in touched {
+    for (path, kind) in touched.present_paths() {
         let in_old = match transitions.get(path) {
             Some((was, _)) => was.is_some(),
             None => current.entries.contains_key(path),
         };
         if !in_old && !current.entries.contains_key(path) {
-            out.push(Found::vanished(path, *kind));
+            out.push(Found::vanished(path, kind));
         }
     }
     records(out, fsid)
@@ -301,12 +358,10 @@ mod tests {
         new.entries.insert(b"/r/touched".to_vec(), st(3, 2));
         new.entries.insert(b"/r/replaced".to_vec(), st(9, 1));
         new.entries.insert(b"/r/new".to_vec(), st(5, 1));
-        let touched: Touched = [
+        let touched = Touched::present([
             (b"/r/born_and_gone".to_vec(), ObjectKind::Dir),
             (b"/r/new".to_vec(), ObjectKind::File),
-        ]
-        .into_iter()
-        .collect();
+        ]);
         let recs = diff(&old, &new, &touched, 7);
         // A vanished path keeps the kind the journal last saw there.
         assert!(recs.iter().any(|r| matches!(r,
@@ -347,7 +402,7 @@ mod tests {
         // Two new names for one old inode: ambiguous, left as they are.
         new.entries.insert(b"/r/y".to_vec(), st(8, 2));
         new.entries.insert(b"/r/z".to_vec(), st(8, 2));
-        let recs = diff(&old, &new, &Touched::new(), 1);
+        let recs = diff(&old, &new, &Touched::default(), 1);
         let events: Vec<&EventRecord> = recs
             .iter()
             .map(|r| match r {
@@ -381,7 +436,7 @@ mod tests {
         let mut grew = st(12, 1);
         grew.size = 5;
         new.entries.insert(b"/r/e/grew".to_vec(), grew);
-        let paths: Vec<(Vec<u8>, Vec<u8>)> = diff(&old, &new, &Touched::new(), 1)
+        let paths: Vec<(Vec<u8>, Vec<u8>)> = diff(&old, &new, &Touched::default(), 1)
             .into_iter()
             .map(|r| match r {
                 RecordBody::Event(e) => (e.old_path, e.path),
@@ -395,5 +450,50 @@ mod tests {
                 (b"/r/d/grew".to_vec(), b"/r/e/grew".to_vec()),
             ]
         );
+    }
+
+    /// With an exact journal view, what the journal already holds is not
+    /// reported again; what changed after it is. Without, the baseline
+    /// decides (false positives, never misses).
+    #[test]
+    fn an_exact_journal_view_stands_for_the_state_at_the_gap() {
+        let mut old = Snapshot::new(b"/r".to_vec());
+        old.entries.insert(b"/r/a".to_vec(), st(1, 1));
+        old.entries.insert(b"/r/b".to_vec(), st(2, 1));
+        old.entries.insert(b"/r/c".to_vec(), st(3, 1));
+        let mut new = Snapshot::new(b"/r".to_vec());
+        new.entries.insert(b"/r/a".to_vec(), st(1, 2)); // journaled: st(1, 2)
+        new.entries.insert(b"/r/c".to_vec(), st(3, 3)); // journaled st(3, 2), then the gap
+        new.entries.insert(b"/r/d".to_vec(), st(4, 2)); // created, journaled
+        new.entries.insert(b"/r/e".to_vec(), st(5, 3)); // created in the gap
+        let seen = [
+            (
+                &b"/r/a"[..],
+                Seen::Present(ObjectKind::File, Some(st(1, 2))),
+            ),
+            (b"/r/b", Seen::Gone),
+            (b"/r/c", Seen::Present(ObjectKind::File, Some(st(3, 2)))),
+            (b"/r/d", Seen::Present(ObjectKind::File, Some(st(4, 2)))),
+        ]
+        .into_iter()
+        .map(|(p, s)| (p.to_vec(), s))
+        .collect();
+        let paths = |exact| {
+            let t = Touched {
+                seen: Clone::clone(&seen),
+                exact,
+            };
+            let mut v: Vec<Vec<u8>> = diff(&old, &new, &t, 1)
+                .into_iter()
+                .filter_map(|r| match r {
+                    RecordBody::Event(e) => Some(e.path),
+                    _ => None,
+                })
+                .collect();
+            v.sort();
+            v
+        };
+        assert_eq!(paths(true), vec![b"/r/c".to_vec(), b"/r/e".to_vec()]);
+        assert_eq!(paths(false).len(), 5);
     }
 }

@@ -20,18 +20,8 @@ const BLOCK_ENTRIES_MAX: usize = 4096;
 /// A snapshot path longer than this is damage, not data.
 const PATH_BYTES_MAX: usize = 64 * 1024;
 
-/// What a walk records per path.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
-pub struct Stat {
-    pub ino: u64,
-    pub mode: u32,
-    pub uid: u32,
-    pub gid: u32,
-    pub nlink: u32,
-    pub size: u64,
-    pub mtime_ns: i64,
-    pub ctime_ns: i64,
-}
+/// What a walk records per path (shared with journaled events).
+pub use cj_types::Stat;
 
 #[derive(Clone, Debug, Default)]
 pub struct Snapshot {

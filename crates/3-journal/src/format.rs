@@ -5,18 +5,28 @@
 
 use cj_types::{
     Changes, EventRecord, FileHandle, GapReason, GapRecord, ObjectKind, Record, RecordBody,
-    ResolvedRecord, RootRecord, HANDLE_BYTES_MAX, NAME_BYTES_MAX, PATH_BYTES_MAX,
+    ResolvedRecord, RootRecord, Stat, HANDLE_BYTES_MAX, NAME_BYTES_MAX, PATH_BYTES_MAX,
 };
 
 pub const SEGMENT_MAGIC: [u8; 8] = *b"CJJOURNL";
-/// Bumped on any incompatible change of the layout below.
-pub const FORMAT_VERSION: u32 = 1;
+/// Bumped on any incompatible change of the layout below. Version 2 added
+/// the optional stat block of event records (`EVENT_STAT_FLAG`); version 1
+/// segments never hold one and are read as they are.
+pub const FORMAT_VERSION: u32 = 2;
+/// The oldest segment version this build reads.
+pub const FORMAT_VERSION_MIN: u32 = 1;
 pub const SEGMENT_HEADER_LEN: usize = 64;
 pub const RECORD_HEADER_LEN: usize = 32;
 /// Record frames start at multiples of this, so a reader resynchronising after
 /// corruption only tries aligned offsets.
 pub const RECORD_ALIGN: usize = 8;
 const EVENT_FIXED_LEN: usize = 48;
+/// Event flag bit (payload byte 5) saying a stat block ends the payload.
+/// A layout detail: decoding clears it and fills `EventRecord::stat`.
+pub const EVENT_STAT_FLAG: u8 = 1 << 3;
+/// ino u64, mode u32, uid u32, gid u32, nlink u32, size u64, mtime i64,
+/// ctime i64.
+pub const EVENT_STAT_LEN: usize = 48;
 const GAP_FIXED_LEN: usize = 32;
 const ROOT_FIXED_LEN: usize = 16;
 /// No valid record is longer: two paths, two names, three handles, headers.
@@ -25,6 +35,7 @@ pub const RECORD_BYTES_MAX: usize = RECORD_HEADER_LEN
     + 3 * HANDLE_BYTES_MAX
     + 2 * NAME_BYTES_MAX
     + 2 * PATH_BYTES_MAX
+    + EVENT_STAT_LEN
     + RECORD_ALIGN;
 
 const _: () = assert!(SEGMENT_HEADER_LEN.is_multiple_of(RECORD_ALIGN));
@@ -46,13 +57,15 @@ pub struct SegmentHeader {
     pub journal_id: [u8; 16],
     pub first_seq: u64,
     pub created_ns: u64,
+    /// Format version (`FORMAT_VERSION` when written by this build).
+    pub version: u32,
 }
 
 impl SegmentHeader {
     pub fn encode(&self) -> [u8; SEGMENT_HEADER_LEN] {
         let mut b = [0u8; SEGMENT_HEADER_LEN];
         b[0..8].copy_from_slice(&SEGMENT_MAGIC);
-        b[8..12].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
+        b[8..12].copy_from_slice(&self.version.to_le_bytes());
         b[12..16].copy_from_slice(&(SEGMENT_HEADER_LEN as u32).to_le_bytes());
         b[16..32].copy_from_slice(&self.journal_id);
         b[32..40].copy_from_slice(&self.first_seq.to_le_bytes());
@@ -78,9 +91,10 @@ impl SegmentHeader {
             return Err("segment header checksum mismatch".into());
         }
         let version = u32_at(b, 8);
-        if version != FORMAT_VERSION {
+        if !(FORMAT_VERSION_MIN..=FORMAT_VERSION).contains(&version) {
             return Err(format!(
-                "segment format version {version}; this cj reads version {FORMAT_VERSION}"
+                "segment format version {version}; this cj reads versions \
+                 {FORMAT_VERSION_MIN} to {FORMAT_VERSION} (written by a newer cj? upgrade cj)"
             ));
         }
         if u32_at(b, 12) as usize != SEGMENT_HEADER_LEN {
@@ -92,6 +106,7 @@ impl SegmentHeader {
             journal_id,
             first_seq: u64_at(b, 32),
             created_ns: u64_at(b, 40),
+            version,
         })
     }
 }
@@ -168,7 +183,7 @@ fn encode_event(e: &EventRecord, out: &mut Vec<u8>) {
     let mut f = [0u8; EVENT_FIXED_LEN];
     f[0..4].copy_from_slice(&e.changes.0.to_le_bytes());
     f[4] = e.kind as u8;
-    f[5] = e.flags;
+    f[5] = (e.flags & !EVENT_STAT_FLAG) | if e.stat.is_some() { EVENT_STAT_FLAG } else { 0 };
     f[8..16].copy_from_slice(&e.fsid.to_le_bytes());
     put_handle_meta(&e.object, 16, 28, &mut f);
     put_handle_meta(&e.dir, 20, 29, &mut f);
@@ -188,6 +203,35 @@ fn encode_event(e: &EventRecord, out: &mut Vec<u8>) {
         &e.old_path,
     ] {
         out.extend_from_slice(part);
+    }
+    if let Some(st) = &e.stat {
+        out.extend_from_slice(&encode_stat(st));
+    }
+}
+
+fn encode_stat(s: &Stat) -> [u8; EVENT_STAT_LEN] {
+    let mut b = [0u8; EVENT_STAT_LEN];
+    b[0..8].copy_from_slice(&s.ino.to_le_bytes());
+    b[8..12].copy_from_slice(&s.mode.to_le_bytes());
+    b[12..16].copy_from_slice(&s.uid.to_le_bytes());
+    b[16..20].copy_from_slice(&s.gid.to_le_bytes());
+    b[20..24].copy_from_slice(&s.nlink.to_le_bytes());
+    b[24..32].copy_from_slice(&s.size.to_le_bytes());
+    b[32..40].copy_from_slice(&s.mtime_ns.to_le_bytes());
+    b[40..48].copy_from_slice(&s.ctime_ns.to_le_bytes());
+    b
+}
+
+fn decode_stat(b: &[u8]) -> Stat {
+    Stat {
+        ino: u64_at(b, 0),
+        mode: u32_at(b, 8),
+        uid: u32_at(b, 12),
+        gid: u32_at(b, 16),
+        nlink: u32_at(b, 20),
+        size: u64_at(b, 24),
+        mtime_ns: u64_at(b, 32) as i64,
+        ctime_ns: u64_at(b, 40) as i64,
     }
 }
 
@@ -322,8 +366,21 @@ fn decode_event(p: &[u8]) -> Result<EventRecord, DecodeError> {
     {
         return Err(DecodeError::Invalid("event field length out of range"));
     }
-    let [object, dir, old_dir, name, old_name, path, old_path] =
-        split_exact(&p[EVENT_FIXED_LEN..], lens)?;
+    let has_stat = f[5] & EVENT_STAT_FLAG != 0;
+    let mut rest = &p[EVENT_FIXED_LEN..];
+    let stat = if has_stat {
+        let Some(cut) = rest.len().checked_sub(EVENT_STAT_LEN) else {
+            return Err(DecodeError::Invalid(
+                "event payload shorter than its stat block",
+            ));
+        };
+        let st = decode_stat(&rest[cut..]);
+        rest = &rest[..cut];
+        Some(st)
+    } else {
+        None
+    };
+    let [object, dir, old_dir, name, old_name, path, old_path] = split_exact(rest, lens)?;
     let kind = ObjectKind::from_u8(f[4]).ok_or(DecodeError::Invalid("unknown object kind"))?;
     let handle = |t: usize, bytes: &[u8]| FileHandle {
         handle_type: i32_at(f, t),
@@ -332,7 +389,7 @@ fn decode_event(p: &[u8]) -> Result<EventRecord, DecodeError> {
     Ok(EventRecord {
         changes: Changes(u32_at(f, 0)),
         kind,
-        flags: f[5],
+        flags: f[5] & !EVENT_STAT_FLAG,
         fsid: u64_at(f, 8),
         object: handle(16, object),
         dir: handle(20, dir),
@@ -341,6 +398,7 @@ fn decode_event(p: &[u8]) -> Result<EventRecord, DecodeError> {
         old_name: old_name.to_vec(),
         path: path.to_vec(),
         old_path: old_path.to_vec(),
+        stat,
     })
 }
 
@@ -416,6 +474,17 @@ mod tests {
             },
             name: format!("file-{i}").into_bytes(),
             path: format!("/mnt/dir/file-{i}\n\u{1}").into_bytes(),
+            // Every other record with a stat block (format version 2).
+            stat: (i % 2 == 1).then_some(cj_types::Stat {
+                ino: i,
+                mode: 0o100644,
+                uid: 1,
+                gid: 2,
+                nlink: 1,
+                size: 3,
+                mtime_ns: -4,
+                ctime_ns: i as i64,
+            }),
             ..Default::default()
         })
     }
@@ -426,15 +495,23 @@ mod tests {
             journal_id: [0xab; 16],
             first_seq: 42,
             created_ns: 7,
+            version: FORMAT_VERSION,
         };
         let b = h.encode();
         assert_eq!(&b[0..8], b"CJJOURNL");
-        assert_eq!(u32_at(&b, 8), 1);
+        assert_eq!(u32_at(&b, 8), 2);
         assert_eq!(u64_at(&b, 32), 42);
         assert_eq!(SegmentHeader::decode(&b).unwrap(), h);
         let mut bad = b;
         bad[33] ^= 1;
         assert!(SegmentHeader::decode(&bad).is_err());
+        // Version 1 segments are still read; a newer version is refused.
+        let old = SegmentHeader { version: 1, ..h };
+        assert_eq!(SegmentHeader::decode(&old.encode()).unwrap(), old);
+        let newer = SegmentHeader { version: 3, ..h };
+        assert!(SegmentHeader::decode(&newer.encode())
+            .unwrap_err()
+            .contains("upgrade cj"));
     }
 
     #[test]

@@ -136,6 +136,8 @@ pub fn open(dir: &Path, options: Options) -> Result<(Writer, Reader, Recovery), 
         names.push(1);
     }
     let mut segments = Vec::with_capacity(names.len());
+    // Version of the last segment's header (this build's for a new one).
+    let mut last_version = format::FORMAT_VERSION;
     for (i, &first_seq) in names.iter().enumerate() {
         let path = segment_path(dir, first_seq);
         let header = read_header(&path);
@@ -162,6 +164,9 @@ pub fn open(dir: &Path, options: Options) -> Result<(Writer, Reader, Recovery), 
                     Some(_) => {}
                 }
                 let len = fs::metadata(&path).map_err(error::io(&path, "stat"))?.len();
+                if is_last {
+                    last_version = h.version;
+                }
                 segments.push(SegMeta {
                     first_seq,
                     path,
@@ -231,6 +236,25 @@ pub fn open(dir: &Path, options: Options) -> Result<(Writer, Reader, Recovery), 
     let durable_seq = tail.last_seq.max(last.first_seq - 1);
     recovery.last_seq = durable_seq;
     recovery.last_time_ns = tail.last_time_ns;
+    if last_version < format::FORMAT_VERSION {
+        // Written by an older cj: records of this version go into a segment
+        // of this version, so an older cj reading the journal refuses a
+        // segment it does not know instead of taking new records for damage.
+        if last.durable_len > SEGMENT_HEADER_LEN as u64 {
+            let created_ns = writer::create_segment(dir, id, durable_seq + 1)?;
+            segments.push(SegMeta {
+                first_seq: durable_seq + 1,
+                path: segment_path(dir, durable_seq + 1),
+                durable_len: SEGMENT_HEADER_LEN as u64,
+                created_ns,
+            });
+        } else {
+            // No record yet: its header is rewritten in place (a torn
+            // rewrite is a damaged last header, which recovery handles).
+            writer::rewrite_header(&last.path, id, last.first_seq, last.created_ns)?;
+        }
+    }
+    let last = segments.last_mut().expect("at least one segment exists");
     let file = OpenOptions::new()
         .read(true)
         .write(true)

@@ -258,3 +258,59 @@ fn retention_by_age() {
     assert_eq!(removed, before - 1, "all but the active segment");
     assert_eq!(r.segment_count(), 1);
 }
+
+/// Marks every segment as written by format version 1 (same layout for
+/// records without a stat block), as an older cj left them.
+fn downgrade_headers(dir: &Path) {
+    for seq in list_segments(dir).unwrap() {
+        let path = segment_path(dir, seq);
+        let f = fs::OpenOptions::new().write(true).open(&path).unwrap();
+        let mut h = read_header(&path).unwrap();
+        h.version = 1;
+        f.write_all_at(&h.encode(), 0).unwrap();
+    }
+}
+
+/// A journal of format version 1 is read as it is; new records go into a
+/// new segment of this version (or, if the last segment holds no record,
+/// its header is rewritten), never into the old segment.
+#[test]
+fn a_version_1_journal_is_upgraded_by_a_new_segment() {
+    let dir = tempfile::tempdir().unwrap();
+    let big = Options {
+        segment_bytes: 1 << 20,
+        ..small()
+    };
+    let (mut w, r, _) = open(dir.path(), big.clone()).unwrap();
+    write_n(&mut w, 10);
+    drop((w, r));
+    downgrade_headers(dir.path());
+    let (mut w, r, rec) = open(dir.path(), big.clone()).unwrap();
+    assert_eq!(rec.last_seq, 10);
+    assert_eq!(r.segment_count(), 2, "a new segment for the new version");
+    let newest = *list_segments(dir.path()).unwrap().last().unwrap();
+    assert_eq!(newest, 11);
+    assert_eq!(
+        read_header(&segment_path(dir.path(), 11)).unwrap().version,
+        format::FORMAT_VERSION
+    );
+    assert_eq!(w.append(1, &event(0)).unwrap(), 11);
+    w.commit().unwrap();
+    assert_eq!(seqs(&collect(&r, 0, 100)), (1..=11).collect::<Vec<_>>());
+    drop((w, r));
+
+    // An old segment without records: its header is rewritten in place.
+    let empty = tempfile::tempdir().unwrap();
+    let (w, r, _) = open(empty.path(), big.clone()).unwrap();
+    drop((w, r));
+    downgrade_headers(empty.path());
+    let (mut w, r, _) = open(empty.path(), big.clone()).unwrap();
+    assert_eq!(list_segments(empty.path()).unwrap(), vec![1]);
+    assert_eq!(
+        read_header(&segment_path(empty.path(), 1)).unwrap().version,
+        format::FORMAT_VERSION
+    );
+    assert_eq!(w.append(1, &event(0)).unwrap(), 1);
+    w.commit().unwrap();
+    assert_eq!(seqs(&collect(&r, 0, 100)), vec![1]);
+}

@@ -24,6 +24,7 @@ pub(crate) fn create_segment(dir: &Path, id: JournalId, first_seq: u64) -> Resul
         journal_id: id.0,
         first_seq,
         created_ns,
+        version: crate::format::FORMAT_VERSION,
     };
     let f = OpenOptions::new()
         .write(true)
@@ -37,6 +38,30 @@ pub(crate) fn create_segment(dir: &Path, id: JournalId, first_seq: u64) -> Resul
     f.sync_all().map_err(io(&path, "fsync segment"))?;
     fsync_dir(dir)?;
     Ok(created_ns)
+}
+
+/// Rewrites the header of a segment that holds no record yet with this
+/// build's format version, durably.
+pub(crate) fn rewrite_header(
+    path: &Path,
+    id: JournalId,
+    first_seq: u64,
+    created_ns: u64,
+) -> Result<(), Error> {
+    let header = SegmentHeader {
+        journal_id: id.0,
+        first_seq,
+        created_ns,
+        version: crate::format::FORMAT_VERSION,
+    };
+    let f = OpenOptions::new()
+        .write(true)
+        .custom_flags(libc::O_CLOEXEC | libc::O_NOFOLLOW)
+        .open(path)
+        .map_err(io(path, "open segment"))?;
+    f.write_all_at(&header.encode(), 0)
+        .map_err(io(path, "rewrite segment header"))?;
+    f.sync_all().map_err(io(path, "fsync segment"))
 }
 
 /// The one appender of a journal. Not `Sync`: owned by the writer thread.

@@ -25,7 +25,7 @@ use cj_journal::Item;
 use cj_normalize::is_at_or_below;
 use cj_reconcile::fast::{self, FsMarks, Method};
 use cj_reconcile::{
-    changed_by_paths, diff, diff_transitions, open_root, refresh, walk, Snapshot, Touched,
+    changed_by_paths, diff, diff_transitions, open_root, refresh, walk, Seen, Snapshot, Touched,
     WalkProgress,
 };
 use cj_types::{Changes, GapReason, ObjectKind, RecordBody, ResolvedRecord};
@@ -414,13 +414,18 @@ impl Reconciler {
         })
     }
 
-    /// Paths below `root` named by journal records in `(after, upto]`.
-    /// Fails if that range cannot be read completely: the baseline could then
-    /// miss a path that was created and removed, and the gap stays open.
+    /// Paths below `root` named by journal records in `(after, upto]`, with
+    /// what the journal last saw there. Fails if that range cannot be read
+    /// completely: the baseline could then miss a path that was created and
+    /// removed, and the gap stays open.
     ///
     /// Renames are followed: a path below a renamed directory (named by the
     /// journal or present in the baseline) also counts under its new name,
     /// in journal order -- that is where it was when the gap began.
+    ///
+    /// The view is `exact` (design 11.7) when every gap in the range is a
+    /// start after the daemon was not running (stopped, crashed, new boot)
+    /// and no record has an unknown path.
     fn touched(
         &self,
         root: &[u8],
@@ -431,8 +436,8 @@ impl Reconciler {
         if after + 1 < self.reader.first_seq() {
             return Err("the journal since the baseline has expired; the next walk becomes the new baseline".into());
         }
-        // Path -> what the journal last saw there (`None`: removed).
-        let mut out: HashMap<Vec<u8>, Option<ObjectKind>> = HashMap::new();
+        let mut out: HashMap<Vec<u8>, Seen> = HashMap::new();
+        let mut exact = true;
         let mut damaged = false;
         let mut too_many = false;
         let mut renames = 0usize;
@@ -451,8 +456,17 @@ impl Reconciler {
                                 }
                                 _ => {}
                             }
+                            if !matches!(
+                                g.reason,
+                                GapReason::DaemonDown | GapReason::UncleanStop | GapReason::NewBoot
+                            ) {
+                                exact = false;
+                            }
                         }
                         if let RecordBody::Event(e) = r.body {
+                            if e.flags & cj_types::EVENT_FLAG_PATH_UNKNOWN != 0 {
+                                exact = false;
+                            }
                             let rename = !e.old_path.is_empty() && !e.path.is_empty();
                             if rename
                                 && is_at_or_below(&e.old_path, root)
@@ -462,14 +476,23 @@ impl Reconciler {
                                 follow_rename(&mut out, baseline, &e.old_path, &e.path);
                             }
                             if !e.old_path.is_empty() && is_at_or_below(&e.old_path, root) {
-                                out.insert(e.old_path, None);
+                                out.insert(e.old_path, Seen::Gone);
                             }
                             if !e.path.is_empty() && is_at_or_below(&e.path, root) {
-                                let gone = e.changes.contains(Changes::DELETED)
+                                // Deleted or renamed away (a MOVED_FROM
+                                // entry event names only the old side).
+                                let gone = e
+                                    .changes
+                                    .intersects(Changes::DELETED | Changes::RENAMED_FROM)
                                     && !e.changes.intersects(
                                         Changes::CREATED | Changes::RENAMED_TO | Changes::REPLACED,
                                     );
-                                out.insert(e.path, (!gone).then_some(e.kind));
+                                let seen = if gone {
+                                    Seen::Gone
+                                } else {
+                                    Seen::Present(e.kind, e.stat)
+                                };
+                                out.insert(e.path, seen);
                             }
                         }
                     }
@@ -490,13 +513,7 @@ impl Reconciler {
                 "more than {TOUCHED_PATHS_MAX} paths changed since the baseline"
             ));
         }
-        // Only paths the journal last saw existing can have vanished
-        // unseen; a path it saw removed was already gone at the gap.
-        let present = out
-            .into_iter()
-            .filter_map(|(k, kind)| Some((k, kind?)))
-            .collect();
-        Ok((present, forced))
+        Ok((Touched { seen: out, exact }, forced))
     }
 
     /// Quiet refreshes of every captured root's baseline. `last`: the
@@ -962,20 +979,16 @@ fn save_baseline(root: &[u8], new: &Snapshot, dir: &std::path::Path) -> Result<(
 }
 
 /// Moves, in `out`, every path at or below `from` (known to the journal or
-/// present in the baseline) to the same path below `to`, keeping its state;
-/// the old paths are gone.
-fn follow_rename(
-    out: &mut HashMap<Vec<u8>, Option<ObjectKind>>,
-    baseline: &Snapshot,
-    from: &[u8],
-    to: &[u8],
-) {
+/// present in the baseline) to the same path below `to`, keeping its state
+/// (a baseline entry keeps its stat: a directory's rename changes only the
+/// directory); the old paths are gone.
+fn follow_rename(out: &mut HashMap<Vec<u8>, Seen>, baseline: &Snapshot, from: &[u8], to: &[u8]) {
     let mut hi = from.to_vec();
     hi.push(b'/' + 1);
-    let mut moved: Vec<(Vec<u8>, Option<ObjectKind>)> = out
+    let mut moved: Vec<(Vec<u8>, Seen)> = out
         .iter()
         .filter(|(p, _)| is_at_or_below(p, from))
-        .map(|(p, kind)| (p.clone(), *kind))
+        .map(|(p, seen)| (p.clone(), *seen))
         .collect();
     moved.extend(
         baseline
@@ -985,12 +998,17 @@ fn follow_rename(
                 std::ops::Bound::Excluded(&hi[..]),
             )
             .filter(|(p, _)| is_at_or_below(p, from) && !out.contains_key(*p))
-            .map(|(p, st)| (p.to_vec(), Some(ObjectKind::from_mode(st.mode)))),
+            .map(|(p, st)| {
+                (
+                    p.to_vec(),
+                    Seen::Present(ObjectKind::from_mode(st.mode), Some(st)),
+                )
+            }),
     );
-    for (p, kind) in moved {
+    for (p, seen) in moved {
         let mut n = to.to_vec();
         n.extend_from_slice(&p[from.len()..]);
-        out.insert(p, None);
-        out.insert(n, kind);
+        out.insert(p, Seen::Gone);
+        out.insert(n, seen);
     }
 }

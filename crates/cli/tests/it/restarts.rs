@@ -646,6 +646,60 @@ fn a_clean_stop_refreshes_the_baseline() {
     }
 }
 
+/// After a crash the baseline is older than the journal, but the journal's
+/// records carry the stat normalisation saw: what they already hold is not
+/// reported again, only what changed while the daemon was down -- on every
+/// filesystem, by a walk or a fast path.
+fn a_crash_reports_only_what_changed_while_down(kind: Fs) {
+    let m = Mount::new(kind);
+    let mut d = Daemon::start(&m.mnt, &["--baseline-refresh-secs", "0"]);
+    let t = m.mnt.join("tree");
+    fs::create_dir_all(t.join("dir")).unwrap();
+    fs::write(t.join("dir/old"), b"1").unwrap();
+    fs::write(t.join("edited"), b"1").unwrap();
+    fs::write(t.join("removed"), b"1").unwrap();
+    fs::write(t.join("again"), b"1").unwrap();
+    d.track(&t);
+    d.reconciled();
+    fs::write(t.join("live"), b"1").unwrap();
+    fs::write(t.join("edited"), b"22").unwrap();
+    fs::write(t.join("again"), b"22").unwrap();
+    fs::remove_file(t.join("removed")).unwrap();
+    fs::rename(t.join("dir"), t.join("dir2")).unwrap();
+    let c1 = d.cursor();
+    d.kill9();
+    fs::write(t.join("down"), b"1").unwrap();
+    fs::write(t.join("again"), b"333").unwrap();
+    d.spawn();
+    let a = d.changes_wait(&c1, 60);
+    assert_eq!(a.code, 0, "{}", a.dump());
+    for p in ["down", "again"] {
+        assert!(a.get(&t.join(p)).is_some(), "{p} missing: {}", a.dump());
+    }
+    for p in ["live", "edited", "removed", "dir", "dir2", "dir2/old"] {
+        assert!(
+            a.get(&t.join(p)).is_none(),
+            "{p} reported again: {}",
+            a.dump()
+        );
+    }
+}
+
+#[test]
+fn a_crash_reports_only_what_changed_while_down_ext4() {
+    a_crash_reports_only_what_changed_while_down(Fs::Ext4);
+}
+
+#[test]
+fn a_crash_reports_only_what_changed_while_down_xfs() {
+    a_crash_reports_only_what_changed_while_down(Fs::Xfs);
+}
+
+#[test]
+fn a_crash_reports_only_what_changed_while_down_btrfs() {
+    a_crash_reports_only_what_changed_while_down(Fs::Btrfs);
+}
+
 /// A directory moved into the tree live (so only the journal knows it:
 /// the baseline predates it) and removed with its contents while the
 /// daemon is down: its reconciled deletion must cover its subtree, or the
