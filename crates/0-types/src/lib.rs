@@ -16,5 +16,5 @@ pub use path::{escape_path, unescape_path, PathText};
 pub use record::{
     Changes, EventRecord, FileHandle, GapReason, GapRecord, ObjectKind, Record, RecordBody,
     ResolvedRecord, RootRecord, Stat, EVENT_FLAG_PATH_UNKNOWN, EVENT_FLAG_VERIFIED_PRESENT,
-    EVENT_FLAG_VERIFIED_SAME, HANDLE_BYTES_MAX, NAME_BYTES_MAX, PATH_BYTES_MAX,
+    EVENT_FLAG_VERIFIED_SAME, GAP_FLAG_QUIESCENT, HANDLE_BYTES_MAX, NAME_BYTES_MAX, PATH_BYTES_MAX,
 };

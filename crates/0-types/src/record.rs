@@ -266,7 +266,15 @@ pub struct GapRecord {
     pub start_time_ns: u64,
     /// Human-readable detail.
     pub detail: Vec<u8>,
+    /// `GAP_FLAG_*` bits.
+    pub flags: u8,
 }
+
+/// A start gap after a clean stop that ended quiescent: every stat in the
+/// journal before this record was taken before the gap began (a read found
+/// the kernel queue empty after the last one). Reconciliation may then
+/// compare with the journal's view (design 11.7).
+pub const GAP_FLAG_QUIESCENT: u8 = 1 << 0;
 
 /// A root started or stopped being tracked.
 #[derive(Clone, PartialEq, Eq, Debug)]

@@ -226,6 +226,7 @@ impl Normalizer {
                     fsid: 0,
                     scope: Vec::new(),
                     start_time_ns: now_ns(),
+                    flags: 0,
                     detail: b"the kernel event queue overflowed and dropped events".to_vec(),
                 }));
                 continue;

@@ -239,6 +239,7 @@ fn encode_gap(g: &GapRecord, out: &mut Vec<u8>) {
     assert!(g.scope.len() <= PATH_BYTES_MAX && g.detail.len() <= PATH_BYTES_MAX);
     let mut f = [0u8; GAP_FIXED_LEN];
     f[0] = g.reason as u8;
+    f[1] = g.flags;
     f[4..8].copy_from_slice(&(g.scope.len() as u32).to_le_bytes());
     f[8..16].copy_from_slice(&g.fsid.to_le_bytes());
     f[16..24].copy_from_slice(&g.start_time_ns.to_le_bytes());
@@ -415,6 +416,7 @@ fn decode_gap(p: &[u8]) -> Result<GapRecord, DecodeError> {
         scope: scope.to_vec(),
         start_time_ns: u64_at(p, 16),
         detail: detail.to_vec(),
+        flags: p[1],
     })
 }
 
@@ -523,6 +525,7 @@ mod tests {
                 fsid: 0,
                 scope: b"/mnt".to_vec(),
                 start_time_ns: 99,
+                flags: 0,
                 detail: b"kill -9".to_vec(),
             }),
             RecordBody::Track(RootRecord {

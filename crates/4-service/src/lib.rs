@@ -137,7 +137,9 @@ pub fn run(config: Config) -> Result<(), Error> {
     if !recovery.created {
         // Marks are in place before this record, so every change after it
         // is captured; everything between the last record and here is not.
-        let clean = clean_stop == Some(recovery.last_seq);
+        let clean = clean_stop.is_some_and(|c| c.last_seq == recovery.last_seq);
+        // Every stat journaled before this gap predates it (design 11.7).
+        let quiescent = clean && clean_stop.is_some_and(|c| c.quiescent);
         let (reason, detail) = match (clean, new_boot) {
             (true, false) => (GapReason::DaemonDown, "the daemon was stopped"),
             (true, true) => (
@@ -158,6 +160,11 @@ pub fn run(config: Config) -> Result<(), Error> {
             fsid: 0,
             scope: Vec::new(),
             start_time_ns: recovery.last_time_ns,
+            flags: if quiescent {
+                cj_types::GAP_FLAG_QUIESCENT
+            } else {
+                0
+            },
             detail: detail.as_bytes().to_vec(),
         })];
         // A root whose filesystem is not the one its baseline was taken on
@@ -182,6 +189,7 @@ pub fn run(config: Config) -> Result<(), Error> {
                     fsid: 0,
                     scope: root.clone(),
                     start_time_ns: recovery.last_time_ns,
+                    flags: 0,
                     detail: b"the filesystem under the root changed identity".to_vec(),
                 }));
             }
@@ -269,17 +277,35 @@ pub fn run(config: Config) -> Result<(), Error> {
     match exit {
         Exit::Signal(sig) => {
             log(format!("signal {sig}: bringing baselines up to date"));
-            if !pipeline
-                .shared
-                .reconcile
-                .refresh_before_stop(STOP_REFRESH_WAIT)
+            // Quiet refreshes off (`--baseline-refresh-secs 0`): none here
+            // either.
+            if config.baseline_refresh.is_some()
+                && !pipeline
+                    .shared
+                    .reconcile
+                    .refresh_before_stop(STOP_REFRESH_WAIT)
             {
                 log("baselines not brought up to date in time; the next start may report already journaled changes again");
             }
             log("draining and committing");
+            let shared = pipeline.shared.clone();
             let last = pipeline.shutdown().map_err(Error::WriterFailed)?;
-            state::write_clean_stop(&state_dir, last)?;
-            log(format!("stopped cleanly at seq {last}"));
+            let quiescent = shared.quiescent.load(std::sync::atomic::Ordering::SeqCst);
+            state::write_clean_stop(
+                &state_dir,
+                state::CleanStop {
+                    last_seq: last,
+                    quiescent,
+                },
+            )?;
+            log(format!(
+                "stopped cleanly at seq {last}{}",
+                if quiescent {
+                    ""
+                } else {
+                    " (changes kept coming: the next start compares with the baseline only)"
+                }
+            ));
             Ok(())
         }
         Exit::Fatal(e) => Err(Error::WriterFailed(e)),

@@ -55,6 +55,11 @@ pub const COMMIT_INTERVAL_DEFAULT_MS: u64 = 100;
 pub const COMMIT_SAMPLES_MAX: usize = 1024;
 /// Barriers waiting at once.
 pub const BARRIERS_MAX: usize = 1024;
+/// Read-and-settle rounds a clean stop tries before giving up on proving
+/// quiescence (`Capture::quiesce`).
+pub const QUIESCE_ROUNDS_MAX: usize = 8;
+/// How long one such round may wait for normalisation and the commit.
+pub const QUIESCE_WAIT: Duration = Duration::from_secs(10);
 
 const _: () = assert!(EVENT_BYTES_MAX * 8 < READ_BUFFER_BYTES);
 
@@ -130,6 +135,8 @@ pub struct Shared {
     pub reconcile: crate::reconciler::Queue,
     pub normalize: Mutex<Stats>,
     pub commit: Mutex<CommitStats>,
+    /// Set by a clean stop that ended quiescent (`Capture::quiesce`).
+    pub quiescent: std::sync::atomic::AtomicBool,
 }
 
 pub struct Pipeline {
@@ -288,7 +295,7 @@ impl Capture {
         loop {
             let shutdown = self.control();
             let armed = std::mem::take(&mut self.pending_barriers);
-            if !self.drain() {
+            if self.drain().is_none() {
                 return;
             }
             for b in armed {
@@ -297,6 +304,10 @@ impl Capture {
                 }
             }
             if shutdown {
+                let quiet = self.quiesce();
+                self.shared
+                    .quiescent
+                    .store(quiet, std::sync::atomic::Ordering::SeqCst);
                 let _ = self.out.send(NormMsg::Shutdown);
                 return;
             }
@@ -323,10 +334,13 @@ impl Capture {
 
     /// Reads until a read returns less than a full buffer, which proves the
     /// kernel queue was empty at that moment. False if the pipeline is gone.
-    fn drain(&mut self) -> bool {
+    /// Reads until a read proves the queue empty. Returns the bytes of
+    /// events read, `None` if the pipeline stopped or reading failed.
+    fn drain(&mut self) -> Option<usize> {
+        let mut total = 0;
         loop {
             let Ok(mut buf) = self.free.recv() else {
-                return false;
+                return None;
             };
             let n = match self.fan.read(&mut buf) {
                 Ok(n) => n,
@@ -334,22 +348,49 @@ impl Capture {
                     let _ = self
                         .fatal
                         .try_send(Exit::Fatal(format!("reading fanotify events failed: {e}")));
-                    return false;
+                    return None;
                 }
             };
+            total += n;
             let drained = n + EVENT_BYTES_MAX < buf.len();
             if n == 0 {
                 // Return the buffer through the normaliser's pool channel.
                 if self.out.send(NormMsg::Events(buf, 0)).is_err() {
-                    return false;
+                    return None;
                 }
             } else if self.out.send(NormMsg::Events(buf, n)).is_err() {
-                return false;
+                return None;
             }
             if drained {
-                return true;
+                return Some(total);
             }
         }
+    }
+
+    /// At a clean stop, after the last drain: proves that every stat
+    /// normalisation journaled was taken before a read that found the
+    /// queue empty, so every change made before any of those stats has its
+    /// record in the journal (design 11.7). Each round waits until
+    /// everything read so far is normalised and committed (a barrier), then
+    /// reads again; a read that finds nothing ends it. Changes that keep
+    /// coming for [`QUIESCE_ROUNDS_MAX`] rounds end it unproven.
+    fn quiesce(&mut self) -> bool {
+        for _ in 0..QUIESCE_ROUNDS_MAX {
+            let (tx, rx) = mpsc::sync_channel(1);
+            if self.out.send(NormMsg::Barrier(tx)).is_err() {
+                return false;
+            }
+            match rx.recv_timeout(QUIESCE_WAIT) {
+                Ok(Ok(_)) => {}
+                _ => return false,
+            }
+            match self.drain() {
+                Some(0) => return true,
+                Some(_) => continue,
+                None => return false,
+            }
+        }
+        false
     }
 
     /// Handles queued control messages. Returns true on shutdown.
@@ -509,6 +550,7 @@ impl Capture {
                 fsid: 0,
                 scope: Vec::new(),
                 start_time_ns: now_ns(),
+                flags: 0,
                 detail:
                     b"the wall clock was set; ctime comparisons are void until every root is walked"
                         .to_vec(),
@@ -539,6 +581,7 @@ impl Capture {
             fsid: 0,
             scope: scope.to_vec(),
             start_time_ns: now_ns(),
+            flags: 0,
             detail: detail.as_bytes().to_vec(),
         });
         let _ = self.out.send(NormMsg::Records(vec![gap]));

@@ -501,6 +501,7 @@ mod tests {
             fsid: 0,
             scope: Vec::new(),
             start_time_ns: 0,
+            flags: 0,
             detail: Vec::new(),
         });
         let open = ask(vec![gap.clone()]);

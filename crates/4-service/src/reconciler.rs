@@ -424,8 +424,8 @@ impl Reconciler {
     /// in journal order -- that is where it was when the gap began.
     ///
     /// The view is `exact` (design 11.7) when every gap in the range is a
-    /// start after the daemon was not running (stopped, crashed, new boot)
-    /// and no record has an unknown path.
+    /// start after a clean, quiescent stop and no record has an unknown
+    /// path.
     fn touched(
         &self,
         root: &[u8],
@@ -456,10 +456,9 @@ impl Reconciler {
                                 }
                                 _ => {}
                             }
-                            if !matches!(
-                                g.reason,
-                                GapReason::DaemonDown | GapReason::UncleanStop | GapReason::NewBoot
-                            ) {
+                            // Only a start after a stop that proved every
+                            // journaled stat older than itself (design 11.7).
+                            if g.flags & cj_types::GAP_FLAG_QUIESCENT == 0 {
                                 exact = false;
                             }
                         }

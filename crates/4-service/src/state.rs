@@ -67,17 +67,40 @@ pub fn save_roots(state_dir: &Path, roots: &[Vec<u8>]) -> Result<(), Error> {
     write_atomic(&state_dir.join(ROOTS_FILE), &text)
 }
 
-/// Written after the last commit of a clean shutdown: the last durable seq.
-/// Its absence (or a different seq) at start means the stop was unclean.
-pub fn write_clean_stop(state_dir: &Path, last_seq: u64) -> Result<(), Error> {
-    let mut b = last_seq.to_le_bytes().to_vec();
+/// What a clean shutdown left behind (`clean-stop`, design 5.1).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CleanStop {
+    /// The last durable seq.
+    pub last_seq: u64,
+    /// The stop ended quiescent (`Capture::quiesce`): every stat in the
+    /// journal predates the stop.
+    pub quiescent: bool,
+}
+
+/// Flag bit of the clean-stop file's flags field.
+const CLEAN_STOP_QUIESCENT: u32 = 1;
+
+/// Written after the last commit of a clean shutdown. Its absence (or a
+/// different seq) at start means the stop was unclean.
+///
+/// 16 bytes: last seq u64, flags u32, crc32c of the first 12 bytes u32. The
+/// 12-byte form of format 1 (last seq, crc32c) is still read (not quiescent).
+pub fn write_clean_stop(state_dir: &Path, stop: CleanStop) -> Result<(), Error> {
+    let mut b = stop.last_seq.to_le_bytes().to_vec();
+    let flags = if stop.quiescent {
+        CLEAN_STOP_QUIESCENT
+    } else {
+        0
+    };
+    b.extend_from_slice(&flags.to_le_bytes());
     b.extend_from_slice(&crc32c_of(&b).to_le_bytes());
     write_atomic(&state_dir.join(CLEAN_STOP_FILE), &b)
 }
 
 /// Reads and removes the clean-stop marker (durably, before anything new is
-/// journaled, so a later crash is not mistaken for a clean stop).
-pub fn take_clean_stop(state_dir: &Path) -> Result<Option<u64>, Error> {
+/// journaled, so a later crash is not mistaken for a clean stop). A marker
+/// that does not check out counts as none (an unclean stop: conservative).
+pub fn take_clean_stop(state_dir: &Path) -> Result<Option<CleanStop>, Error> {
     let path: PathBuf = state_dir.join(CLEAN_STOP_FILE);
     let b = match fs::read(&path) {
         Ok(b) => b,
@@ -88,12 +111,25 @@ pub fn take_clean_stop(state_dir: &Path) -> Result<Option<u64>, Error> {
     File::open(state_dir)
         .and_then(|d| d.sync_all())
         .map_err(io(state_dir, "fsync directory"))?;
-    if b.len() != 12 || u32::from_le_bytes([b[8], b[9], b[10], b[11]]) != crc32c_of(&b[..8]) {
-        return Ok(None);
+    Ok(parse_clean_stop(&b))
+}
+
+fn parse_clean_stop(b: &[u8]) -> Option<CleanStop> {
+    let u32_at = |at: usize| u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]]);
+    let body = match b.len() {
+        12 | 16 => &b[..b.len() - 4],
+        _ => return None,
+    };
+    if u32_at(b.len() - 4) != crc32c_of(body) {
+        return None;
     }
     let mut s = [0u8; 8];
     s.copy_from_slice(&b[..8]);
-    Ok(Some(u64::from_le_bytes(s)))
+    let flags = if b.len() == 16 { u32_at(8) } else { 0 };
+    Some(CleanStop {
+        last_seq: u64::from_le_bytes(s),
+        quiescent: flags & CLEAN_STOP_QUIESCENT != 0,
+    })
 }
 
 /// Records `now` as the boot the daemon runs under and returns whether the
@@ -132,12 +168,29 @@ mod tests {
     }
 
     #[test]
-    fn clean_stop_marker_is_taken_once() {
+    fn clean_stop_marker_is_taken_once_and_reads_the_old_form() {
         let d = tempfile::tempdir().unwrap();
         assert_eq!(take_clean_stop(d.path()).unwrap(), None);
-        write_clean_stop(d.path(), 42).unwrap();
-        assert_eq!(take_clean_stop(d.path()).unwrap(), Some(42));
-        assert_eq!(take_clean_stop(d.path()).unwrap(), None);
+        for quiescent in [false, true] {
+            let stop = CleanStop {
+                last_seq: 42,
+                quiescent,
+            };
+            write_clean_stop(d.path(), stop).unwrap();
+            assert_eq!(take_clean_stop(d.path()).unwrap(), Some(stop));
+            assert_eq!(take_clean_stop(d.path()).unwrap(), None);
+        }
+        let mut old = 7u64.to_le_bytes().to_vec();
+        old.extend_from_slice(&crc32c_of(&old).to_le_bytes());
+        let want = CleanStop {
+            last_seq: 7,
+            quiescent: false,
+        };
+        assert_eq!(parse_clean_stop(&old), Some(want));
+        let mut bad = old.clone();
+        bad[0] ^= 1;
+        assert_eq!(parse_clean_stop(&bad), None);
+        assert_eq!(parse_clean_stop(&old[..11]), None);
     }
 
     #[test]
