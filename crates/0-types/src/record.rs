@@ -193,6 +193,9 @@ pub struct EventRecord {
     /// anything: lets reconciliation tell a change it already journaled
     /// from one made during a gap.
     pub stat: Option<Stat>,
+    /// For a reconciled record: the seq of the newest gap (or unknown-path)
+    /// record below its root that the reconciliation closed; 0 otherwise.
+    pub gap_seq: u64,
 }
 
 /// Why history has a hole.

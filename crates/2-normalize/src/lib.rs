@@ -719,6 +719,7 @@ impl Normalizer {
                 path: new_path.unwrap_or_default(),
                 old_path: old_path.unwrap_or_default(),
                 stat: v.stat,
+                gap_seq: 0,
             },
         );
     }

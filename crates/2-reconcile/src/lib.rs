@@ -53,6 +53,9 @@ pub struct Touched {
     /// journal last saw did not change during the gap, and one the journal
     /// saw removed was already gone: neither is reported again.
     pub exact: bool,
+    /// The seq of the newest gap or unknown-path record in the range that
+    /// concerns the root: the id the records of this reconciliation carry.
+    pub gap_seq: u64,
 }
 
 impl Touched {
@@ -64,6 +67,7 @@ impl Touched {
                 .map(|(p, k)| (p, Seen::Present(k, None)))
                 .collect(),
             exact: false,
+            gap_seq: 0,
         }
     }
 
@@ -117,7 +121,7 @@ impl<'a> Found<'a> {
 /// appeared with the same inode (the only name of it on both sides, same
 /// type) become one rename record, carrying `modified`/`attrib` when the
 /// inode changed too; everything else is created/deleted/modified/attrib.
-fn records(found: Vec<Found<'_>>, fsid: u64) -> Vec<RecordBody> {
+fn records(found: Vec<Found<'_>>, fsid: u64, gap_seq: u64) -> Vec<RecordBody> {
     use std::collections::HashMap;
     let single =
         |s: &Option<Stat>| s.is_some_and(|s| s.nlink <= 1 || s.mode & 0o170000 == 0o040000);
@@ -188,19 +192,19 @@ fn records(found: Vec<Found<'_>>, fsid: u64) -> Vec<RecordBody> {
             if w.mode != n.mode || w.uid != n.uid || w.gid != n.gid || w.nlink != n.nlink {
                 c |= Changes::ATTRIB;
             }
-            let mut r = record(f.path, c, f.kind, fsid);
+            let mut r = record(f.path, c, f.kind, fsid, gap_seq);
             if let RecordBody::Event(e) = &mut r {
                 e.old_path = from.path.to_vec();
             }
             out.push(r);
         } else {
-            out.push(record(f.path, f.changes, f.kind, fsid));
+            out.push(record(f.path, f.changes, f.kind, fsid, gap_seq));
         }
     }
     out
 }
 
-fn record(path: &[u8], changes: Changes, kind: ObjectKind, fsid: u64) -> RecordBody {
+fn record(path: &[u8], changes: Changes, kind: ObjectKind, fsid: u64, gap_seq: u64) -> RecordBody {
     let name = path.rsplit(|&b| b == b'/').next().unwrap_or(b"").to_vec();
     RecordBody::Event(EventRecord {
         changes: changes | Changes::RECONCILED,
@@ -208,6 +212,7 @@ fn record(path: &[u8], changes: Changes, kind: ObjectKind, fsid: u64) -> RecordB
         fsid,
         name,
         path: path.to_vec(),
+        gap_seq,
         ..Default::default()
     })
 }
@@ -293,7 +298,7 @@ pub fn diff(old: &Snapshot, new: &Snapshot, touched: &Touched, fsid: u64) -> Vec
             out.push(Found::vanished(path, kind));
         }
     }
-    records(out, fsid)
+    records(out, fsid, touched.gap_seq)
 }
 
 /// Records for the transitions of a [`refresh`] of the baseline, which is
@@ -326,7 +331,7 @@ pub fn diff_transitions(
             out.push(Found::vanished(path, kind));
         }
     }
-    records(out, fsid)
+    records(out, fsid, touched.gap_seq)
 }
 
 #[cfg(test)]
@@ -482,11 +487,13 @@ mod tests {
             let t = Touched {
                 seen: Clone::clone(&seen),
                 exact,
+                gap_seq: 9,
             };
             let mut v: Vec<Vec<u8>> = diff(&old, &new, &t, 1)
                 .into_iter()
                 .filter_map(|r| match r {
-                    RecordBody::Event(e) => Some(e.path),
+                    // Every reconciled record names the gap it closes.
+                    RecordBody::Event(e) if e.gap_seq == 9 => Some(e.path),
                     _ => None,
                 })
                 .collect();

@@ -27,6 +27,11 @@ pub const EVENT_STAT_FLAG: u8 = 1 << 3;
 /// ino u64, mode u32, uid u32, gid u32, nlink u32, size u64, mtime i64,
 /// ctime i64.
 pub const EVENT_STAT_LEN: usize = 48;
+/// Event flag bit saying the payload ends with the gap seq a reconciled
+/// record belongs to (u64, after the stat block if any). Cleared on decode
+/// like `EVENT_STAT_FLAG`.
+pub const EVENT_GAP_FLAG: u8 = 1 << 4;
+pub const EVENT_GAP_LEN: usize = 8;
 const GAP_FIXED_LEN: usize = 32;
 const ROOT_FIXED_LEN: usize = 16;
 /// No valid record is longer: two paths, two names, three handles, headers.
@@ -36,6 +41,7 @@ pub const RECORD_BYTES_MAX: usize = RECORD_HEADER_LEN
     + 2 * NAME_BYTES_MAX
     + 2 * PATH_BYTES_MAX
     + EVENT_STAT_LEN
+    + EVENT_GAP_LEN
     + RECORD_ALIGN;
 
 const _: () = assert!(SEGMENT_HEADER_LEN.is_multiple_of(RECORD_ALIGN));
@@ -183,7 +189,9 @@ fn encode_event(e: &EventRecord, out: &mut Vec<u8>) {
     let mut f = [0u8; EVENT_FIXED_LEN];
     f[0..4].copy_from_slice(&e.changes.0.to_le_bytes());
     f[4] = e.kind as u8;
-    f[5] = (e.flags & !EVENT_STAT_FLAG) | if e.stat.is_some() { EVENT_STAT_FLAG } else { 0 };
+    f[5] = (e.flags & !(EVENT_STAT_FLAG | EVENT_GAP_FLAG))
+        | if e.stat.is_some() { EVENT_STAT_FLAG } else { 0 }
+        | if e.gap_seq != 0 { EVENT_GAP_FLAG } else { 0 };
     f[8..16].copy_from_slice(&e.fsid.to_le_bytes());
     put_handle_meta(&e.object, 16, 28, &mut f);
     put_handle_meta(&e.dir, 20, 29, &mut f);
@@ -206,6 +214,9 @@ fn encode_event(e: &EventRecord, out: &mut Vec<u8>) {
     }
     if let Some(st) = &e.stat {
         out.extend_from_slice(&encode_stat(st));
+    }
+    if e.gap_seq != 0 {
+        out.extend_from_slice(&e.gap_seq.to_le_bytes());
     }
 }
 
@@ -369,6 +380,21 @@ fn decode_event(p: &[u8]) -> Result<EventRecord, DecodeError> {
     }
     let has_stat = f[5] & EVENT_STAT_FLAG != 0;
     let mut rest = &p[EVENT_FIXED_LEN..];
+    let gap_seq = if f[5] & EVENT_GAP_FLAG != 0 {
+        let Some(cut) = rest.len().checked_sub(EVENT_GAP_LEN) else {
+            return Err(DecodeError::Invalid(
+                "event payload shorter than its gap seq",
+            ));
+        };
+        let seq = u64_at(rest, cut);
+        if seq == 0 {
+            return Err(DecodeError::Invalid("event gap seq is zero"));
+        }
+        rest = &rest[..cut];
+        seq
+    } else {
+        0
+    };
     let stat = if has_stat {
         let Some(cut) = rest.len().checked_sub(EVENT_STAT_LEN) else {
             return Err(DecodeError::Invalid(
@@ -390,7 +416,7 @@ fn decode_event(p: &[u8]) -> Result<EventRecord, DecodeError> {
     Ok(EventRecord {
         changes: Changes(u32_at(f, 0)),
         kind,
-        flags: f[5] & !EVENT_STAT_FLAG,
+        flags: f[5] & !(EVENT_STAT_FLAG | EVENT_GAP_FLAG),
         fsid: u64_at(f, 8),
         object: handle(16, object),
         dir: handle(20, dir),
@@ -400,6 +426,7 @@ fn decode_event(p: &[u8]) -> Result<EventRecord, DecodeError> {
         path: path.to_vec(),
         old_path: old_path.to_vec(),
         stat,
+        gap_seq,
     })
 }
 
@@ -487,6 +514,8 @@ mod tests {
                 mtime_ns: -4,
                 ctime_ns: i as i64,
             }),
+            // Every third with a gap seq (a reconciled record).
+            gap_seq: if i % 3 == 0 { i + 1 } else { 0 },
             ..Default::default()
         })
     }

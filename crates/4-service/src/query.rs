@@ -50,6 +50,9 @@ pub struct Entry {
     /// range: everything below it may have changed and is not listed one by
     /// one (whatever `kind` the path holds now).
     pub subtree: bool,
+    /// The gap the latest reconciled record for this path belongs to (the
+    /// seq of its gap or unknown-path record).
+    pub gap: Option<u64>,
 }
 
 /// Changes that, on a directory, cover its whole subtree.
@@ -229,6 +232,7 @@ impl Builder<'_> {
                                     Changes::RENAMED_FROM | (e.changes & Changes::RECONCILED);
                                 en.renamed_to = to;
                                 merge_kind(en, e.kind);
+                                note_gap(en, e.gap_seq);
                             }
                         }
                         if self.in_scope(&e.path) {
@@ -246,6 +250,7 @@ impl Builder<'_> {
                                             | Changes::ATTRIB));
                                 en.renamed_from = Some(from);
                                 merge_kind(en, e.kind);
+                                note_gap(en, e.gap_seq);
                             }
                         }
                     } else if self.in_scope(&e.path) {
@@ -260,6 +265,7 @@ impl Builder<'_> {
                             }
                             en.changes |= changes;
                             merge_kind(en, e.kind);
+                            note_gap(en, e.gap_seq);
                         }
                     }
                 }
@@ -298,6 +304,12 @@ fn ephemeral(e: &Entry) -> bool {
 /// covering a subtree that was not there costs a client nothing).
 fn may_have_subtree(kind: ObjectKind) -> bool {
     matches!(kind, ObjectKind::Dir | ObjectKind::Unknown)
+}
+
+fn note_gap(en: &mut Entry, gap_seq: u64) {
+    if gap_seq != 0 {
+        en.gap = Some(gap_seq);
+    }
 }
 
 fn merge_kind(en: &mut Entry, kind: ObjectKind) {

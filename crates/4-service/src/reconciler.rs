@@ -438,6 +438,7 @@ impl Reconciler {
         }
         let mut out: HashMap<Vec<u8>, Seen> = HashMap::new();
         let mut exact = true;
+        let mut gap_seq = 0;
         let mut damaged = false;
         let mut too_many = false;
         let mut renames = 0usize;
@@ -447,6 +448,12 @@ impl Reconciler {
                 match item {
                     Item::Record(r) => {
                         if let RecordBody::Gap(g) = &r.body {
+                            if g.scope.is_empty()
+                                || is_at_or_below(root, &g.scope)
+                                || is_at_or_below(&g.scope, root)
+                            {
+                                gap_seq = r.seq;
+                            }
                             match g.reason {
                                 GapReason::ClockStep => {
                                     forced = Some("the clock was set since the baseline")
@@ -465,6 +472,7 @@ impl Reconciler {
                         if let RecordBody::Event(e) = r.body {
                             if e.flags & cj_types::EVENT_FLAG_PATH_UNKNOWN != 0 {
                                 exact = false;
+                                gap_seq = r.seq;
                             }
                             let rename = !e.old_path.is_empty() && !e.path.is_empty();
                             if rename
@@ -512,7 +520,14 @@ impl Reconciler {
                 "more than {TOUCHED_PATHS_MAX} paths changed since the baseline"
             ));
         }
-        Ok((Touched { seen: out, exact }, forced))
+        Ok((
+            Touched {
+                seen: out,
+                exact,
+                gap_seq,
+            },
+            forced,
+        ))
     }
 
     /// Quiet refreshes of every captured root's baseline. `last`: the

@@ -357,6 +357,9 @@ fn changes(
         if e.subtree {
             m.insert("subtree".into(), Value::from(true));
         }
+        if let Some(g) = e.gap {
+            m.insert("gap".into(), Value::from(g));
+        }
         let _ = writeln!(out, "{}", Value::Object(m));
     }
     let rescans: Vec<Value> = answer

@@ -99,6 +99,9 @@ pub struct Change {
     /// A directory was created, deleted or renamed at this path in the
     /// range: treat everything below it as changed.
     pub subtree: bool,
+    /// For a change found by reconciliation (`changes` holds "reconciled"):
+    /// the seq of the gap record it closes (see `cj status`).
+    pub gap: Option<u64>,
 }
 
 /// A directory whose whole subtree must be rescanned, and why.
@@ -309,6 +312,7 @@ pub fn parse_change(m: &Map<String, Value>) -> Result<Change, Error> {
         renamed_from: need_path(m, "renamed_from")?,
         renamed_to: need_path(m, "renamed_to")?,
         subtree: m.get("subtree").and_then(|v| v.as_bool()).unwrap_or(false),
+        gap: m.get("gap").and_then(|v| v.as_u64()),
     })
 }
 

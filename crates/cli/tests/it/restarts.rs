@@ -684,6 +684,17 @@ fn a_restart_reports_only_what_changed_while_down(kind: Fs) {
     for p in ["down", "again"] {
         assert!(a.get(&t.join(p)).is_some(), "{p} missing: {}", a.dump());
     }
+    // Reconciled entries name the gap they close, as `cj status` lists it.
+    let gap = a.get(&t.join("down")).unwrap()["gap"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no gap id: {}", a.dump()));
+    let st: serde_json::Value = serde_json::from_str(&d.ok(&["status", "--json"])).unwrap();
+    assert!(
+        st["gaps"].as_array().is_some_and(|g| g
+            .iter()
+            .any(|g| g["seq"] == gap && g["reason"] == "daemon_down")),
+        "gap {gap} not in {st}"
+    );
     for p in ["live", "edited", "removed", "dir", "dir2", "dir2/old"] {
         assert!(
             a.get(&t.join(p)).is_none(),
