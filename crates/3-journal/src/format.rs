@@ -515,7 +515,7 @@ mod tests {
                 ctime_ns: i as i64,
             }),
             // Every third with a gap seq (a reconciled record).
-            gap_seq: if i % 3 == 0 { i + 1 } else { 0 },
+            gap_seq: if i.is_multiple_of(3) { i + 1 } else { 0 },
             ..Default::default()
         })
     }
