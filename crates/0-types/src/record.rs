@@ -168,6 +168,29 @@ pub struct Stat {
     pub ctime_ns: i64,
 }
 
+impl Stat {
+    /// The fields of a `statx` result (asked for at least `STATX_BASIC_STATS`
+    /// minus atime and blocks). Times in ns since the epoch, saturating
+    /// rather than overflowing on absurd values.
+    pub fn from_statx(st: &libc::statx) -> Stat {
+        let ns = |t: libc::statx_timestamp| {
+            t.tv_sec
+                .saturating_mul(1_000_000_000)
+                .saturating_add(i64::from(t.tv_nsec))
+        };
+        Stat {
+            ino: st.stx_ino,
+            mode: u32::from(st.stx_mode),
+            uid: st.stx_uid,
+            gid: st.stx_gid,
+            nlink: st.stx_nlink,
+            size: st.stx_size,
+            mtime_ns: ns(st.stx_mtime),
+            ctime_ns: ns(st.stx_ctime),
+        }
+    }
+}
+
 /// One normalised change, as journaled.
 #[derive(Clone, PartialEq, Eq, Debug, Default)]
 pub struct EventRecord {

@@ -120,25 +120,11 @@ fn stat_at_c(dir: RawFd, name: &std::ffi::CStr, flags: libc::c_int) -> io::Resul
             _ => Err(e),
         };
     }
-    let ns = |t: libc::statx_timestamp| {
-        t.tv_sec
-            .saturating_mul(1_000_000_000)
-            .saturating_add(i64::from(t.tv_nsec))
-    };
     Ok(Some(Stat {
         kind: ObjectKind::from_mode(st.stx_mode as u32),
         nlink: st.stx_nlink,
         ino: st.stx_ino,
-        full: cj_types::Stat {
-            ino: st.stx_ino,
-            mode: u32::from(st.stx_mode),
-            uid: st.stx_uid,
-            gid: st.stx_gid,
-            nlink: st.stx_nlink,
-            size: st.stx_size,
-            mtime_ns: ns(st.stx_mtime),
-            ctime_ns: ns(st.stx_ctime),
-        },
+        full: cj_types::Stat::from_statx(&st),
     }))
 }
 

@@ -79,20 +79,7 @@ pub(crate) fn statx_at(
     if rc != 0 {
         return Err(std::io::Error::last_os_error());
     }
-    let ns = |t: libc::statx_timestamp| t.tv_sec * 1_000_000_000 + i64::from(t.tv_nsec);
-    Ok((
-        Stat {
-            ino: st.stx_ino,
-            mode: u32::from(st.stx_mode),
-            uid: st.stx_uid,
-            gid: st.stx_gid,
-            nlink: st.stx_nlink,
-            size: st.stx_size,
-            mtime_ns: ns(st.stx_mtime),
-            ctime_ns: ns(st.stx_ctime),
-        },
-        st.stx_mnt_id,
-    ))
+    Ok((Stat::from_statx(&st), st.stx_mnt_id))
 }
 
 /// `openat2` of a directory for reading, with `O_NOATIME` when allowed:

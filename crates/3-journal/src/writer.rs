@@ -20,12 +20,6 @@ use crate::{fsync_dir, now_ns, segment_path, Options, SegMeta, Shared};
 pub(crate) fn create_segment(dir: &Path, id: JournalId, first_seq: u64) -> Result<u64, Error> {
     let path = segment_path(dir, first_seq);
     let created_ns = now_ns();
-    let header = SegmentHeader {
-        journal_id: id.0,
-        first_seq,
-        created_ns,
-        version: crate::format::FORMAT_VERSION,
-    };
     let f = OpenOptions::new()
         .write(true)
         .create_new(true)
@@ -33,9 +27,7 @@ pub(crate) fn create_segment(dir: &Path, id: JournalId, first_seq: u64) -> Resul
         .custom_flags(libc::O_CLOEXEC | libc::O_NOFOLLOW)
         .open(&path)
         .map_err(io(&path, "create segment"))?;
-    f.write_all_at(&header.encode(), 0)
-        .map_err(io(&path, "write segment header"))?;
-    f.sync_all().map_err(io(&path, "fsync segment"))?;
+    write_header(&f, &path, id, first_seq, created_ns)?;
     fsync_dir(dir)?;
     Ok(created_ns)
 }
@@ -48,19 +40,30 @@ pub(crate) fn rewrite_header(
     first_seq: u64,
     created_ns: u64,
 ) -> Result<(), Error> {
+    let f = OpenOptions::new()
+        .write(true)
+        .custom_flags(libc::O_CLOEXEC | libc::O_NOFOLLOW)
+        .open(path)
+        .map_err(io(path, "open segment"))?;
+    write_header(&f, path, id, first_seq, created_ns)
+}
+
+/// Writes this build's segment header at offset 0 and fsyncs the file.
+fn write_header(
+    f: &File,
+    path: &Path,
+    id: JournalId,
+    first_seq: u64,
+    created_ns: u64,
+) -> Result<(), Error> {
     let header = SegmentHeader {
         journal_id: id.0,
         first_seq,
         created_ns,
         version: crate::format::FORMAT_VERSION,
     };
-    let f = OpenOptions::new()
-        .write(true)
-        .custom_flags(libc::O_CLOEXEC | libc::O_NOFOLLOW)
-        .open(path)
-        .map_err(io(path, "open segment"))?;
     f.write_all_at(&header.encode(), 0)
-        .map_err(io(path, "rewrite segment header"))?;
+        .map_err(io(path, "write segment header"))?;
     f.sync_all().map_err(io(path, "fsync segment"))
 }
 

@@ -639,12 +639,30 @@ impl Reconciler {
             return Ok(false);
         }
         let marks = fast::marks(root_fd.as_raw_fd());
-        let how = match self.journal_paths(root, base.through_seq, through, true) {
+        // What to look at again: the paths the journal names, or what a
+        // fast path finds; `None`: a walk.
+        let (changed, how) = match self.journal_paths(root, base.through_seq, through, true) {
             JournalPaths::Incomplete => return Ok(false),
             JournalPaths::Complete(paths) if paths.is_empty() => return Ok(false),
-            JournalPaths::Complete(paths) => {
-                let changed = changed_by_paths(&base, paths.iter().map(|p| &p[..]));
-                self.status(|s| s.running = Some(root.to_vec()));
+            JournalPaths::Complete(paths) => (
+                Some(changed_by_paths(&base, paths.iter().map(|p| &p[..]))),
+                "journal",
+            ),
+            JournalPaths::TooMany if journal_only => return Ok(false),
+            JournalPaths::TooMany => match self.method(&root_fd, &base, &marks, None) {
+                Ok(method) => (
+                    Some(
+                        fast::changed_inodes(root_fd.as_raw_fd(), method, &base.marks)
+                            .map_err(|e| e.to_string())?,
+                    ),
+                    method.as_str(),
+                ),
+                Err(_) => (None, Method::Walk.as_str()),
+            },
+        };
+        self.status(|s| s.running = Some(root.to_vec()));
+        match changed {
+            Some(changed) => {
                 refresh(
                     &mut base,
                     &root_fd,
@@ -653,34 +671,12 @@ impl Reconciler {
                     &self.queue().progress,
                 )
                 .map_err(|e| e.to_string())?;
-                "journal"
             }
-            JournalPaths::TooMany if journal_only => return Ok(false),
-            JournalPaths::TooMany => {
-                self.status(|s| s.running = Some(root.to_vec()));
-                match self.method(&root_fd, &base, &marks, None) {
-                    Ok(method) => {
-                        let changed =
-                            fast::changed_inodes(root_fd.as_raw_fd(), method, &base.marks)
-                                .map_err(|e| e.to_string())?;
-                        refresh(
-                            &mut base,
-                            &root_fd,
-                            &self.excluded,
-                            &changed,
-                            &self.queue().progress,
-                        )
-                        .map_err(|e| e.to_string())?;
-                        method.as_str()
-                    }
-                    Err(_) => {
-                        base.entries = walk(root, &self.excluded, &self.queue().progress)
-                            .map_err(|e| e.to_string())?;
-                        Method::Walk.as_str()
-                    }
-                }
+            None => {
+                base.entries = walk(root, &self.excluded, &self.queue().progress)
+                    .map_err(|e| e.to_string())?;
             }
-        };
+        }
         let walk_end = self.sync()?;
         if self.gaps_arrived(root) || self.incomplete(root, through, walk_end) {
             return Ok(false);
