@@ -77,7 +77,8 @@ impl Mount {
         f.set_len(512 << 20).unwrap();
         let img = self.image.to_str().unwrap();
         match self.fs {
-            Fs::Ext4 => run(Command::new("mkfs.ext4").args(["-q", "-F", img])),
+            // Room for storms of small files (the default is 32,768 inodes).
+            Fs::Ext4 => run(Command::new("mkfs.ext4").args(["-q", "-F", "-N", "262144", img])),
             Fs::Xfs => run(Command::new("mkfs.xfs").args(["-q", "-f", "-m", "reflink=1", img])),
             Fs::Btrfs => run(Command::new("mkfs.btrfs").args(["-q", "-f", img])),
             Fs::Tmpfs => unreachable!(),

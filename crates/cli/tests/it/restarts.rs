@@ -80,11 +80,16 @@ fn clean_restart_keeps_cursors_and_reports_the_downtime() {
 }
 
 /// Writes files as fast as it can; `done` counts files fully written.
+/// Files one storm writes at most.
+const STORM_FILES_MAX: usize = 200_000;
+
 fn storm(dir: &Path, stop: Arc<AtomicBool>, done: Arc<AtomicUsize>) -> std::thread::JoinHandle<()> {
     let dir = dir.to_path_buf();
     std::thread::spawn(move || {
         let mut i = 0usize;
-        while !stop.load(Ordering::SeqCst) {
+        // Bounded: the test ext4 has 262,144 inodes (harness), and a fast
+        // machine could run out of them within the storm.
+        while !stop.load(Ordering::SeqCst) && i < STORM_FILES_MAX {
             fs::write(dir.join(format!("f{i:07}")), [b'x'; 100]).unwrap();
             i += 1;
             done.store(i, Ordering::SeqCst);
