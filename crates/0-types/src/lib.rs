@@ -14,7 +14,8 @@ mod record;
 pub use cursor::{Cursor, CursorError, JournalId};
 pub use path::{escape_path, unescape_path, PathText};
 pub use record::{
-    Changes, EventRecord, FileHandle, GapReason, GapRecord, ObjectKind, Record, RecordBody,
-    ResolvedRecord, RootRecord, Stat, EVENT_FLAG_PATH_UNKNOWN, EVENT_FLAG_VERIFIED_PRESENT,
-    EVENT_FLAG_VERIFIED_SAME, GAP_FLAG_QUIESCENT, HANDLE_BYTES_MAX, NAME_BYTES_MAX, PATH_BYTES_MAX,
+    Changes, EventRecord, FileHandle, GapReason, GapRecord, MarkRecord, ObjectKind, Record,
+    RecordBody, ResolvedRecord, RootRecord, Stat, EVENT_FLAG_PATH_UNKNOWN,
+    EVENT_FLAG_VERIFIED_PRESENT, EVENT_FLAG_VERIFIED_SAME, GAP_FLAG_QUIESCENT, HANDLE_BYTES_MAX,
+    NAME_BYTES_MAX, PATH_BYTES_MAX,
 };

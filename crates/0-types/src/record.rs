@@ -325,11 +325,22 @@ pub struct ResolvedRecord {
     pub records: u64,
 }
 
+/// A drain mark: every event the kernel queued before `drained_before_ns`
+/// (wall clock, ns since the epoch) has its record before this one, and
+/// every stat in the records before it was taken before that time. Lets a
+/// reconciliation after a crash or an overflow trust the stats of the
+/// records before the newest durable mark (design 11.7).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct MarkRecord {
+    pub drained_before_ns: u64,
+}
+
 /// The payload of one journal record.
 #[derive(Clone, PartialEq, Eq, Debug)]
 pub enum RecordBody {
     Event(EventRecord),
     Gap(GapRecord),
+    Mark(MarkRecord),
     Track(RootRecord),
     Untrack(RootRecord),
     Resolved(ResolvedRecord),

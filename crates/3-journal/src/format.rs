@@ -4,8 +4,8 @@
 //! Every integer is fixed-width little-endian. Every record carries a CRC-32C.
 
 use cj_types::{
-    Changes, EventRecord, FileHandle, GapReason, GapRecord, ObjectKind, Record, RecordBody,
-    ResolvedRecord, RootRecord, Stat, HANDLE_BYTES_MAX, NAME_BYTES_MAX, PATH_BYTES_MAX,
+    Changes, EventRecord, FileHandle, GapReason, GapRecord, MarkRecord, ObjectKind, Record,
+    RecordBody, ResolvedRecord, RootRecord, Stat, HANDLE_BYTES_MAX, NAME_BYTES_MAX, PATH_BYTES_MAX,
 };
 
 pub const SEGMENT_MAGIC: [u8; 8] = *b"CJJOURNL";
@@ -55,6 +55,9 @@ pub const RECORD_TYPE_GAP: u8 = 2;
 pub const RECORD_TYPE_TRACK: u8 = 3;
 pub const RECORD_TYPE_UNTRACK: u8 = 4;
 pub const RECORD_TYPE_RESOLVED: u8 = 5;
+/// Format 2.
+pub const RECORD_TYPE_MARK: u8 = 6;
+const MARK_LEN: usize = 16;
 const RESOLVED_FIXED_LEN: usize = 40;
 
 /// The fixed header at the start of every segment file.
@@ -158,6 +161,12 @@ pub fn encode_record(seq: u64, time_ns: u64, body: &RecordBody, out: &mut Vec<u8
         RecordBody::Resolved(r) => {
             encode_resolved(r, out);
             RECORD_TYPE_RESOLVED
+        }
+        RecordBody::Mark(m) => {
+            let mut f = [0u8; MARK_LEN];
+            f[0..8].copy_from_slice(&m.drained_before_ns.to_le_bytes());
+            out.extend_from_slice(&f);
+            RECORD_TYPE_MARK
         }
     };
     let len = out.len() - start;
@@ -334,6 +343,14 @@ pub fn decode_record(b: &[u8]) -> Result<(Record, usize), DecodeError> {
         RECORD_TYPE_TRACK => RecordBody::Track(decode_root(payload)?),
         RECORD_TYPE_UNTRACK => RecordBody::Untrack(decode_root(payload)?),
         RECORD_TYPE_RESOLVED => RecordBody::Resolved(decode_resolved(payload)?),
+        RECORD_TYPE_MARK => {
+            if payload.len() != MARK_LEN || u64_at(payload, 8) != 0 {
+                return Err(DecodeError::Invalid("bad mark payload"));
+            }
+            RecordBody::Mark(MarkRecord {
+                drained_before_ns: u64_at(payload, 0),
+            })
+        }
         _ => return Err(DecodeError::Invalid("unknown record type")),
     };
     Ok((Record { seq, time_ns, body }, framed))
@@ -554,7 +571,7 @@ mod tests {
                 fsid: 0,
                 scope: b"/mnt".to_vec(),
                 start_time_ns: 99,
-                flags: 0,
+                flags: 1,
                 detail: b"kill -9".to_vec(),
             }),
             RecordBody::Track(RootRecord {
@@ -571,6 +588,9 @@ mod tests {
                 fsid: 3,
                 scope: b"/srv".to_vec(),
                 records: 12,
+            }),
+            RecordBody::Mark(MarkRecord {
+                drained_before_ns: 1_700_000_000_000_000_000,
             }),
         ];
         for (i, body) in bodies.into_iter().enumerate() {

@@ -55,6 +55,8 @@ pub const COMMIT_INTERVAL_DEFAULT_MS: u64 = 100;
 pub const COMMIT_SAMPLES_MAX: usize = 1024;
 /// Barriers waiting at once.
 pub const BARRIERS_MAX: usize = 1024;
+/// Drain marks are written at most this often (`normalize_loop`).
+pub const MARK_INTERVAL: Duration = Duration::from_millis(50);
 /// Read-and-settle rounds a clean stop tries before giving up on proving
 /// quiescence (`Capture::quiesce`).
 pub const QUIESCE_ROUNDS_MAX: usize = 8;
@@ -93,7 +95,10 @@ pub enum Ctl {
 }
 
 enum NormMsg {
-    Events(Vec<u8>, usize),
+    /// A buffer and the bytes read into it; with the wall-clock time the
+    /// read started when it proved the kernel queue empty (every event
+    /// queued before that time is in this buffer or an earlier one).
+    Events(Vec<u8>, usize, Option<u64>),
     AddRoot {
         path: Vec<u8>,
         fsid: u64,
@@ -107,6 +112,9 @@ enum NormMsg {
 
 enum WriteMsg {
     Records(Vec<RecordBody>),
+    /// Every event queued before this time has its records sent already,
+    /// and every record sent so far was made (its stat taken) before it.
+    Drained(u64),
     Barrier(Completion),
     Shutdown,
 }
@@ -342,6 +350,7 @@ impl Capture {
             let Ok(mut buf) = self.free.recv() else {
                 return None;
             };
+            let started = now_ns();
             let n = match self.fan.read(&mut buf) {
                 Ok(n) => n,
                 Err(e) => {
@@ -353,12 +362,13 @@ impl Capture {
             };
             total += n;
             let drained = n + EVENT_BYTES_MAX < buf.len();
-            if n == 0 {
-                // Return the buffer through the normaliser's pool channel.
-                if self.out.send(NormMsg::Events(buf, 0)).is_err() {
-                    return None;
-                }
-            } else if self.out.send(NormMsg::Events(buf, n)).is_err() {
+            // An empty buffer goes back through the normaliser's pool
+            // channel too.
+            if self
+                .out
+                .send(NormMsg::Events(buf, n, drained.then_some(started)))
+                .is_err()
+            {
                 return None;
             }
             if drained {
@@ -626,16 +636,38 @@ fn normalize_loop(
     shared: Arc<Shared>,
 ) {
     let mut records = Vec::new();
+    // When the newest records not yet covered by a drain mark were done
+    // (their stats were all taken before it), and when the last mark went.
+    let mut uncovered_since: Option<u64> = None;
+    let mut last_mark: Option<Instant> = None;
     while let Ok(msg) = input.recv() {
         let forward = match msg {
-            NormMsg::Events(buf, n) => {
+            NormMsg::Events(buf, n, drained) => {
                 normalizer.process(&buf[..n], &mut records);
                 let _ = free.send(buf);
                 *shared.normalize.lock().unwrap_or_else(|e| e.into_inner()) = normalizer.stats;
-                if records.is_empty() {
-                    continue;
+                if !records.is_empty() {
+                    uncovered_since = Some(now_ns());
+                    if out
+                        .send(WriteMsg::Records(std::mem::take(&mut records)))
+                        .is_err()
+                    {
+                        return;
+                    }
                 }
-                WriteMsg::Records(std::mem::take(&mut records))
+                // A drain mark: a read that started after every record
+                // sent so far was done (so after all their stats) found the
+                // queue empty (design 11.7). At most one per MARK_INTERVAL.
+                match (drained, uncovered_since) {
+                    (Some(t), Some(done))
+                        if t > done && last_mark.is_none_or(|m| m.elapsed() >= MARK_INTERVAL) =>
+                    {
+                        uncovered_since = None;
+                        last_mark = Some(Instant::now());
+                        WriteMsg::Drained(t)
+                    }
+                    _ => continue,
+                }
             }
             NormMsg::AddRoot { path, fsid, fd } => {
                 normalizer.add_root(path, fsid, fd);
@@ -686,6 +718,7 @@ fn writer_loop(
     let mut last_retention = Instant::now();
     let mut failed: Option<String> = None;
     let mut last_commit = Instant::now();
+
     while !shutdown {
         let first = match input.recv_timeout(Duration::from_secs(60)) {
             Ok(m) => m,
@@ -722,6 +755,17 @@ fn writer_loop(
                                 Err(e) => failed = Some(e.to_string()),
                             }
                             appended += 1;
+                        }
+                    }
+                }
+                WriteMsg::Drained(t) => {
+                    // Right behind the records it covers.
+                    let mark = RecordBody::Mark(cj_types::MarkRecord {
+                        drained_before_ns: t,
+                    });
+                    if failed.is_none() {
+                        if let Err(e) = writer.append(now_ns(), &mark) {
+                            failed = Some(e.to_string());
                         }
                     }
                 }

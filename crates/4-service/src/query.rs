@@ -279,6 +279,8 @@ impl Builder<'_> {
                 }
                 RecordBody::Track(t) => self.rescan(&t.path, "tracking_started"),
                 RecordBody::Untrack(t) => self.rescan(&t.path, "untracked"),
+                // Only reconciliation reads drain marks.
+                RecordBody::Mark(_) => {}
             },
             Item::Damaged { .. } => self.rescan_roots(None, "journal_damaged"),
         }

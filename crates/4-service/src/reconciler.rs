@@ -423,9 +423,10 @@ impl Reconciler {
     /// journal or present in the baseline) also counts under its new name,
     /// in journal order -- that is where it was when the gap began.
     ///
-    /// The view is `exact` (design 11.7) when every gap in the range is a
-    /// start after a clean, quiescent stop and no record has an unknown
-    /// path.
+    /// The view is `exact` (design 11.7) unless the range holds a gap other
+    /// than a start or an overflow, or an unknown path; at a start or an
+    /// overflow that was not a quiescent stop, paths last set by records
+    /// after the newest drain mark lose their stat.
     fn touched(
         &self,
         root: &[u8],
@@ -443,6 +444,8 @@ impl Reconciler {
         let mut too_many = false;
         let mut renames = 0usize;
         let mut forced = None;
+        // Paths set by records after the newest drain mark so far.
+        let mut uncovered: Vec<Vec<u8>> = Vec::new();
         self.reader
             .scan(after, upto, |item| {
                 match item {
@@ -463,11 +466,30 @@ impl Reconciler {
                                 }
                                 _ => {}
                             }
-                            // Only a start after a stop that proved every
-                            // journaled stat older than itself (design 11.7).
-                            if g.flags & cj_types::GAP_FLAG_QUIESCENT == 0 {
-                                exact = false;
+                            // Where events were lost (design 11.7), a stat
+                            // journaled after the newest drain mark may
+                            // include a change whose record is missing: such
+                            // paths fall back to the baseline. A quiescent
+                            // clean stop proved every stat older than itself.
+                            // Other gaps: the baseline alone.
+                            match g.reason {
+                                _ if g.flags & cj_types::GAP_FLAG_QUIESCENT != 0 => {}
+                                GapReason::DaemonDown
+                                | GapReason::NewBoot
+                                | GapReason::UncleanStop
+                                | GapReason::QueueOverflow => {
+                                    for p in uncovered.drain(..) {
+                                        if let Some(Seen::Present(k, Some(_))) = out.get(&p) {
+                                            let k = *k;
+                                            out.insert(p, Seen::Present(k, None));
+                                        }
+                                    }
+                                }
+                                _ => exact = false,
                             }
+                        }
+                        if let RecordBody::Mark(_) = &r.body {
+                            uncovered.clear();
                         }
                         if let RecordBody::Event(e) = r.body {
                             if e.flags & cj_types::EVENT_FLAG_PATH_UNKNOWN != 0 {
@@ -480,7 +502,12 @@ impl Reconciler {
                                 && is_at_or_below(&e.path, root)
                             {
                                 renames += 1;
-                                follow_rename(&mut out, baseline, &e.old_path, &e.path);
+                                uncovered.extend(follow_rename(
+                                    &mut out,
+                                    baseline,
+                                    &e.old_path,
+                                    &e.path,
+                                ));
                             }
                             if !e.old_path.is_empty() && is_at_or_below(&e.old_path, root) {
                                 out.insert(e.old_path, Seen::Gone);
@@ -499,13 +526,18 @@ impl Reconciler {
                                 } else {
                                     Seen::Present(e.kind, e.stat)
                                 };
+                                if e.stat.is_some() {
+                                    uncovered.push(e.path.clone());
+                                }
                                 out.insert(e.path, seen);
                             }
                         }
                     }
                     Item::Damaged { .. } => damaged = true,
                 }
-                too_many = out.len() > TOUCHED_PATHS_MAX || renames > RENAMES_FOLLOWED_MAX;
+                too_many = out.len() > TOUCHED_PATHS_MAX
+                    || uncovered.len() > TOUCHED_PATHS_MAX
+                    || renames > RENAMES_FOLLOWED_MAX;
                 !damaged && !too_many
             })
             .map_err(|e| e.to_string())?;
@@ -991,8 +1023,13 @@ fn save_baseline(root: &[u8], new: &Snapshot, dir: &std::path::Path) -> Result<(
 /// Moves, in `out`, every path at or below `from` (known to the journal or
 /// present in the baseline) to the same path below `to`, keeping its state
 /// (a baseline entry keeps its stat: a directory's rename changes only the
-/// directory); the old paths are gone.
-fn follow_rename(out: &mut HashMap<Vec<u8>, Seen>, baseline: &Snapshot, from: &[u8], to: &[u8]) {
+/// directory); the old paths are gone. Returns the new paths.
+fn follow_rename(
+    out: &mut HashMap<Vec<u8>, Seen>,
+    baseline: &Snapshot,
+    from: &[u8],
+    to: &[u8],
+) -> Vec<Vec<u8>> {
     let mut hi = from.to_vec();
     hi.push(b'/' + 1);
     let mut moved: Vec<(Vec<u8>, Seen)> = out
@@ -1015,10 +1052,13 @@ fn follow_rename(out: &mut HashMap<Vec<u8>, Seen>, baseline: &Snapshot, from: &[
                 )
             }),
     );
+    let mut new_paths = Vec::with_capacity(moved.len());
     for (p, seen) in moved {
         let mut n = to.to_vec();
         n.extend_from_slice(&p[from.len()..]);
         out.insert(p, Seen::Gone);
-        out.insert(n, seen);
+        out.insert(n.clone(), seen);
+        new_paths.push(n);
     }
+    new_paths
 }
