@@ -325,11 +325,12 @@ pub struct ResolvedRecord {
     pub records: u64,
 }
 
-/// A drain mark: every event the kernel queued before `drained_before_ns`
-/// (wall clock, ns since the epoch) has its record before this one, and
-/// every stat in the records before it was taken before that time. Lets a
-/// reconciliation after a crash or an overflow trust the stats of the
-/// records before the newest durable mark (design 11.7).
+/// A drain mark: every event the kernel queued before a read that found
+/// the queue empty has its record before this one, and every stat in the
+/// records before this one was taken before that read started (ordered by
+/// the monotonic clock). `drained_before_ns` is that read's wall-clock start,
+/// for people; reconciliation after a crash or an overflow uses the mark's
+/// position (design 11.7).
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub struct MarkRecord {
     pub drained_before_ns: u64,

@@ -103,6 +103,25 @@ struct Found<'a> {
 }
 
 impl<'a> Found<'a> {
+    /// The difference at `path` between what was there (the baseline's
+    /// stat, or the journal's when its view is exact) and `now`, if any.
+    fn between(
+        path: &'a [u8],
+        was: Option<Stat>,
+        now: Option<Stat>,
+        touched: &Touched,
+    ) -> Option<Found<'a>> {
+        let was = touched.was(path, was);
+        let (changes, kind) = classify(was.as_ref(), now.as_ref())?;
+        Some(Found {
+            path,
+            changes,
+            kind,
+            was,
+            now,
+        })
+    }
+
     /// A path the journal saw existing that neither side holds: it was
     /// created after the baseline and removed during the gap. `kind` is what
     /// the journal last saw there (a directory's record covers its subtree).
@@ -282,16 +301,7 @@ pub fn diff(old: &Snapshot, new: &Snapshot, touched: &Touched, fsid: u64) -> Vec
                 }
             },
         };
-        let was = touched.was(path, was);
-        if let Some((changes, kind)) = classify(was.as_ref(), now.as_ref()) {
-            out.push(Found {
-                path,
-                changes,
-                kind,
-                was,
-                now,
-            });
-        }
+        out.extend(Found::between(path, was, now, touched));
     }
     for (path, kind) in touched.present_paths() {
         if !new.entries.contains_key(path) && !old.entries.contains_key(path) {
@@ -311,16 +321,7 @@ pub fn diff_transitions(
 ) -> Vec<RecordBody> {
     let mut out: Vec<Found<'_>> = Vec::new();
     for (path, (was, now)) in transitions {
-        let was = touched.was(path, *was);
-        if let Some((changes, kind)) = classify(was.as_ref(), now.as_ref()) {
-            out.push(Found {
-                path,
-                changes,
-                kind,
-                was,
-                now: *now,
-            });
-        }
+        out.extend(Found::between(path, *was, *now, touched));
     }
     for (path, kind) in touched.present_paths() {
         let in_old = match transitions.get(path) {

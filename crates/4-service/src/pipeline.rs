@@ -95,10 +95,11 @@ pub enum Ctl {
 }
 
 enum NormMsg {
-    /// A buffer and the bytes read into it; with the wall-clock time the
-    /// read started when it proved the kernel queue empty (every event
-    /// queued before that time is in this buffer or an earlier one).
-    Events(Vec<u8>, usize, Option<u64>),
+    /// A buffer and the bytes read into it; with when the read started
+    /// (monotonic, and wall clock for the journal) when it proved the kernel
+    /// queue empty: every event queued before then is in this buffer or an
+    /// earlier one.
+    Events(Vec<u8>, usize, Option<(Instant, u64)>),
     AddRoot {
         path: Vec<u8>,
         fsid: u64,
@@ -350,7 +351,7 @@ impl Capture {
             let Ok(mut buf) = self.free.recv() else {
                 return None;
             };
-            let started = now_ns();
+            let started = (Instant::now(), now_ns());
             let n = match self.fan.read(&mut buf) {
                 Ok(n) => n,
                 Err(e) => {
@@ -638,7 +639,8 @@ fn normalize_loop(
     let mut records = Vec::new();
     // When the newest records not yet covered by a drain mark were done
     // (their stats were all taken before it), and when the last mark went.
-    let mut uncovered_since: Option<u64> = None;
+    // (Monotonic: a wall-clock step must not fake the order.)
+    let mut uncovered_since: Option<Instant> = None;
     let mut last_mark: Option<Instant> = None;
     while let Ok(msg) = input.recv() {
         let forward = match msg {
@@ -647,7 +649,7 @@ fn normalize_loop(
                 let _ = free.send(buf);
                 *shared.normalize.lock().unwrap_or_else(|e| e.into_inner()) = normalizer.stats;
                 if !records.is_empty() {
-                    uncovered_since = Some(now_ns());
+                    uncovered_since = Some(Instant::now());
                     if out
                         .send(WriteMsg::Records(std::mem::take(&mut records)))
                         .is_err()
@@ -659,8 +661,9 @@ fn normalize_loop(
                 // sent so far was done (so after all their stats) found the
                 // queue empty (design 11.7). At most one per MARK_INTERVAL.
                 match (drained, uncovered_since) {
-                    (Some(t), Some(done))
-                        if t > done && last_mark.is_none_or(|m| m.elapsed() >= MARK_INTERVAL) =>
+                    (Some((read_at, t)), Some(done))
+                        if read_at > done
+                            && last_mark.is_none_or(|m| m.elapsed() >= MARK_INTERVAL) =>
                     {
                         uncovered_since = None;
                         last_mark = Some(Instant::now());
