@@ -270,6 +270,22 @@ impl Snapshot {
         })
     }
 
+    /// The journal seqs a snapshot's header names (`through`, `valid
+    /// after`): both were durable, so the journal's numbering must never
+    /// restart below them (design 7 step 5a). `None` if the header is
+    /// unreadable.
+    pub fn load_seqs(dir: &Path, root: &[u8]) -> Option<(u64, u64)> {
+        use std::io::Read;
+        let mut h = [0u8; HEADER_LEN];
+        File::open(Snapshot::file_for(dir, root))
+            .and_then(|mut f| f.read_exact(&mut h))
+            .ok()?;
+        if h[0..8] != MAGIC || u32_at(&h, 124) != Some(crc32c::crc32c(&h[0..124])) {
+            return None;
+        }
+        Some((u64_at(&h, 24)?, u64_at(&h, 48)?))
+    }
+
     /// Replaces the snapshot file atomically and durably.
     pub fn save(&self, dir: &Path) -> Result<(), SnapshotError> {
         let io = |path: &Path, op: &'static str| {

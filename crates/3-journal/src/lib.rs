@@ -13,6 +13,7 @@
 
 mod error;
 pub mod format;
+mod highwater;
 mod reader;
 mod writer;
 
@@ -26,6 +27,7 @@ use std::time::Duration;
 use cj_types::JournalId;
 
 pub use error::Error;
+pub use highwater::HIGHWATER_INTERVAL;
 pub use reader::{Item, Reader};
 pub use writer::Writer;
 
@@ -40,6 +42,12 @@ pub struct Options {
     pub retain_bytes: u64,
     /// Segments whose newest record is older than this are deleted.
     pub retain_age: Duration,
+    /// A durable lower bound, known to the caller, on the highest sequence
+    /// number ever acknowledged (the clean-stop marker, baselines' seqs).
+    /// With the journal's own high-water mark it bounds where numbering may
+    /// continue (design 7 step 5a): records lost below it are reported as
+    /// damaged, never renumbered.
+    pub seq_floor: u64,
 }
 
 impl Default for Options {
@@ -48,6 +56,7 @@ impl Default for Options {
             segment_bytes: 64 << 20,
             retain_bytes: 2 << 30,
             retain_age: Duration::from_secs(30 * 24 * 3600),
+            seq_floor: 0,
         }
     }
 }
@@ -68,6 +77,11 @@ pub struct Recovery {
     pub damaged: Vec<(u64, u64)>,
     /// A last segment whose header was unreadable was moved aside.
     pub quarantined: Vec<PathBuf>,
+    /// Acknowledged records `first..=last` are missing: the journal ends
+    /// below a durable high-water mark (its tail was cut or its last
+    /// segment deleted). Numbering continues above `last`; readers report
+    /// the range as damaged.
+    pub lost: Option<(u64, u64)>,
 }
 
 pub(crate) struct SegMeta {
@@ -233,9 +247,34 @@ pub fn open(dir: &Path, options: Options) -> Result<(Writer, Reader, Recovery), 
     }
     let last = segments.last_mut().expect("at least one segment exists");
     let tail = recover_tail(last, &mut recovery)?;
-    let durable_seq = tail.last_seq.max(last.first_seq - 1);
+    let mut durable_seq = tail.last_seq.max(last.first_seq - 1);
     recovery.last_seq = durable_seq;
     recovery.last_time_ns = tail.last_time_ns;
+    let floor = if recovery.created {
+        0
+    } else {
+        options.seq_floor.max(highwater::read(dir, id).unwrap_or(0))
+    };
+    if floor > durable_seq {
+        // Acknowledged records are gone. Never hand their numbers out again:
+        // the next segment starts above the mark, and readers see the
+        // missing range as damage (the previous segment "should" hold it).
+        let next = floor + 1;
+        let created_ns = writer::create_segment(dir, id, next)?;
+        segments.push(SegMeta {
+            first_seq: next,
+            path: segment_path(dir, next),
+            durable_len: SEGMENT_HEADER_LEN as u64,
+            created_ns,
+        });
+        recovery.lost = Some((durable_seq + 1, floor));
+        durable_seq = floor;
+        last_version = format::FORMAT_VERSION;
+    }
+    let mut highwater = highwater::HighWater::open(dir, id, 0)?;
+    // The mark never goes down, and is at least what was just recovered.
+    highwater.advance(durable_seq, true)?;
+    let last = segments.last_mut().expect("at least one segment exists");
     if last_version < format::FORMAT_VERSION {
         // Written by an older cj: records of this version go into a segment
         // of this version, so an older cj reading the journal refuses a
@@ -277,6 +316,7 @@ pub fn open(dir: &Path, options: Options) -> Result<(Writer, Reader, Recovery), 
         shared.clone(),
         file,
         lock,
+        highwater,
         seg_first_seq,
         file_len,
         durable_seq + 1,

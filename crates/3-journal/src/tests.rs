@@ -18,6 +18,7 @@ fn small() -> Options {
         segment_bytes: 4096,
         retain_bytes: u64::MAX,
         retain_age: Duration::from_secs(3600),
+        seq_floor: 0,
     }
 }
 
@@ -230,6 +231,7 @@ fn retention_by_size_drops_oldest_segments() {
         segment_bytes: 4096,
         retain_bytes: 16 * 1024,
         retain_age: Duration::from_secs(3600),
+        seq_floor: 0,
     };
     let (mut w, r, _) = open(dir.path(), opts.clone()).unwrap();
     write_n(&mut w, 2000);
@@ -313,4 +315,121 @@ fn a_version_1_journal_is_upgraded_by_a_new_segment() {
     assert_eq!(w.append(1, &event(0)).unwrap(), 1);
     w.commit().unwrap();
     assert_eq!(seqs(&collect(&r, 0, 100)), vec![1]);
+}
+
+/// The byte offset just past record `seq` in a segment file.
+fn end_of_record(seg: &Path, seq: u64) -> u64 {
+    let bytes = fs::read(seg).unwrap();
+    let mut off = SEGMENT_HEADER_LEN;
+    while off < bytes.len() {
+        let (s, len) = check_frame(&bytes[off..]).unwrap();
+        off += len;
+        if s == seq {
+            return off as u64;
+        }
+    }
+    panic!("record {seq} not found");
+}
+
+// Issue 9, defect 3: acknowledged records cut from the tail must not have
+// their numbers handed out again.
+#[test]
+fn acknowledged_records_cut_from_the_tail_are_never_renumbered() {
+    let dir = tempfile::tempdir().unwrap();
+    let big = Options {
+        segment_bytes: 1 << 20,
+        ..small()
+    };
+    let (mut w, r, _) = open(dir.path(), big.clone()).unwrap();
+    write_n(&mut w, 10);
+    w.sync_highwater().unwrap();
+    drop((w, r));
+    let seg = last_segment(dir.path());
+    let f = OpenOptions::new().write(true).open(&seg).unwrap();
+    f.set_len(end_of_record(&seg, 5)).unwrap();
+    drop(f);
+    let (mut w, r, rec) = open(dir.path(), big.clone()).unwrap();
+    assert_eq!(rec.last_seq, 5);
+    assert_eq!(rec.lost, Some((6, 10)));
+    assert_eq!(r.durable_seq(), 10);
+    assert_eq!(
+        w.append(1, &event(11)).unwrap(),
+        11,
+        "numbering continues above the mark"
+    );
+    w.commit().unwrap();
+    // A cursor at 7 (handed out before the cut) sees the loss, not seq reuse.
+    let items = collect(&r, 7, 11);
+    assert_eq!(items[0], Item::Damaged { first: 8, last: 10 });
+    assert_eq!(seqs(&items), vec![11]);
+    assert_eq!(collect(&r, 3, 11)[2], Item::Damaged { first: 6, last: 10 });
+    drop((w, r));
+    // A second open finds nothing new lost.
+    let (_w, _r, rec) = open(dir.path(), big).unwrap();
+    assert_eq!(rec.lost, None);
+    assert_eq!(rec.last_seq, 11);
+}
+
+#[test]
+fn a_deleted_last_segment_is_reported_lost_not_renumbered() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut w, r, _) = open(dir.path(), small()).unwrap();
+    write_n(&mut w, 200);
+    w.sync_highwater().unwrap();
+    drop((w, r));
+    let seg = last_segment(dir.path());
+    let first = u64::from_str_radix(
+        seg.file_name()
+            .unwrap()
+            .to_str()
+            .unwrap()
+            .strip_suffix(".cjseg")
+            .unwrap(),
+        16,
+    )
+    .unwrap();
+    fs::remove_file(&seg).unwrap();
+    let (mut w, _r, rec) = open(dir.path(), small()).unwrap();
+    assert_eq!(rec.lost, Some((first, 200)));
+    assert_eq!(w.append(1, &event(1)).unwrap(), 201);
+}
+
+#[test]
+fn the_callers_floor_counts_when_the_mark_is_gone() {
+    let dir = tempfile::tempdir().unwrap();
+    let big = Options {
+        segment_bytes: 1 << 20,
+        ..small()
+    };
+    let (mut w, r, _) = open(dir.path(), big.clone()).unwrap();
+    write_n(&mut w, 10);
+    drop((w, r));
+    fs::remove_file(dir.path().join(highwater::HIGHWATER_FILE)).unwrap();
+    let seg = last_segment(dir.path());
+    let f = OpenOptions::new().write(true).open(&seg).unwrap();
+    f.set_len(end_of_record(&seg, 4)).unwrap();
+    drop(f);
+    let floor = Options {
+        seq_floor: 10,
+        ..big
+    };
+    let (mut w, _r, rec) = open(dir.path(), floor).unwrap();
+    assert_eq!(rec.lost, Some((5, 10)));
+    assert_eq!(w.append(1, &event(1)).unwrap(), 11);
+}
+
+/// A torn, unacknowledged tail (after a kill -9 or power loss) is not a loss:
+/// the mark never runs ahead of what was durable.
+#[test]
+fn an_unacknowledged_tail_is_not_a_loss() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut w, r, _) = open(dir.path(), Options::default()).unwrap();
+    write_n(&mut w, 10);
+    for i in 0..5 {
+        w.append(1, &event(i)).unwrap();
+    }
+    drop((w, r)); // never committed
+    let (_w, _r, rec) = open(dir.path(), Options::default()).unwrap();
+    assert_eq!(rec.lost, None);
+    assert_eq!(rec.last_seq, 10);
 }

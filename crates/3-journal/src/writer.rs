@@ -72,6 +72,7 @@ pub struct Writer {
     shared: Arc<Shared>,
     file: File,
     _lock: File,
+    highwater: crate::highwater::HighWater,
     seg_first_seq: u64,
     /// Bytes in the active segment file (all durable after each commit).
     file_len: u64,
@@ -89,6 +90,7 @@ impl Writer {
         shared: Arc<Shared>,
         file: File,
         lock: File,
+        highwater: crate::highwater::HighWater,
         seg_first_seq: u64,
         file_len: u64,
         next_seq: u64,
@@ -98,6 +100,7 @@ impl Writer {
             shared,
             file,
             _lock: lock,
+            highwater,
             seg_first_seq,
             file_len,
             next_seq,
@@ -168,7 +171,28 @@ impl Writer {
         self.pending_records = 0;
         let durable = self.next_seq - 1;
         self.publish(durable);
+        // After publishing: the mark is a lower bound, so lagging is safe
+        // (design 7 step 5a says how much). A failure is a failing state
+        // disk: stop like any other write failure.
+        if let Err(e) = self.highwater.advance(durable, false) {
+            self.poisoned = true;
+            return Err(e);
+        }
         Ok(durable)
+    }
+
+    /// Writes the high-water mark for everything durable now (a clean stop
+    /// calls this after its last commit).
+    pub fn sync_highwater(&mut self) -> Result<(), Error> {
+        if self.poisoned {
+            return Err(Error::Poisoned);
+        }
+        let durable = self.next_seq - 1;
+        let result = self.highwater.advance(durable, true);
+        if result.is_err() {
+            self.poisoned = true;
+        }
+        result
     }
 
     fn publish(&self, durable: u64) {

@@ -90,8 +90,21 @@ pub fn run(config: Config) -> Result<(), Error> {
         .map_err(io(&config.state_dir, "resolve state directory"))?;
     fs::set_permissions(&state_dir, fs::Permissions::from_mode(0o700))
         .map_err(io(&state_dir, "chmod"))?;
-    let (writer, reader, recovery) =
-        cj_journal::open(&state_dir.join("journal"), config.journal.clone())?;
+    let roots = state::load_roots(&state_dir)?;
+    let snapshots = state_dir.join("snapshots");
+    let journal_options = cj_journal::Options {
+        seq_floor: seq_floor(&state_dir, &snapshots, &roots),
+        ..config.journal.clone()
+    };
+    let (writer, reader, recovery) = cj_journal::open(&state_dir.join("journal"), journal_options)?;
+    if let Some((a, b)) = recovery.lost {
+        log(format!(
+            "journal records {a}..={b} were acknowledged but are missing (the journal's tail was \
+             cut or its last segment removed); numbering continues at {}, and queries from \
+             cursors before {b} will ask for a rescan (journal_damaged)",
+            b + 1
+        ));
+    }
     if recovery.truncated_bytes > 0 {
         log(format!(
             "recovered the journal: cut {} bytes of unacknowledged tail",
@@ -105,7 +118,6 @@ pub fn run(config: Config) -> Result<(), Error> {
     }
     let clean_stop = state::take_clean_stop(&state_dir)?;
     let new_boot = state::swap_boot_id(&state_dir, &cj_reconcile::fast::boot_id())?;
-    let roots = state::load_roots(&state_dir)?;
     raise_fd_limit();
     let fan = Fanotify::new(config.queue).map_err(Error::Fanotify)?;
     let excluded = vec![state_dir.as_os_str().as_bytes().to_vec()];
@@ -137,7 +149,8 @@ pub fn run(config: Config) -> Result<(), Error> {
     if !recovery.created {
         // Marks are in place before this record, so every change after it
         // is captured; everything between the last record and here is not.
-        let clean = clean_stop.is_some_and(|c| c.last_seq == recovery.last_seq);
+        let clean =
+            recovery.lost.is_none() && clean_stop.is_some_and(|c| c.last_seq == recovery.last_seq);
         // Every stat journaled before this gap predates it (design 11.7).
         let quiescent = clean && clean_stop.is_some_and(|c| c.quiescent);
         let (reason, detail) = match (clean, new_boot) {
@@ -203,7 +216,6 @@ pub fn run(config: Config) -> Result<(), Error> {
             Err(_) => return Err(Error::WriterFailed("pipeline stopped".into())),
         }
     }
-    let snapshots = state_dir.join("snapshots");
     let reconciler = reconciler::Reconciler {
         shared: pipeline.shared.clone(),
         reader: reader.clone(),
@@ -310,6 +322,18 @@ pub fn run(config: Config) -> Result<(), Error> {
         }
         Exit::Fatal(e) => Err(Error::WriterFailed(e)),
     }
+}
+
+/// The durable marks outside the journal that bound where its numbering may
+/// continue (design 7 step 5a): the clean-stop marker's last seq and every
+/// baseline's seqs (both were durable when written).
+fn seq_floor(state_dir: &Path, snapshots: &Path, roots: &[Vec<u8>]) -> u64 {
+    let stop = state::peek_clean_stop(state_dir).map_or(0, |c| c.last_seq);
+    roots
+        .iter()
+        .filter_map(|r| cj_reconcile::Snapshot::load_seqs(snapshots, r))
+        .map(|(through, valid_after)| through.max(valid_after))
+        .fold(stop, u64::max)
 }
 
 fn bind_socket(path: &Path) -> Result<UnixListener, Error> {

@@ -97,6 +97,13 @@ pub fn write_clean_stop(state_dir: &Path, stop: CleanStop) -> Result<(), Error> 
     write_atomic(&state_dir.join(CLEAN_STOP_FILE), &b)
 }
 
+/// Reads the clean-stop marker without removing it (its seq bounds where
+/// the journal's numbering may continue, so it is read before the journal
+/// is opened).
+pub fn peek_clean_stop(state_dir: &Path) -> Option<CleanStop> {
+    parse_clean_stop(&fs::read(state_dir.join(CLEAN_STOP_FILE)).ok()?)
+}
+
 /// Reads and removes the clean-stop marker (durably, before anything new is
 /// journaled, so a later crash is not mistaken for a clean stop). A marker
 /// that does not check out counts as none (an unclean stop: conservative).

@@ -175,6 +175,8 @@ fn daemon(socket: PathBuf, a: DaemonArgs) -> Result<i32> {
             segment_bytes: a
                 .test_segment_bytes
                 .unwrap_or(cj_journal::Options::default().segment_bytes),
+            // Set by the service from its own durable marks.
+            seq_floor: 0,
         },
         commit_interval: std::time::Duration::from_millis(a.commit_interval_ms),
         reconcile_walk_only: a.reconcile == "walk",
