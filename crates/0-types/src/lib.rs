@@ -1,7 +1,8 @@
 //! The vocabulary every cj stage speaks: journal records, cursors, file
 //! handles, change flags and object kinds.
 //!
-//! This crate holds no I/O. The byte layout of records on disk lives in
+//! Its only I/O is small helpers every stage shares (`fsutil`, `sys`:
+//! atomic state files, path calls at any depth). The byte layout of records on disk lives in
 //! `cj-journal` (see `docs/design.md`); the types here are what flows between
 //! the stages: capture -> normalisation -> journal -> service -> client.
 
@@ -10,6 +11,7 @@ pub mod fsutil;
 mod path;
 pub mod protocol;
 mod record;
+pub mod sys;
 
 pub use cursor::{Cursor, CursorError, JournalId};
 pub use path::{escape_path, unescape_path, PathText};

@@ -48,22 +48,9 @@ pub fn open_by_handle(mount_fd: RawFd, handle_type: i32, handle: &[u8]) -> io::R
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
-/// The path of an open descriptor, from `/proc/self/fd`. `None` for an
-/// object that has been deleted.
-pub fn fd_path(fd: RawFd) -> io::Result<Option<Vec<u8>>> {
-    let link = CString::new(format!("/proc/self/fd/{fd}")).expect("no NUL");
-    let mut buf = vec![0u8; libc::PATH_MAX as usize + 64];
-    // SAFETY: buf is writable for its length.
-    let n = unsafe { libc::readlink(link.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
-    if n < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    buf.truncate(n as usize);
-    if buf.ends_with(b" (deleted)") || !buf.starts_with(b"/") {
-        return Ok(None);
-    }
-    Ok(Some(buf))
-}
+/// The path of an open descriptor (any length). `None` for an object that
+/// has been deleted.
+pub use cj_types::sys::fd_path;
 
 /// What `statx` says about a name, without following symlinks.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -174,26 +161,12 @@ pub fn open_dir_for_handles(path: &[u8]) -> io::Result<OwnedFd> {
 }
 
 fn open_nofollow(path: &[u8], flags: libc::c_int) -> io::Result<OwnedFd> {
-    let cpath = CString::new(path).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
-    // SAFETY: open_how is plain old data.
-    let mut how: libc::open_how = unsafe { std::mem::zeroed() };
-    how.flags = flags as u64;
-    how.resolve = libc::RESOLVE_NO_SYMLINKS | libc::RESOLVE_NO_MAGICLINKS;
-    // SAFETY: valid C string and open_how of the declared size.
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_openat2,
-            libc::AT_FDCWD,
-            cpath.as_ptr(),
-            &how as *const libc::open_how,
-            std::mem::size_of::<libc::open_how>(),
-        )
-    };
-    if rc < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: new descriptor from the kernel.
-    Ok(unsafe { OwnedFd::from_raw_fd(rc as RawFd) })
+    cj_types::sys::openat2(
+        libc::AT_FDCWD,
+        path,
+        flags,
+        libc::RESOLVE_NO_SYMLINKS | libc::RESOLVE_NO_MAGICLINKS,
+    )
 }
 
 /// Splits an absolute path into (parent, name). `None` for "/".

@@ -5,7 +5,7 @@
 
 use std::ffi::CString;
 use std::fmt;
-use std::os::unix::io::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::io::{AsRawFd, OwnedFd, RawFd};
 use std::sync::atomic::AtomicU64;
 
 use crate::Stat;
@@ -87,27 +87,14 @@ pub(crate) fn statx_at(
 /// and on btrfs each atime update rewrites the inode item, which would make
 /// every directory look changed to the next fast reconciliation).
 fn open_dir(dir: RawFd, path: &[u8], flags: libc::c_int, resolve: u64) -> std::io::Result<OwnedFd> {
-    let c = CString::new(path).map_err(|_| std::io::Error::from_raw_os_error(libc::EINVAL))?;
+    // Any depth: opened in pieces below PATH_MAX (issue 9, defect 2).
     let attempt = |noatime: libc::c_int| {
-        // SAFETY: open_how is plain old data.
-        let mut how: libc::open_how = unsafe { std::mem::zeroed() };
-        how.flags = (libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC | flags | noatime) as u64;
-        how.resolve = resolve;
-        // SAFETY: valid descriptor, C string and open_how for openat2.
-        let rc = unsafe {
-            libc::syscall(
-                libc::SYS_openat2,
-                dir,
-                c.as_ptr(),
-                &how as *const libc::open_how,
-                std::mem::size_of::<libc::open_how>(),
-            )
-        };
-        if rc < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        // SAFETY: a new descriptor from the kernel.
-        Ok(unsafe { OwnedFd::from_raw_fd(rc as RawFd) })
+        cj_types::sys::openat2(
+            dir,
+            path,
+            libc::O_RDONLY | libc::O_DIRECTORY | flags | noatime,
+            resolve,
+        )
     };
     match attempt(libc::O_NOATIME) {
         // O_NOATIME needs ownership or CAP_FOWNER (tests as a user).

@@ -102,3 +102,174 @@ fn issue9_deleted_last_segment_after_a_clean_stop_never_reuses_seqs() {
 fn issue9_deleted_last_segment_after_kill9_never_reuses_seqs() {
     lost_tail("delete", true);
 }
+
+/// A directory descriptor and the path it stands for, built below `base`
+/// with `mkdirat` so that no call sees the whole (too long) path.
+struct Deep {
+    fds: Vec<std::os::fd::OwnedFd>,
+    path: Vec<u8>,
+}
+
+const DEEP_NAME_BYTES: usize = 252;
+
+fn dir_at(fd: i32, name: &[u8]) -> std::os::fd::OwnedFd {
+    use std::os::fd::FromRawFd;
+    let c = std::ffi::CString::new(name).unwrap();
+    // SAFETY: valid descriptor and C string.
+    let rc = unsafe { libc::openat(fd, c.as_ptr(), libc::O_PATH | libc::O_DIRECTORY) };
+    assert!(rc >= 0, "{}", std::io::Error::last_os_error());
+    // SAFETY: a new descriptor.
+    unsafe { std::os::fd::OwnedFd::from_raw_fd(rc) }
+}
+
+impl Deep {
+    fn new(base: &Path, depth: usize) -> Deep {
+        use std::os::fd::AsRawFd;
+        use std::os::unix::ffi::OsStrExt;
+        let mut d = Deep {
+            fds: vec![dir_at(libc::AT_FDCWD, base.as_os_str().as_bytes())],
+            path: base.as_os_str().as_bytes().to_vec(),
+        };
+        for i in 0..depth {
+            let mut name = vec![b'a' + (i % 26) as u8; DEEP_NAME_BYTES];
+            name[0] = b'D';
+            let fd = d.fds.last().unwrap().as_raw_fd();
+            d.mkdir(fd, &name);
+            d.fds.push(dir_at(fd, &name));
+            d.path.push(b'/');
+            d.path.extend_from_slice(&name);
+        }
+        d
+    }
+
+    fn mkdir(&self, fd: i32, name: &[u8]) {
+        let c = std::ffi::CString::new(name).unwrap();
+        // SAFETY: valid descriptor and C string.
+        assert_eq!(unsafe { libc::mkdirat(fd, c.as_ptr(), 0o755) }, 0);
+    }
+
+    fn fd(&self) -> i32 {
+        use std::os::fd::AsRawFd;
+        self.fds.last().unwrap().as_raw_fd()
+    }
+
+    fn write(&self, name: &str) {
+        let c = std::ffi::CString::new(name).unwrap();
+        // SAFETY: valid descriptor and C string.
+        let fd = unsafe {
+            libc::openat(
+                self.fd(),
+                c.as_ptr(),
+                libc::O_WRONLY | libc::O_CREAT | libc::O_TRUNC,
+                0o644,
+            )
+        };
+        assert!(fd >= 0);
+        // SAFETY: a descriptor we own.
+        unsafe {
+            libc::write(fd, b"x".as_ptr().cast(), 1);
+            libc::close(fd);
+        }
+    }
+
+    fn symlink(&self, name: &str) {
+        let c = std::ffi::CString::new(name).unwrap();
+        // SAFETY: valid descriptor and C strings.
+        assert_eq!(
+            unsafe { libc::symlinkat(c"/etc/passwd".as_ptr(), self.fd(), c.as_ptr()) },
+            0
+        );
+    }
+
+    fn child(&self, name: &str) -> PathBuf {
+        use std::os::unix::ffi::OsStrExt;
+        let mut p = self.path.clone();
+        p.push(b'/');
+        p.extend_from_slice(name.as_bytes());
+        PathBuf::from(std::ffi::OsStr::from_bytes(&p))
+    }
+}
+
+/// Defect 1: changes deeper than PATH_MAX are journaled and answered.
+fn deeper_than_path_max(kind: Fs) {
+    let m = Mount::new(kind);
+    let d = Daemon::start(&m.mnt.join("daemon"), &[]);
+    let t = m.mnt.join("tree");
+    fs::create_dir(&t).unwrap();
+    let deep = Deep::new(&t, 17);
+    assert!(deep.path.len() > libc::PATH_MAX as usize);
+    deep.write("existing");
+    d.track(&t);
+    d.reconciled();
+    let c = d.cursor();
+    deep.write("file");
+    deep.mkdir(deep.fd(), b"dir");
+    deep.symlink("link");
+    deep.write("existing"); // modified, still there
+    let a = d.changes(&c, None);
+    assert_eq!(a.code, 0, "{}", a.dump());
+    for (name, kind) in [("file", "file"), ("dir", "dir"), ("link", "symlink")] {
+        let e = a
+            .get(&deep.child(name))
+            .unwrap_or_else(|| panic!("{name} missing: {}", a.dump()));
+        assert_eq!(e["kind"], kind, "{}", a.dump());
+        assert_eq!(e["exists"], true, "{}", a.dump());
+        assert!(a
+            .changes_of(&deep.child(name))
+            .contains(&"created".to_string()));
+    }
+    let e = a.get(&deep.child("existing")).expect("existing");
+    assert_eq!(
+        e["exists"],
+        true,
+        "reported gone although it exists: {}",
+        a.dump()
+    );
+}
+
+#[test]
+fn issue9_changes_deeper_than_path_max_ext4() {
+    deeper_than_path_max(Fs::Ext4);
+}
+
+#[test]
+fn issue9_changes_deeper_than_path_max_tmpfs() {
+    deeper_than_path_max(Fs::Tmpfs);
+}
+
+/// Defect 2: reconciliation walks a tree deeper than PATH_MAX, and the
+/// changes made there while the daemon was down are reported.
+fn reconcile_deeper_than_path_max(kind: Fs, walk: bool) {
+    let m = Mount::new(kind);
+    let extra: &[&str] = if walk { &["--reconcile", "walk"] } else { &[] };
+    let mut d = Daemon::start(&m.mnt.join("daemon"), extra);
+    let t = m.mnt.join("tree");
+    fs::create_dir(&t).unwrap();
+    let deep = Deep::new(&t, 18);
+    deep.write("existing");
+    d.track(&t);
+    d.reconciled();
+    let c = d.cursor();
+    d.stop();
+    deep.write("while_down");
+    d.spawn();
+    let a = d.changes_wait(&c, 60);
+    assert_eq!(a.code, 0, "{}\n{}", a.dump(), d.log_text());
+    assert!(a.get(&deep.child("while_down")).is_some(), "{}", a.dump());
+    assert!(a.get(&deep.child("existing")).is_none(), "{}", a.dump());
+}
+
+#[test]
+fn issue9_reconcile_deeper_than_path_max_ext4() {
+    reconcile_deeper_than_path_max(Fs::Ext4, true);
+}
+
+#[test]
+fn issue9_reconcile_deeper_than_path_max_xfs() {
+    reconcile_deeper_than_path_max(Fs::Xfs, false);
+}
+
+#[test]
+fn issue9_reconcile_deeper_than_path_max_btrfs() {
+    reconcile_deeper_than_path_max(Fs::Btrfs, false);
+}
