@@ -14,7 +14,7 @@ mod record;
 pub mod sys;
 
 pub use cursor::{Cursor, CursorError, JournalId};
-pub use path::{escape_path, unescape_path, PathText};
+pub use path::{escape_path, log_path, unescape_path, PathText, LOG_PATH_BYTES_MAX};
 pub use record::{
     Changes, EventRecord, FileHandle, GapReason, GapRecord, MarkRecord, ObjectKind, Record,
     RecordBody, ResolvedRecord, RootRecord, Stat, EVENT_FLAG_PATH_UNKNOWN,

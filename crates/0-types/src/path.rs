@@ -49,6 +49,27 @@ impl PathText {
     }
 }
 
+/// Paths in log lines and error messages are cut to about this many bytes.
+pub const LOG_PATH_BYTES_MAX: usize = 200;
+
+/// A path for a log line or an error message: escaped exactly like the text
+/// output (so a name with a newline cannot inject a line), and, past
+/// `LOG_PATH_BYTES_MAX`, shortened to its start and end around `...`
+/// with the full length (issue 9, defect 10).
+pub fn log_path(bytes: &[u8]) -> String {
+    if bytes.len() <= LOG_PATH_BYTES_MAX {
+        return escape_path(bytes);
+    }
+    let head = &bytes[..LOG_PATH_BYTES_MAX / 4];
+    let tail = &bytes[bytes.len() - LOG_PATH_BYTES_MAX * 3 / 4..];
+    format!(
+        "{}...{} ({} bytes)",
+        escape_path(head),
+        escape_path(tail),
+        bytes.len()
+    )
+}
+
 /// Escapes a path for line-oriented text output. Reversible by [`unescape_path`].
 pub fn escape_path(bytes: &[u8]) -> String {
     let mut out = String::with_capacity(bytes.len());
@@ -145,5 +166,20 @@ mod tests {
     fn json_form_picks_key() {
         assert_eq!(PathText::from_bytes(b"/a").key("path"), "path");
         assert_eq!(PathText::from_bytes(b"/\xff").key("path"), "path_b64");
+    }
+}
+
+#[cfg(test)]
+mod log_tests {
+    use super::*;
+
+    #[test]
+    fn log_paths_are_escaped_and_short() {
+        assert_eq!(log_path(b"/a\nb"), escape_path(b"/a\nb"));
+        assert!(!log_path(b"/x\ninjected").contains('\n'));
+        let long = vec![b'a'; 5000];
+        let shown = log_path(&long);
+        assert!(shown.len() < LOG_PATH_BYTES_MAX + 40, "{shown}");
+        assert!(shown.ends_with("(5000 bytes)"));
     }
 }

@@ -94,6 +94,25 @@ pub struct Status {
     /// ... and of the last finished one.
     pub last_timings: Vec<(&'static str, u64)>,
     pub last_error: Option<String>,
+    /// A failed reconciliation waiting for its next attempt: root, attempt
+    /// number, when (issue 9, defect 2: failures are retried, never left).
+    pub retry: Option<(Vec<u8>, u32, Instant)>,
+}
+
+/// The first retry of a failed reconciliation waits this long; each further
+/// failure doubles the wait, up to `RECONCILE_RETRY_MAX`.
+pub const RECONCILE_RETRY_FIRST: Duration = Duration::from_secs(1);
+pub const RECONCILE_RETRY_MAX: Duration = Duration::from_secs(300);
+
+/// A failed reconciliation of one root, retried later.
+struct Retry {
+    due: Instant,
+    request: Request,
+}
+
+fn retry_delay(attempts: u32) -> Duration {
+    let shift = attempts.saturating_sub(1).min(16);
+    (RECONCILE_RETRY_FIRST * (1u32 << shift)).min(RECONCILE_RETRY_MAX)
 }
 
 /// Recent gaps kept for `cj status`.
@@ -282,6 +301,9 @@ impl Reconciler {
 
     pub fn run(self) {
         let mut next_refresh = self.refresh_every.map(|every| Instant::now() + every);
+        let mut retries: Vec<Retry> = Vec::new();
+        // Consecutive failures per root (at most one entry per tracked root).
+        let mut failures: std::collections::HashMap<Vec<u8>, u32> = Default::default();
         loop {
             let batch = {
                 let mut q = self
@@ -289,24 +311,34 @@ impl Reconciler {
                     .requests
                     .lock()
                     .unwrap_or_else(|e| e.into_inner());
-                while q.is_empty()
-                    && !self.queue().stop.load(Ordering::SeqCst)
-                    && !self.queue().final_refresh_asked()
-                {
-                    let Some(at) = next_refresh else {
-                        q = self.queue().cv.wait(q).unwrap_or_else(|e| e.into_inner());
-                        continue;
-                    };
+                loop {
                     let now = Instant::now();
-                    if now >= at {
+                    // Failed reconciliations that are due go back in.
+                    retries.retain(|r| {
+                        let due = r.due <= now;
+                        if due {
+                            q.push(r.request.clone());
+                        }
+                        !due
+                    });
+                    if !q.is_empty()
+                        || self.queue().stop.load(Ordering::SeqCst)
+                        || self.queue().final_refresh_asked()
+                        || next_refresh.is_some_and(|at| now >= at)
+                    {
                         break;
                     }
-                    q = self
-                        .queue()
-                        .cv
-                        .wait_timeout(q, at - now)
-                        .unwrap_or_else(|e| e.into_inner())
-                        .0;
+                    let wake = retries.iter().map(|r| r.due).chain(next_refresh).min();
+                    q = match wake {
+                        None => self.queue().cv.wait(q).unwrap_or_else(|e| e.into_inner()),
+                        Some(at) => {
+                            self.queue()
+                                .cv
+                                .wait_timeout(q, at.saturating_duration_since(now))
+                                .unwrap_or_else(|e| e.into_inner())
+                                .0
+                        }
+                    };
                 }
                 if self.queue().stop.load(Ordering::SeqCst) {
                     return;
@@ -345,21 +377,49 @@ impl Reconciler {
                 self.queue().taken_through.fetch_max(top, Ordering::SeqCst);
                 std::mem::take(&mut *q)
             };
+            let top = batch.iter().map(|r| r.seq).max().unwrap_or(0);
             for (root, baseline) in self.roots_for(&batch) {
                 if self.queue().stop.load(Ordering::SeqCst) {
                     return;
                 }
-                if let Err(e) = self.reconcile(&root, baseline) {
-                    let mut s = self
-                        .queue()
-                        .status
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner());
-                    s.last_error = Some(format!("{}: {e}", String::from_utf8_lossy(&root)));
-                    eprintln!(
-                        "cj daemon: reconcile {}: {e}",
-                        String::from_utf8_lossy(&root)
-                    );
+                // This pass replaces any retry still waiting for the root.
+                retries.retain(|r| r.request.scope.as_ref() != Some(&root));
+                match self.reconcile(&root, baseline) {
+                    Ok(()) => {
+                        failures.remove(&root);
+                        self.status(|s| {
+                            if s.retry.as_ref().is_some_and(|(r, _, _)| *r == root) {
+                                s.retry = None;
+                            }
+                        })
+                    }
+                    Err(e) => {
+                        let attempts = {
+                            let n = failures.entry(root.clone()).or_insert(0);
+                            *n = n.saturating_add(1);
+                            *n
+                        };
+                        let delay = retry_delay(attempts);
+                        let shown = cj_types::log_path(&root);
+                        eprintln!(
+                            "cj daemon: reconcile {shown} failed (attempt {attempts}, retrying in {} s): {e}",
+                            delay.as_secs()
+                        );
+                        let due = Instant::now() + delay;
+                        self.status(|s| {
+                            s.last_error = Some(format!("{shown}: {e}"));
+                            s.retry = Some((root.clone(), attempts, due));
+                        });
+                        retries.push(Retry {
+                            due,
+                            request: Request {
+                                seq: top,
+                                scope: Some(root.clone()),
+                                fsid: None,
+                                baseline,
+                            },
+                        });
+                    }
                 }
             }
             self.queue().completed.fetch_add(1, Ordering::SeqCst);

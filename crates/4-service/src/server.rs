@@ -540,5 +540,15 @@ fn reconcile_status(ctx: &Context) -> Value {
     if let Some(e) = st.last_error {
         m.insert("last_error".into(), Value::from(e));
     }
+    if let Some((root, attempts, due)) = st.retry {
+        m.insert(
+            "retry".into(),
+            serde_json::json!({
+                "root": cj_types::log_path(&root),
+                "attempts": attempts,
+                "in_ms": due.saturating_duration_since(Instant::now()).as_millis() as u64,
+            }),
+        );
+    }
     Value::Object(m)
 }

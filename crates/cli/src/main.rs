@@ -298,6 +298,15 @@ fn status(socket: &Path, json: bool) -> Result<i32> {
             .map(|e| format!(", last error: {e}"))
             .unwrap_or_default()
     )?;
+    let retry = g(&["reconcile", "retry"]);
+    if let Some(root) = retry["root"].as_str() {
+        writeln!(
+            out,
+            "            failed {} time(s) for {root}; retrying in {} s",
+            retry["attempts"],
+            retry["in_ms"].as_u64().unwrap_or(0).div_ceil(1000)
+        )?;
+    }
     let gaps = g(&["gaps"]);
     for (i, gap) in gaps.as_array().into_iter().flatten().enumerate() {
         let obj = gap.as_object().cloned().unwrap_or_default();

@@ -273,3 +273,59 @@ fn issue9_reconcile_deeper_than_path_max_xfs() {
 fn issue9_reconcile_deeper_than_path_max_btrfs() {
     reconcile_deeper_than_path_max(Fs::Btrfs, false);
 }
+
+fn chattr(flag: &str, path: &Path) {
+    let out = std::process::Command::new("chattr")
+        .arg(flag)
+        .arg(path)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+}
+
+/// Defect 2, second half: a reconciliation that fails is retried with
+/// backoff, and `cj status` says why; once the cause is gone the gap closes.
+#[test]
+fn issue9_a_failed_reconciliation_is_retried_and_shown() {
+    let m = Mount::new(Fs::Ext4);
+    let mut d = Daemon::start(&m.mnt.join("daemon"), &[]);
+    let t = m.mnt.join("tree");
+    fs::create_dir(&t).unwrap();
+    d.track(&t);
+    d.reconciled();
+    let c = d.cursor();
+    d.stop();
+    fs::write(t.join("while_down"), b"1").unwrap();
+    // The baseline cannot be replaced: the snapshots directory is immutable.
+    let snaps = d.state.join("snapshots");
+    chattr("+i", &snaps);
+    d.spawn();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let st = loop {
+        let st: serde_json::Value = serde_json::from_str(&d.ok(&["status", "--json"])).unwrap();
+        if st["reconcile"]["retry"]["attempts"].as_u64().unwrap_or(0) >= 2 {
+            break st;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no retry: {st}\n{}",
+            d.log_text()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    assert!(st["reconcile"]["last_error"].as_str().is_some(), "{st}");
+    let text = d.ok(&["status"]);
+    assert!(text.contains("retrying in"), "{text}");
+    chattr("-i", &snaps);
+    let a = d.changes_wait(&c, 60);
+    assert!(a.get(&t.join("while_down")).is_some(), "{}", a.dump());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let st: serde_json::Value = serde_json::from_str(&d.ok(&["status", "--json"])).unwrap();
+        if st["reconcile"]["retry"].is_null() {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "still retrying: {st}");
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+}
