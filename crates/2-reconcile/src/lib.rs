@@ -56,6 +56,12 @@ pub struct Touched {
     /// The seq of the newest gap or unknown-path record in the range that
     /// concerns the root: the id the records of this reconciliation carry.
     pub gap_seq: u64,
+    /// Directories whose whole subtree is reported (a record that covers
+    /// it), because the journal named more than the fold follows
+    /// (issue 9, defect 6): the destinations of directory renames past
+    /// `RENAMES_FOLLOWED_MAX`, or the root itself past `TOUCHED_PATHS_MAX`.
+    /// False positives, never a gap left open.
+    pub cover: Vec<Vec<u8>>,
 }
 
 impl Touched {
@@ -68,6 +74,7 @@ impl Touched {
                 .collect(),
             exact: false,
             gap_seq: 0,
+            cover: Vec::new(),
         }
     }
 
@@ -308,7 +315,23 @@ pub fn diff(old: &Snapshot, new: &Snapshot, touched: &Touched, fsid: u64) -> Vec
             out.push(Found::vanished(path, kind));
         }
     }
-    records(out, fsid, touched.gap_seq)
+    let mut recs = records(out, fsid, touched.gap_seq);
+    recs.extend(cover_records(touched, fsid));
+    recs
+}
+
+/// One record per directory of `touched.cover`: created and deleted, kind
+/// directory, so every answer spanning the gap covers its subtree.
+fn cover_records(touched: &Touched, fsid: u64) -> impl Iterator<Item = RecordBody> + '_ {
+    touched.cover.iter().map(move |path| {
+        record(
+            path,
+            Changes::CREATED | Changes::DELETED,
+            ObjectKind::Dir,
+            fsid,
+            touched.gap_seq,
+        )
+    })
 }
 
 /// Records for the transitions of a [`refresh`] of the baseline, which is
@@ -332,7 +355,9 @@ pub fn diff_transitions(
             out.push(Found::vanished(path, kind));
         }
     }
-    records(out, fsid, touched.gap_seq)
+    let mut recs = records(out, fsid, touched.gap_seq);
+    recs.extend(cover_records(touched, fsid));
+    recs
 }
 
 #[cfg(test)]
@@ -426,6 +451,35 @@ mod tests {
         assert_eq!(events.len(), 4, "{events:?}");
     }
 
+    /// Past the fold's bounds (issue 9, defect 6) a covered directory gets
+    /// a record whose kind and bits cover its subtree in every answer.
+    #[test]
+    fn covered_directories_get_a_subtree_record() {
+        let old = Snapshot::new(b"/r".to_vec());
+        let new = Snapshot::new(b"/r".to_vec());
+        let t = Touched {
+            cover: vec![b"/r".to_vec(), b"/r/moved".to_vec()],
+            gap_seq: 7,
+            ..Touched::default()
+        };
+        let recs = diff(&old, &new, &t, 1);
+        let covered: Vec<_> = recs
+            .iter()
+            .filter_map(|r| match r {
+                RecordBody::Event(e) => Some((e.path.clone(), e.kind, e.changes, e.gap_seq)),
+                _ => None,
+            })
+            .collect();
+        let bits = Changes::CREATED | Changes::DELETED | Changes::RECONCILED;
+        assert_eq!(
+            covered,
+            vec![
+                (b"/r".to_vec(), ObjectKind::Dir, bits, 7),
+                (b"/r/moved".to_vec(), ObjectKind::Dir, bits, 7)
+            ]
+        );
+    }
+
     #[test]
     fn entries_moved_with_their_directory_are_implied() {
         let dir = |ino| Stat {
@@ -489,6 +543,7 @@ mod tests {
                 seen: Clone::clone(&seen),
                 exact,
                 gap_seq: 9,
+                cover: Vec::new(),
             };
             let mut v: Vec<Vec<u8>> = diff(&old, &new, &t, 1)
                 .into_iter()

@@ -86,6 +86,9 @@ pub struct Writer {
 }
 
 impl Writer {
+    // Called once, by `open`, with everything recovery found: a struct for
+    // it would only repeat these fields.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn new(
         shared: Arc<Shared>,
         file: File,

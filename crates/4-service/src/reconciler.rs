@@ -29,7 +29,7 @@ use cj_reconcile::{
     WalkProgress,
 };
 use cj_types::{Changes, GapReason, ObjectKind, RecordBody, ResolvedRecord};
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use crate::pipeline::{Ctl, Shared};
 
@@ -44,9 +44,15 @@ enum JournalPaths {
 pub const RECONCILE_REQUESTS_MAX: usize = 4096;
 /// Distinct paths read from the journal for one reconciliation.
 pub const TOUCHED_PATHS_MAX: usize = 4_000_000;
-/// Renames followed for one reconciliation (each costs a pass over the
-/// candidates and the baseline); past it the gap stays open.
-pub const RENAMES_FOLLOWED_MAX: usize = 10_000;
+/// Directory renames followed for one reconciliation (each costs a range
+/// of the fold and of the baseline); past it a renamed directory's subtree
+/// is reported whole (`Touched::cover`). Renames of other objects cost one
+/// lookup and are always followed.
+pub const RENAMES_FOLLOWED_MAX: usize = 100_000;
+/// Entries moved by followed directory renames, in all; past it as above.
+pub const RENAME_MOVES_MAX: usize = 20_000_000;
+/// Directories reported whole past the rename bounds; past it the root is.
+pub const COVERED_DIRS_MAX: usize = 10_000;
 /// Records per message sent into the pipeline.
 const RECORDS_PER_MESSAGE: usize = 4096;
 /// A sync taking longer fails the walk (it is retried by the next request).
@@ -497,7 +503,10 @@ impl Reconciler {
         if after + 1 < self.reader.first_seq() {
             return Err("the journal since the baseline has expired; the next walk becomes the new baseline".into());
         }
-        let mut out: HashMap<Vec<u8>, Seen> = HashMap::new();
+        // Ordered, so a directory rename moves a range, not a scan.
+        let mut out: BTreeMap<Vec<u8>, Seen> = BTreeMap::new();
+        let mut cover: Vec<Vec<u8>> = Vec::new();
+        let mut moves = 0usize;
         let mut exact = true;
         let mut gap_seq = 0;
         let mut damaged = false;
@@ -509,6 +518,18 @@ impl Reconciler {
         self.reader
             .scan(after, upto, |item| {
                 match item {
+                    // Past the bounds only the newest gap's seq is wanted.
+                    Item::Record(r) if too_many => {
+                        let unknown = matches!(&r.body, RecordBody::Event(e)
+                            if e.flags & cj_types::EVENT_FLAG_PATH_UNKNOWN != 0);
+                        let gap = matches!(&r.body, RecordBody::Gap(g)
+                            if g.scope.is_empty()
+                                || is_at_or_below(root, &g.scope)
+                                || is_at_or_below(&g.scope, root));
+                        if unknown || gap {
+                            gap_seq = r.seq;
+                        }
+                    }
                     Item::Record(r) => {
                         if let RecordBody::Gap(g) = &r.body {
                             if g.scope.is_empty()
@@ -561,13 +582,30 @@ impl Reconciler {
                                 && is_at_or_below(&e.old_path, root)
                                 && is_at_or_below(&e.path, root)
                             {
-                                renames += 1;
-                                uncovered.extend(follow_rename(
-                                    &mut out,
-                                    baseline,
-                                    &e.old_path,
-                                    &e.path,
-                                ));
+                                let dir = matches!(e.kind, ObjectKind::Dir | ObjectKind::Unknown);
+                                if dir {
+                                    renames += 1;
+                                }
+                                if !dir
+                                    || (renames <= RENAMES_FOLLOWED_MAX
+                                        && moves <= RENAME_MOVES_MAX)
+                                {
+                                    let moved = follow_rename(
+                                        &mut out,
+                                        baseline,
+                                        &e.old_path,
+                                        &e.path,
+                                        dir,
+                                    );
+                                    moves += moved.len();
+                                    uncovered.extend(moved);
+                                } else if cover.len() < COVERED_DIRS_MAX {
+                                    cover.push(e.path.clone());
+                                } else {
+                                    too_many = true;
+                                    out.clear();
+                                    uncovered.clear();
+                                }
                             }
                             if !e.old_path.is_empty() && is_at_or_below(&e.old_path, root) {
                                 out.insert(e.old_path, Seen::Gone);
@@ -595,10 +633,14 @@ impl Reconciler {
                     }
                     Item::Damaged { .. } => damaged = true,
                 }
-                too_many = out.len() > TOUCHED_PATHS_MAX
-                    || uncovered.len() > TOUCHED_PATHS_MAX
-                    || renames > RENAMES_FOLLOWED_MAX;
-                !damaged && !too_many
+                if !too_many
+                    && (out.len() > TOUCHED_PATHS_MAX || uncovered.len() > TOUCHED_PATHS_MAX)
+                {
+                    too_many = true;
+                    out.clear();
+                    uncovered.clear();
+                }
+                !damaged
             })
             .map_err(|e| e.to_string())?;
         if damaged {
@@ -608,15 +650,31 @@ impl Reconciler {
             );
         }
         if too_many {
-            return Err(format!(
-                "more than {TOUCHED_PATHS_MAX} paths changed since the baseline"
+            // Past the fold's bounds: compare with the baseline alone and
+            // report the whole root (a walk that always finishes; false
+            // positives, never a gap left open).
+            eprintln!(
+                "cj daemon: reconcile {}: the journal since the baseline names more than the \
+                 fold follows ({TOUCHED_PATHS_MAX} paths, {RENAMES_FOLLOWED_MAX} directory \
+                 renames); the whole root is reported",
+                cj_types::log_path(root)
+            );
+            return Ok((
+                Touched {
+                    seen: HashMap::new(),
+                    exact: false,
+                    gap_seq,
+                    cover: vec![root.to_vec()],
+                },
+                Some("the journal since the baseline is too large to follow"),
             ));
         }
         Ok((
             Touched {
-                seen: out,
+                seen: out.into_iter().collect(),
                 exact,
                 gap_seq,
+                cover,
             },
             forced,
         ))
@@ -1085,33 +1143,41 @@ fn save_baseline(root: &[u8], new: &Snapshot, dir: &std::path::Path) -> Result<(
 /// (a baseline entry keeps its stat: a directory's rename changes only the
 /// directory); the old paths are gone. Returns the new paths.
 fn follow_rename(
-    out: &mut HashMap<Vec<u8>, Seen>,
+    out: &mut BTreeMap<Vec<u8>, Seen>,
     baseline: &Snapshot,
     from: &[u8],
     to: &[u8],
+    dir: bool,
 ) -> Vec<Vec<u8>> {
-    let mut hi = from.to_vec();
-    hi.push(b'/' + 1);
-    let mut moved: Vec<(Vec<u8>, Seen)> = out
-        .iter()
-        .filter(|(p, _)| is_at_or_below(p, from))
-        .map(|(p, seen)| (p.clone(), *seen))
-        .collect();
-    moved.extend(
-        baseline
-            .entries
-            .range(
-                std::ops::Bound::Included(from),
-                std::ops::Bound::Excluded(&hi[..]),
-            )
-            .filter(|(p, _)| is_at_or_below(p, from) && !out.contains_key(*p))
-            .map(|(p, st)| {
-                (
-                    p.to_vec(),
-                    Seen::Present(ObjectKind::from_mode(st.mode), Some(st)),
-                )
-            }),
-    );
+    let baseline_seen =
+        |st: cj_types::Stat| Seen::Present(ObjectKind::from_mode(st.mode), Some(st));
+    let mut moved: Vec<(Vec<u8>, Seen)> = Vec::new();
+    if dir {
+        // Everything at or below `from`: a range in both ordered sets
+        // (paths continuing `from` with a byte below '/' are filtered).
+        let mut hi = from.to_vec();
+        hi.push(b'/' + 1);
+        let range = (
+            std::ops::Bound::Included(from),
+            std::ops::Bound::Excluded(&hi[..]),
+        );
+        moved.extend(
+            out.range::<[u8], _>(range)
+                .filter(|(p, _)| is_at_or_below(p, from))
+                .map(|(p, seen)| (p.clone(), *seen)),
+        );
+        moved.extend(
+            baseline
+                .entries
+                .range(range.0, range.1)
+                .filter(|(p, _)| is_at_or_below(p, from) && !out.contains_key(*p))
+                .map(|(p, st)| (p.to_vec(), baseline_seen(st))),
+        );
+    } else if let Some(seen) = out.get(from) {
+        moved.push((from.to_vec(), *seen));
+    } else if let Some(st) = baseline.entries.get(from) {
+        moved.push((from.to_vec(), baseline_seen(st)));
+    }
     let mut new_paths = Vec::with_capacity(moved.len());
     for (p, seen) in moved {
         let mut n = to.to_vec();

@@ -329,3 +329,46 @@ fn issue9_a_failed_reconciliation_is_retried_and_shown() {
         std::thread::sleep(std::time::Duration::from_millis(200));
     }
 }
+
+/// Defect 6: kill -9 after a rename storm (more renames than the fold used
+/// to follow) must still be reconciled: the gap closes, nothing is missed.
+#[test]
+fn issue9_kill9_after_a_rename_storm_is_reconciled() {
+    let m = Mount::new(Fs::Ext4);
+    let mut d = Daemon::start(&m.mnt.join("daemon"), &["--baseline-refresh-secs", "0"]);
+    let t = m.mnt.join("tree");
+    fs::create_dir_all(t.join("sub")).unwrap();
+    for i in 0..100 {
+        fs::write(t.join(format!("f{i:03}")), b"1").unwrap();
+    }
+    d.track(&t);
+    d.reconciled();
+    let c = d.cursor();
+    for round in 0..120 {
+        for i in 0..100 {
+            let (a, b) = if round % 2 == 0 {
+                (format!("f{i:03}"), format!("g{i:03}"))
+            } else {
+                (format!("g{i:03}"), format!("f{i:03}"))
+            };
+            fs::rename(t.join(a), t.join(b)).unwrap();
+        }
+        // Directory renames too.
+        let (a, b) = if round % 2 == 0 {
+            ("sub", "bus")
+        } else {
+            ("bus", "sub")
+        };
+        fs::rename(t.join(a), t.join(b)).unwrap();
+    }
+    fs::write(t.join("sub").join("inner"), b"1").unwrap();
+    d.cursor();
+    d.kill9();
+    fs::remove_file(t.join("f007")).unwrap();
+    fs::remove_file(t.join("sub").join("inner")).unwrap();
+    d.spawn();
+    let a = d.changes_wait(&c, 120);
+    assert_eq!(a.code, 0, "{}\n{}", a.dump(), d.log_text());
+    assert!(a.get(&t.join("f007")).is_some(), "{}", a.dump());
+    assert!(a.get(&t.join("sub").join("inner")).is_some() || a.get(&t.join("sub")).is_some());
+}
