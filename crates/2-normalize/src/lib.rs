@@ -19,6 +19,7 @@
 //! the reverse. `docs/design.md` ("Normalisation") argues each case.
 
 mod cache;
+mod links;
 pub mod sys;
 
 use std::collections::HashMap;
@@ -34,6 +35,7 @@ use cj_types::{
 
 pub use cache::{is_at_or_below, DIR_CACHE_ENTRIES_MAX, NAME_CACHE_ENTRIES_MAX};
 use cache::{key_into, DirCache, NameCache};
+pub use links::{LinkIndex, LINKED_PATHS_MAX};
 
 /// Counters, for `cj status`.
 #[derive(Clone, Copy, Debug, Default)]
@@ -75,6 +77,9 @@ pub struct Normalizer {
     batch_no: u64,
     /// Whether the current batch's names were pre-scanned into `names`.
     batch_names_loaded: bool,
+    /// Multiply-linked names from the baselines (published by the
+    /// reconciler).
+    links: Arc<LinkIndex>,
     pub stats: Stats,
 }
 
@@ -156,8 +161,28 @@ impl Normalizer {
             recent_targets: std::collections::VecDeque::new(),
             batch_no: 0,
             pending: Vec::new(),
+            links: Arc::default(),
             stats: Stats::default(),
         }
+    }
+
+    /// Takes the names of multiply-linked files from `links` too.
+    pub fn with_links(mut self, links: Arc<LinkIndex>) -> Normalizer {
+        self.links = links;
+        self
+    }
+
+    /// The names that may be `fid`'s (inode `ino`): those seen in events,
+    /// then those the baselines hold. Each is proven before it is used.
+    fn candidates(&mut self, fid: &Fid<'_>, ino: u64) -> Vec<Vec<u8>> {
+        key_into(&mut self.key, fid.fsid, fid.handle_type, fid.handle);
+        let mut out: Vec<Vec<u8>> = self.names.get(&self.key).to_vec();
+        for p in self.links.names(fid.fsid, ino) {
+            if !out.contains(&p) {
+                out.push(p);
+            }
+        }
+        out
     }
 
     /// Starts reporting changes below `path`. `mount` is a descriptor on
@@ -489,11 +514,12 @@ impl Normalizer {
         if !ondir && same && v.nlink > 1 {
             if let Some(fid) = event.fid {
                 let alias_changes = changes & (Changes::MODIFIED | Changes::ATTRIB);
+                let ino = v.stat.map_or(0, |s| s.ino);
                 self.aliases(
                     buf,
                     fid,
                     &path,
-                    v.nlink,
+                    (v.nlink, ino),
                     alias_changes | Changes::ATTRIB,
                     out,
                 );
@@ -509,15 +535,14 @@ impl Normalizer {
         buf: &[u8],
         fid: Fid<'_>,
         known: &[u8],
-        nlink: u32,
+        (nlink, ino): (u32, u64),
         changes: Changes,
         out: &mut Vec<RecordBody>,
     ) {
         if !self.batch_names_loaded {
             self.load_batch_names(buf);
         }
-        key_into(&mut self.key, fid.fsid, fid.handle_type, fid.handle);
-        let candidates: Vec<Vec<u8>> = self.names.get(&self.key).to_vec();
+        let candidates = self.candidates(&fid, ino);
         let mut proven: Vec<Vec<u8>> = Vec::new();
         if !known.is_empty() {
             proven.push(known.to_vec());
@@ -590,8 +615,7 @@ impl Normalizer {
             let Ok(Some(st)) = sys::stat_fd(fd.as_raw_fd()) else {
                 continue;
             };
-            key_into(&mut self.key, fid.fsid, fid.handle_type, fid.handle);
-            let candidates: Vec<Vec<u8>> = self.names.get(&self.key).to_vec();
+            let candidates = self.candidates(&fid, st.ino);
             let proven: Vec<Vec<u8>> = candidates
                 .into_iter()
                 .filter(|c| name_is(c, &fid))
@@ -885,9 +909,9 @@ impl Normalizer {
                     fid.fsid,
                     fid_handle(&fid),
                 );
-                self.aliases(buf, fid, &p, st.nlink, changes, out);
+                self.aliases(buf, fid, &p, (st.nlink, st.ino), changes, out);
             }
-            None => self.aliases(buf, fid, &[], st.nlink, changes, out),
+            None => self.aliases(buf, fid, &[], (st.nlink, st.ino), changes, out),
         }
     }
 }

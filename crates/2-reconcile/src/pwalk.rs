@@ -63,6 +63,10 @@ impl Shared<'_> {
         out: &mut Vec<(Vec<u8>, Stat)>,
         subdirs: &mut Vec<Vec<u8>>,
     ) -> Result<(), WalkError> {
+        #[cfg(test)]
+        if dir.ends_with(b"/inject-a-panic") {
+            panic!("injected panic in a walk worker");
+        }
         let fd = match open_beneath(self.root_fd.as_raw_fd(), self.rel(dir)) {
             Ok(fd) => fd,
             // Gone, replaced by a non-directory or a mount point since it
@@ -124,6 +128,10 @@ impl Shared<'_> {
             let dir = {
                 let mut w = self.lock();
                 loop {
+                    if w.failed.is_none() && self.progress.cancel.load(Ordering::Relaxed) {
+                        w.failed = Some(WalkError::Cancelled);
+                        self.cv.notify_all();
+                    }
                     if w.failed.is_some() {
                         return out;
                     }
@@ -137,7 +145,12 @@ impl Shared<'_> {
                     w = self.cv.wait(w).unwrap_or_else(|e| e.into_inner());
                 }
             };
+            // If `read` panics (a bug), the guard still gives the directory
+            // back as failed, so the other workers stop instead of waiting
+            // for `active` to reach zero forever.
+            let guard = Active { shared: self };
             let r = self.read(&dir, &mut buf, &mut out, &mut subdirs);
+            std::mem::forget(guard);
             let mut w = self.lock();
             w.active -= 1;
             match r {
@@ -148,6 +161,23 @@ impl Shared<'_> {
             }
             self.cv.notify_all();
         }
+    }
+}
+
+/// Held while a worker reads a directory; dropped only by a panic.
+struct Active<'s, 'a> {
+    shared: &'s Shared<'a>,
+}
+
+impl Drop for Active<'_, '_> {
+    fn drop(&mut self) {
+        let mut w = self.shared.lock();
+        w.active -= 1;
+        w.failed.get_or_insert(WalkError::Directory {
+            path: Vec::new(),
+            source: std::io::Error::other("a walk worker panicked (a bug in cj)"),
+        });
+        self.shared.cv.notify_all();
     }
 }
 
@@ -243,4 +273,41 @@ pub(crate) fn walk_below(
         pos[b] += 1;
     }
     Ok(merged)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::ffi::OsStrExt;
+
+    fn tree() -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        for i in 0..20 {
+            std::fs::create_dir_all(dir.path().join(format!("d{i}/e"))).unwrap();
+        }
+        dir
+    }
+
+    #[test]
+    fn a_panicking_worker_fails_the_walk_instead_of_hanging() {
+        let dir = tree();
+        std::fs::create_dir(dir.path().join("d3/inject-a-panic")).unwrap();
+        let root = dir.path().as_os_str().as_bytes();
+        let err = walk(root, &[], &WalkProgress::default()).unwrap_err();
+        assert!(err.to_string().contains("panicked"), "{err}");
+    }
+
+    #[test]
+    fn a_cancelled_walk_stops() {
+        let dir = tree();
+        let root = dir.path().as_os_str().as_bytes();
+        let progress = WalkProgress::default();
+        progress.cancel.store(true, Ordering::Relaxed);
+        assert!(matches!(
+            walk(root, &[], &progress),
+            Err(WalkError::Cancelled)
+        ));
+        progress.cancel.store(false, Ordering::Relaxed);
+        assert!(walk(root, &[], &progress).unwrap().len() > 40);
+    }
 }

@@ -311,6 +311,28 @@ impl Snapshot {
     pub fn remove(dir: &Path, root: &[u8]) {
         let _ = fs::remove_file(Snapshot::file_for(dir, root));
     }
+
+    /// Deletes every snapshot (and leftover temp file) in `dir` that is not
+    /// the baseline of one of `roots` (issue 9, defect 8: baselines of
+    /// untracked roots never stay behind). Returns how many were removed.
+    pub fn remove_others(dir: &Path, roots: &[Vec<u8>]) -> usize {
+        let keep: std::collections::HashSet<PathBuf> =
+            roots.iter().map(|r| Snapshot::file_for(dir, r)).collect();
+        let Ok(list) = fs::read_dir(dir) else {
+            return 0;
+        };
+        let mut removed = 0;
+        for entry in list.flatten() {
+            let path = entry.path();
+            let name = entry.file_name();
+            let name = name.to_string_lossy();
+            let ours = name.ends_with(".snap") || name.ends_with(".snap.tmp");
+            if ours && !keep.contains(&path) && fs::remove_file(&path).is_ok() {
+                removed += 1;
+            }
+        }
+        removed
+    }
 }
 
 #[cfg(test)]

@@ -18,6 +18,9 @@ pub(crate) const DIRENT_BUFFER_BYTES: usize = 64 * 1024;
 pub struct WalkProgress {
     pub entries: AtomicU64,
     pub directories: AtomicU64,
+    /// Set to stop the running walk (its root was untracked): the walk
+    /// fails with [`WalkError::Cancelled`] at the next directory.
+    pub cancel: std::sync::atomic::AtomicBool,
 }
 
 #[derive(Debug)]
@@ -33,25 +36,24 @@ pub enum WalkError {
         path: Vec<u8>,
         source: std::io::Error,
     },
+    /// Stopped through [`WalkProgress::cancel`].
+    Cancelled,
 }
 
 impl fmt::Display for WalkError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             WalkError::Root { path, source } => {
-                write!(
-                    f,
-                    "cannot open root {}: {source}",
-                    String::from_utf8_lossy(path)
-                )
+                write!(f, "cannot open root {}: {source}", cj_types::log_path(path))
             }
             WalkError::Directory { path, source } => {
                 write!(
                     f,
                     "cannot read directory {}: {source}",
-                    String::from_utf8_lossy(path)
+                    cj_types::log_path(path)
                 )
             }
+            WalkError::Cancelled => f.write_str("the walk was cancelled (root untracked)"),
         }
     }
 }

@@ -116,6 +116,12 @@ pub fn run(config: Config) -> Result<(), Error> {
             "journal records {a}..={b} are damaged; queries spanning them will ask for a rescan"
         ));
     }
+    let stale = cj_reconcile::Snapshot::remove_others(&snapshots, &roots);
+    if stale > 0 {
+        log(format!(
+            "removed {stale} baseline(s) of roots no longer tracked"
+        ));
+    }
     let clean_stop = state::take_clean_stop(&state_dir)?;
     let new_boot = state::swap_boot_id(&state_dir, &cj_reconcile::fast::boot_id())?;
     raise_fd_limit();

@@ -146,6 +146,8 @@ pub struct Shared {
     pub commit: Mutex<CommitStats>,
     /// Set by a clean stop that ended quiescent (`Capture::quiesce`).
     pub quiescent: std::sync::atomic::AtomicBool,
+    /// Multiply-linked names of the baselines, for normalisation.
+    pub links: Arc<cj_normalize::LinkIndex>,
 }
 
 pub struct Pipeline {
@@ -166,6 +168,7 @@ impl Pipeline {
     ) -> std::io::Result<Pipeline> {
         let waker = Arc::new(Waker::new()?);
         let shared = Arc::new(Shared::default());
+        let normalizer = normalizer.with_links(shared.links.clone());
         let (ctl_tx, ctl_rx) = mpsc::sync_channel(CONTROL_QUEUE_MAX);
         let (norm_tx, norm_rx) = mpsc::sync_channel(NORMALIZE_QUEUE_MAX);
         let (write_tx, write_rx) = mpsc::sync_channel(WRITE_QUEUE_MAX);

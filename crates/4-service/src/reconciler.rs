@@ -390,7 +390,14 @@ impl Reconciler {
                 }
                 // This pass replaces any retry still waiting for the root.
                 retries.retain(|r| r.request.scope.as_ref() != Some(&root));
-                match self.reconcile(&root, baseline) {
+                self.queue().progress.cancel.store(false, Ordering::SeqCst);
+                let result = self.reconcile(&root, baseline);
+                if self.tracked_fsid(&root).is_none() {
+                    // Untracked meanwhile: nothing to retry or report.
+                    failures.remove(&root);
+                    continue;
+                }
+                match result {
                     Ok(()) => {
                         failures.remove(&root);
                         self.status(|s| {
@@ -834,7 +841,7 @@ impl Reconciler {
         base.marks = marks;
         base.through_seq = through;
         base.valid_after_seq = walk_end;
-        save_baseline(root, &base, &self.snapshots)?;
+        self.save_baseline(root, &base)?;
         self.status(|s| s.last_refresh = how);
         Ok(true)
     }
@@ -1071,13 +1078,48 @@ impl Reconciler {
     }
 
     /// Saves a walk as the new baseline, unless a gap arrived meanwhile.
+    /// Saves a baseline ([`save_baseline`]) and publishes its
+    /// multiply-linked names to normalisation (`LinkIndex`).
+    fn save_baseline(&self, root: &[u8], snap: &Snapshot) -> Result<(), String> {
+        let Some(fsid) = self.tracked_fsid(root) else {
+            return Err("the root was untracked; its baseline is dropped".into());
+        };
+        save_baseline(root, snap, &self.snapshots)?;
+        if self.tracked_fsid(root).is_none() {
+            // Untracked while saving (issue 9, defect 8): no snapshot of an
+            // untracked root stays behind.
+            Snapshot::remove(&self.snapshots, root);
+            self.shared.links.forget(root);
+            return Err("the root was untracked; its baseline is dropped".into());
+        }
+        {
+            let linked = snap
+                .entries
+                .iter()
+                .filter(|(_, st)| st.nlink > 1 && st.mode & 0o170000 != 0o040000)
+                .map(|(p, st)| (st.ino, p.to_vec()));
+            self.shared.links.publish(root, fsid, linked);
+        }
+        Ok(())
+    }
+
+    fn tracked_fsid(&self, root: &[u8]) -> Option<u64> {
+        self.shared
+            .roots
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .find(|r| r.path == root)
+            .map(|r| r.fsid)
+    }
+
     fn finish_baseline(&self, root: &[u8], mut new: Snapshot) -> Result<(), String> {
         self.enter("saving baseline");
         new.valid_after_seq = self.sync()?;
         // A walk that overlapped a new gap may hold part of what it hid, so
         // it is only a baseline if there is no other.
         if !self.gaps_arrived(root) || !Snapshot::file_for(&self.snapshots, root).exists() {
-            save_baseline(root, &new, &self.snapshots)?;
+            self.save_baseline(root, &new)?;
         }
         Ok(())
     }
@@ -1116,7 +1158,7 @@ impl Reconciler {
             new.marks = marks;
             new.through_seq = through;
             new.valid_after_seq = walk_end;
-            save_baseline(root, &new, &self.snapshots)?;
+            self.save_baseline(root, &new)?;
         }
         Ok(count)
     }

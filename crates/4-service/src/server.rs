@@ -268,6 +268,26 @@ fn track(ctx: &Context, path: Vec<u8>, add: bool) -> Result<(), Failure> {
     };
     ctx.send(msg)?;
     ctx.wait(rx)?;
+    if !add {
+        // Stop a walk of this root (issue 9, defect 8); the reconciler
+        // drops whatever it would have saved.
+        let running = ctx
+            .shared
+            .reconcile
+            .status
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .running
+            .clone();
+        if running.is_some_and(|r| r == path) {
+            ctx.shared
+                .reconcile
+                .progress
+                .cancel
+                .store(true, Ordering::SeqCst);
+        }
+        ctx.shared.links.forget(&path);
+    }
     // A snapshot from an earlier tracking period says nothing about the time
     // in between: drop it, and take a fresh baseline when tracking starts.
     cj_reconcile::Snapshot::remove(&ctx.snapshots, &path);

@@ -372,3 +372,78 @@ fn issue9_kill9_after_a_rename_storm_is_reconciled() {
     assert!(a.get(&t.join("f007")).is_some(), "{}", a.dump());
     assert!(a.get(&t.join("sub").join("inner")).is_some() || a.get(&t.join("sub")).is_some());
 }
+
+/// Defect 7: a change through one name of a file whose other names the
+/// daemon never saw in an event is resolved from the baseline (no rescan
+/// of the root), on every filesystem.
+fn hard_links_known_from_the_baseline(kind: Fs) {
+    let m = Mount::new(kind);
+    let d = Daemon::start(&m.mnt.join("daemon"), &[]);
+    let t = m.mnt.join("tree");
+    fs::create_dir_all(t.join("x")).unwrap();
+    fs::create_dir_all(t.join("y")).unwrap();
+    fs::write(t.join("x/a"), b"1").unwrap();
+    fs::hard_link(t.join("x/a"), t.join("y/b")).unwrap();
+    fs::hard_link(t.join("x/a"), t.join("c")).unwrap();
+    d.track(&t);
+    d.reconciled();
+    let c = d.cursor();
+    fs::write(t.join("x/a"), b"22").unwrap();
+    let a = d.changes(&c, None);
+    assert_eq!(a.code, 0, "{}", a.dump());
+    for p in ["x/a", "y/b", "c"] {
+        assert!(a.get(&t.join(p)).is_some(), "{p} missing: {}", a.dump());
+    }
+}
+
+#[test]
+fn issue9_hard_links_known_from_the_baseline_tmpfs() {
+    hard_links_known_from_the_baseline(Fs::Tmpfs);
+}
+
+#[test]
+fn issue9_hard_links_known_from_the_baseline_ext4() {
+    hard_links_known_from_the_baseline(Fs::Ext4);
+}
+
+fn snapshots_in(state: &Path) -> Vec<PathBuf> {
+    fs::read_dir(state.join("snapshots"))
+        .map(|d| d.flatten().map(|e| e.path()).collect())
+        .unwrap_or_default()
+}
+
+/// Defect 8: untracking stops a running baseline walk and leaves no
+/// snapshot behind; stale snapshots are removed at start.
+#[test]
+fn issue9_untrack_during_the_first_walk_leaves_no_baseline() {
+    let m = Mount::new(Fs::Tmpfs);
+    let mut d = Daemon::start(&m.mnt.join("daemon"), &[]);
+    let t = m.mnt.join("tree");
+    for i in 0..200 {
+        let sub = t.join(format!("d{i:03}"));
+        fs::create_dir_all(&sub).unwrap();
+        for j in 0..100 {
+            fs::write(sub.join(format!("f{j:03}")), b"").unwrap();
+        }
+    }
+    d.track(&t);
+    d.ok(&["untrack", t.to_str().unwrap()]);
+    d.reconciled();
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    assert_eq!(
+        snapshots_in(&d.state),
+        Vec::<PathBuf>::new(),
+        "{}",
+        d.log_text()
+    );
+    // A stale baseline left by an older version is removed at start.
+    d.track(&t);
+    d.reconciled();
+    assert_eq!(snapshots_in(&d.state).len(), 1);
+    fs::write(d.state.join("snapshots/00000000deadbeef.snap"), b"old").unwrap();
+    d.stop();
+    d.spawn();
+    let left = snapshots_in(&d.state);
+    assert_eq!(left.len(), 1, "{left:?}");
+    assert!(!left[0].ends_with("00000000deadbeef.snap"));
+}
