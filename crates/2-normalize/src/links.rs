@@ -24,10 +24,13 @@ pub struct LinkIndex {
     inner: RwLock<Inner>,
 }
 
+/// Inode number -> the paths a baseline holds for it.
+type ByInode = HashMap<u64, Vec<Vec<u8>>>;
+
 #[derive(Default)]
 struct Inner {
     /// Root -> (fsid, its entries).
-    roots: HashMap<Vec<u8>, (u64, HashMap<u64, Vec<Vec<u8>>>)>,
+    roots: HashMap<Vec<u8>, (u64, ByInode)>,
     paths: usize,
 }
 
@@ -35,7 +38,7 @@ impl LinkIndex {
     /// Replaces what is known for `root` (on filesystem `fsid`) by the
     /// multiply-linked `(inode, path)` entries of its new baseline.
     pub fn publish(&self, root: &[u8], fsid: u64, linked: impl Iterator<Item = (u64, Vec<u8>)>) {
-        let mut by_ino: HashMap<u64, Vec<Vec<u8>>> = HashMap::new();
+        let mut by_ino: ByInode = HashMap::new();
         let mut n = 0usize;
         let mut inner = self.inner.write().unwrap_or_else(|e| e.into_inner());
         let others = inner.paths - inner.roots.get(root).map_or(0, |(_, m)| count(m));
@@ -73,7 +76,7 @@ impl LinkIndex {
     }
 }
 
-fn count(m: &HashMap<u64, Vec<Vec<u8>>>) -> usize {
+fn count(m: &ByInode) -> usize {
     m.values().map(Vec::len).sum()
 }
 
