@@ -8,6 +8,7 @@
 //! marker.
 
 mod clock;
+pub mod conn;
 mod error;
 pub mod pipeline;
 pub mod query;
@@ -20,7 +21,6 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::AtomicUsize;
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -125,6 +125,7 @@ pub fn run(config: Config) -> Result<(), Error> {
     let clean_stop = state::take_clean_stop(&state_dir)?;
     let new_boot = state::swap_boot_id(&state_dir, &cj_reconcile::fast::boot_id())?;
     raise_fd_limit();
+    limit_malloc_arenas();
     let fan = Fanotify::new(config.queue).map_err(Error::Fanotify)?;
     let excluded = vec![state_dir.as_os_str().as_bytes().to_vec()];
     // SAFETY: getpid has no preconditions.
@@ -269,7 +270,7 @@ pub fn run(config: Config) -> Result<(), Error> {
         socket: config.socket.clone(),
         started: Instant::now(),
         roots_lock: Mutex::new(()),
-        connections: AtomicUsize::new(0),
+        slots: conn::Slots::default(),
     });
     let ctx2 = ctx.clone();
     std::thread::Builder::new()
@@ -402,6 +403,18 @@ fn wait_signals(set: libc::sigset_t, exit: mpsc::SyncSender<Exit>) {
         }
         std::thread::sleep(Duration::from_millis(10));
     }
+}
+
+/// Client threads would each get a malloc arena of their own, and every
+/// arena keeps the high-water mark of the answers built in it: 40 clients
+/// of 6 MB answers left 400 MB resident. A few shared arenas keep the
+/// daemon's memory near what it uses (issue 9, defect 5).
+const MALLOC_ARENAS_MAX: libc::c_int = 4;
+
+fn limit_malloc_arenas() {
+    // SAFETY: mallopt only changes allocator tuning; called before the
+    // daemon's threads start.
+    unsafe { libc::mallopt(libc::M_ARENA_MAX, MALLOC_ARENAS_MAX) };
 }
 
 fn raise_fd_limit() {

@@ -5,11 +5,11 @@
 //! Connections never touch the capture path: a query reads the journal with
 //! its own reader, and a slow client only blocks its own thread.
 
-use std::io::{BufRead, BufReader, BufWriter, Read, Write};
+use std::io::{BufReader, BufWriter, Write};
 use std::os::unix::io::AsRawFd;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::mpsc::{self, SyncSender};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -21,19 +21,22 @@ use cj_types::protocol::{get_path, put_path, PROTOCOL_VERSION, REQUEST_BYTES_MAX
 use cj_types::Cursor;
 use serde_json::{json, Map, Value};
 
+use crate::conn;
 use crate::pipeline::{Ctl, RootState, Shared};
 use crate::query;
 use crate::state;
 
-/// Concurrent client connections.
-pub const CONNECTIONS_MAX: usize = 64;
 /// A sync (barrier) taking longer than this fails the request.
 pub const SYNC_TIMEOUT: Duration = Duration::from_secs(60);
 /// Longest `wait_ms` a `changes` request may ask for.
 pub const WAIT_MAX_MS: u64 = 3_600_000;
 const WAIT_POLL: Duration = Duration::from_millis(100);
-/// An idle connection is closed after this long.
-pub const IDLE_TIMEOUT: Duration = Duration::from_secs(300);
+/// Answers being built at once, and encoded answer bytes held.
+static BUILDING: conn::Budget = conn::Budget::new(conn::ANSWERS_BUILDING_MAX);
+static ANSWER_BYTES: conn::Budget = conn::Budget::new(conn::ANSWER_BYTES_MAX);
+/// An answer this big is followed by `malloc_trim`, so the daemon's
+/// resident memory goes back down after it.
+const ANSWER_TRIM_BYTES: usize = 1 << 20;
 
 pub struct Context {
     pub reader: Reader,
@@ -46,7 +49,7 @@ pub struct Context {
     pub started: Instant,
     /// Serialises track/untrack so roots.json matches the pipeline.
     pub roots_lock: Mutex<()>,
-    pub connections: AtomicUsize,
+    pub slots: conn::Slots,
 }
 
 pub(crate) struct Failure {
@@ -102,25 +105,31 @@ impl Context {
 pub fn serve(listener: UnixListener, ctx: Arc<Context>) {
     for stream in listener.incoming() {
         let Ok(stream) = stream else { continue };
-        if ctx.connections.fetch_add(1, Ordering::SeqCst) >= CONNECTIONS_MAX {
-            ctx.connections.fetch_sub(1, Ordering::SeqCst);
-            let mut s = stream;
-            let _ = writeln!(
-                s,
-                "{}",
-                json!({"error": "too many clients; retry", "code": "busy"})
-            );
-            continue;
-        }
+        let root = peer_uid(&stream) == Some(0);
+        let id = match ctx.slots.admit(&stream, root) {
+            Ok(id) => id,
+            Err(conn::Refused::Busy) => {
+                // Said before the client writes, so it reads the reason even
+                // if its write then fails (the CLI prints it).
+                let mut s = stream;
+                let _ = s.set_write_timeout(Some(Duration::from_millis(100)));
+                let _ = writeln!(
+                    s,
+                    "{}",
+                    json!({"error": format!("too many clients ({} connections busy); retry", conn::CONNECTIONS_MAX), "code": "busy"})
+                );
+                continue;
+            }
+        };
         let ctx2 = ctx.clone();
         let spawned = std::thread::Builder::new()
             .name("cj-client".into())
             .spawn(move || {
-                let _ = connection(stream, &ctx2);
-                ctx2.connections.fetch_sub(1, Ordering::SeqCst);
+                let _ = connection(stream, &ctx2, id);
+                ctx2.slots.release(id);
             });
         if spawned.is_err() {
-            ctx.connections.fetch_sub(1, Ordering::SeqCst);
+            ctx.slots.release(id);
         }
     }
 }
@@ -141,9 +150,8 @@ fn peer_uid(stream: &UnixStream) -> Option<u32> {
     (rc == 0).then_some(cred.uid)
 }
 
-fn connection(stream: UnixStream, ctx: &Context) -> std::io::Result<()> {
-    stream.set_read_timeout(Some(IDLE_TIMEOUT))?;
-    let mut out = BufWriter::new(stream.try_clone()?);
+fn connection(stream: UnixStream, ctx: &Context, slot: u64) -> std::io::Result<()> {
+    let mut out = BufWriter::new(conn::DeadlineWriter::new(stream.try_clone()?));
     if peer_uid(&stream) != Some(0) {
         writeln!(
             out,
@@ -155,20 +163,22 @@ fn connection(stream: UnixStream, ctx: &Context) -> std::io::Result<()> {
     let mut input = BufReader::new(stream);
     let mut line = Vec::new();
     loop {
-        line.clear();
-        let n = (&mut input)
-            .take(REQUEST_BYTES_MAX as u64 + 1)
-            .read_until(b'\n', &mut line)?;
-        if n == 0 {
-            return Ok(());
-        }
-        if line.len() > REQUEST_BYTES_MAX {
-            writeln!(
-                out,
-                "{}",
-                json!({"error": "request too long", "code": "bad_request"})
-            )?;
-            return out.flush();
+        ctx.slots.set_idle(slot, true);
+        let got = conn::read_request(&mut input, &mut line, REQUEST_BYTES_MAX, || {
+            ctx.slots.set_idle(slot, false)
+        })?;
+        out.get_mut().restart();
+        match got {
+            conn::Request::End => return Ok(()),
+            conn::Request::TooLong => {
+                writeln!(
+                    out,
+                    "{}",
+                    json!({"error": format!("request longer than {REQUEST_BYTES_MAX} bytes"), "code": "bad_request"})
+                )?;
+                return out.flush();
+            }
+            conn::Request::Line => {}
         }
         let request: Result<Map<String, Value>, _> = serde_json::from_slice(&line);
         let result = match request {
@@ -330,9 +340,35 @@ fn changes(
             .min(WAIT_MAX_MS),
     );
     let deadline = Instant::now() + wait;
-    // With a wait, answer once reconciliation has closed the gaps in range
-    // (or has nothing left to do, or time is up).
-    let answer = loop {
+    // An answer holds a building permit until its encoded bytes are counted
+    // in the budget of bytes being sent: memory for all clients stays
+    // bounded whatever they do (conn.rs).
+    let (answer, building) = answer_when_ready(ctx, since, scope.as_deref(), deadline)?;
+    let encoded = encode_answer(&answer);
+    drop(answer);
+    let _held = ANSWER_BYTES
+        .take(encoded.len())
+        .ok_or_else(|| fail("busy", "the daemon is sending other large answers; retry"))?;
+    drop(building);
+    let result = out.write_all(&encoded);
+    if encoded.len() >= ANSWER_TRIM_BYTES {
+        drop(encoded);
+        // SAFETY: malloc_trim only returns free heap pages to the kernel.
+        unsafe { libc::malloc_trim(0) };
+    }
+    // A client that does not take its answer loses its connection.
+    result.map_err(|e| fail("failed", format!("writing the answer: {e}")))
+}
+
+/// The answer for `(since, now]`, once the gaps in range are closed, the
+/// reconciler has nothing left to do, or `deadline` has passed.
+fn answer_when_ready(
+    ctx: &Context,
+    since: Result<Cursor, String>,
+    scope: Option<&[u8]>,
+    deadline: Instant,
+) -> Result<(query::Answer, conn::Permit<'static>), Failure> {
+    loop {
         let completed = ctx
             .shared
             .reconcile
@@ -340,7 +376,10 @@ fn changes(
             .load(std::sync::atomic::Ordering::SeqCst);
         let end = ctx.sync()?;
         let roots = ctx.roots();
-        let answer = query::answer(&ctx.reader, &roots, since.clone(), scope.as_deref(), end)
+        let building = BUILDING
+            .take(1)
+            .ok_or_else(|| fail("busy", "the daemon is building other large answers; retry"))?;
+        let answer = query::answer(&ctx.reader, &roots, since.clone(), scope, end)
             .map_err(|e| fail("failed", e.to_string()))?;
         let q = &ctx.shared.reconcile;
         // Work remains while the reconciler runs, or while an open gap lies
@@ -355,10 +394,16 @@ fn changes(
             || Instant::now() >= deadline
             || !(q.busy() || untaken || finished_since)
         {
-            break answer;
+            return Ok((answer, building));
         }
+        drop((answer, building));
         std::thread::sleep(WAIT_POLL);
-    };
+    }
+}
+
+/// The answer as the JSON lines `docs/protocol.md` describes.
+fn encode_answer(answer: &query::Answer) -> Vec<u8> {
+    let mut out = Vec::new();
     for e in &answer.entries {
         let mut m = Map::new();
         put_path(&mut m, "path", &e.path);
@@ -401,7 +446,7 @@ fn changes(
             "rescan": rescans,
         })
     );
-    Ok(())
+    out
 }
 
 fn status(ctx: &Context) -> Value {

@@ -161,7 +161,14 @@ impl Client {
     fn request(&mut self, req: Value) -> Result<(), Error> {
         let mut line = serde_json::to_vec(&req).map_err(|e| Error::Protocol(e.to_string()))?;
         line.push(b'\n');
-        self.writer.write_all(&line)?;
+        if let Err(e) = self.writer.write_all(&line) {
+            // The daemon may have refused the connection before reading
+            // (too many clients): its reason is waiting to be read.
+            return Err(match self.line() {
+                Err(refused @ (Error::Daemon { .. } | Error::PermissionDenied { .. })) => refused,
+                _ => Error::Io(e),
+            });
+        }
         Ok(())
     }
 

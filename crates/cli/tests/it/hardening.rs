@@ -447,3 +447,105 @@ fn issue9_untrack_during_the_first_walk_leaves_no_baseline() {
     assert_eq!(left.len(), 1, "{left:?}");
     assert!(!left[0].ends_with("00000000deadbeef.snap"));
 }
+
+fn rss_kib(pid: u32) -> u64 {
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap()
+}
+
+/// Defect 4: idle connections cannot lock clients out, and a full table
+/// of busy ones gives the CLI the server's reason, not "Broken pipe".
+#[test]
+fn issue9_idle_and_trickling_clients_cannot_lock_others_out() {
+    use std::io::Write;
+    use std::os::unix::net::UnixStream;
+    let m = Mount::new(Fs::Tmpfs);
+    let d = Daemon::start(&m.mnt.join("daemon"), &[]);
+    let idle: Vec<UnixStream> = (0..80)
+        .filter_map(|_| UnixStream::connect(&d.socket).ok())
+        .collect();
+    assert!(idle.len() >= 64);
+    // Idle slots are reclaimed: the CLI gets through at once.
+    let started = std::time::Instant::now();
+    d.cursor();
+    assert!(started.elapsed() < std::time::Duration::from_secs(5));
+    drop(idle);
+    // Trickling clients: each started a request and sends a byte now and
+    // then. They are busy, so a new client is told to retry...
+    let mut busy: Vec<UnixStream> = (0..64)
+        .filter_map(|_| {
+            let mut s = UnixStream::connect(&d.socket).ok()?;
+            s.write_all(b"{").ok()?;
+            Some(s)
+        })
+        .collect();
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    let out = d.cj(&["cursor"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("too many clients"), "{err}");
+    assert!(!err.contains("Broken pipe"), "{err}");
+    // ... and they lose their slots at the request deadline however they
+    // pace their bytes.
+    for _ in 0..12 {
+        std::thread::sleep(std::time::Duration::from_secs(1));
+        for s in &mut busy {
+            let _ = s.write_all(b" ");
+        }
+    }
+    d.cursor();
+}
+
+/// Defect 5: clients that never read their (large) answers hold neither a
+/// thread for good nor unbounded memory, and others are still answered.
+#[test]
+fn issue9_clients_that_never_read_do_not_exhaust_memory() {
+    use std::io::Write;
+    use std::os::unix::net::UnixStream;
+    let m = Mount::new(Fs::Tmpfs);
+    let d = Daemon::start(&m.mnt.join("daemon"), &[]);
+    let t = m.mnt.join("tree");
+    fs::create_dir(&t).unwrap();
+    d.track(&t);
+    d.reconciled();
+    let c = d.cursor();
+    let long = "n".repeat(200);
+    for i in 0..20_000 {
+        fs::write(t.join(format!("{long}{i:05}")), b"").unwrap();
+    }
+    let pid = d.child.as_ref().unwrap().id();
+    let before = rss_kib(pid);
+    let req = format!("{{\"op\":\"changes\",\"since\":\"{c}\"}}\n");
+    let stuck: Vec<UnixStream> = (0..40)
+        .filter_map(|_| {
+            let mut s = UnixStream::connect(&d.socket).ok()?;
+            s.write_all(req.as_bytes()).ok()?;
+            Some(s)
+        })
+        .collect();
+    assert_eq!(stuck.len(), 40);
+    std::thread::sleep(std::time::Duration::from_secs(5));
+    // Another client is answered meanwhile.
+    let asked = std::time::Instant::now();
+    let a = d.changes(&c, None);
+    assert!(
+        asked.elapsed() < std::time::Duration::from_secs(30),
+        "answered only after {:?}",
+        asked.elapsed()
+    );
+    assert_eq!(a.entries.len(), 20_001, "{}", a.last);
+    let after = rss_kib(pid);
+    eprintln!("daemon RSS {before} KiB before, {after} KiB with 40 stuck clients");
+    // 40 answers of about 5 MB each would be 200 MB; the budget keeps it
+    // to a few at a time.
+    assert!(
+        after < before + 150 * 1024,
+        "RSS grew from {before} KiB to {after} KiB"
+    );
+    drop(stuck);
+}
