@@ -27,22 +27,72 @@ pub fn put_path(obj: &mut Map<String, Value>, stem: &str, bytes: &[u8]) {
 
 /// Reads a byte path from `stem` or `stem_b64`. `Ok(None)` if absent,
 /// `Err` if `stem_b64` is not valid base64.
+/// A field of another JSON type than the protocol says is an error naming
+/// the field (issue 9, defect 11), never silently ignored.
 pub fn get_path(obj: &Map<String, Value>, stem: &str) -> Result<Option<Vec<u8>>, String> {
-    if let Some(Value::String(s)) = obj.get(stem) {
-        return Ok(Some(s.as_bytes().to_vec()));
-    }
-    if let Some(Value::String(s)) = obj.get(&format!("{stem}_b64")) {
-        return PathText::Base64(s.clone())
+    let b64 = format!("{stem}_b64");
+    match (obj.get(stem), obj.get(&b64)) {
+        (Some(_), Some(_)) => Err(format!("give either \"{stem}\" or \"{b64}\", not both")),
+        (Some(Value::String(s)), None) => Ok(Some(s.as_bytes().to_vec())),
+        (Some(other), None) => Err(wrong_type(stem, "a string", other)),
+        (None, Some(Value::String(s))) => PathText::Base64(s.clone())
             .to_bytes()
             .map(Some)
-            .ok_or_else(|| format!("{stem}_b64 is not valid base64"));
+            .ok_or_else(|| format!("\"{b64}\" is not valid base64")),
+        (None, Some(other)) => Err(wrong_type(&b64, "a base64 string", other)),
+        (None, None) => Ok(None),
     }
-    Ok(None)
+}
+
+/// A string field: `Ok(None)` if absent, `Err` naming it if of another type.
+pub fn get_str<'a>(obj: &'a Map<String, Value>, field: &str) -> Result<Option<&'a str>, String> {
+    match obj.get(field) {
+        None => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s)),
+        Some(other) => Err(wrong_type(field, "a string", other)),
+    }
+}
+
+/// A non-negative integer field: `Ok(None)` if absent, `Err` naming it if
+/// of another type or out of range.
+pub fn get_u64(obj: &Map<String, Value>, field: &str) -> Result<Option<u64>, String> {
+    match obj.get(field) {
+        None => Ok(None),
+        Some(Value::Number(n)) if n.as_u64().is_some() => Ok(n.as_u64()),
+        Some(other) => Err(wrong_type(field, "a non-negative integer", other)),
+    }
+}
+
+fn wrong_type(field: &str, want: &str, got: &Value) -> String {
+    let kind = match got {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    };
+    format!("field \"{field}\" must be {want}, not {kind}")
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn fields_of_the_wrong_type_are_named() {
+        let m: Map<String, Value> =
+            serde_json::from_str(r#"{"op":5,"path":5,"wait_ms":"x","n":-1,"since":"c"}"#).unwrap();
+        assert!(get_str(&m, "op").unwrap_err().contains("\"op\""));
+        assert!(get_path(&m, "path").unwrap_err().contains("\"path\""));
+        assert!(get_u64(&m, "wait_ms").unwrap_err().contains("\"wait_ms\""));
+        assert!(get_u64(&m, "n").unwrap_err().contains("\"n\""));
+        assert_eq!(get_str(&m, "since").unwrap(), Some("c"));
+        assert_eq!(get_str(&m, "absent").unwrap(), None);
+        let both: Map<String, Value> =
+            serde_json::from_str(r#"{"path":"/a","path_b64":"L2E="}"#).unwrap();
+        assert!(get_path(&both, "path").is_err());
+    }
 
     #[test]
     fn paths_round_trip_through_json_text() {

@@ -163,6 +163,27 @@ pub fn read_request(
     }
 }
 
+/// Input read and dropped after refusing a request, at most.
+const DRAIN_BYTES_MAX: usize = 4 << 20;
+const DRAIN_WAIT: Duration = Duration::from_secs(1);
+
+/// Ends our side and discards what the client is still sending (bounded
+/// in bytes and time), so that closing does not reset the connection
+/// before the client has read our last answer.
+pub fn drain(input: &mut BufReader<UnixStream>) {
+    use std::io::Read;
+    let _ = input.get_ref().shutdown(std::net::Shutdown::Write);
+    let _ = input.get_ref().set_read_timeout(Some(DRAIN_WAIT));
+    let mut sink = [0u8; 64 * 1024];
+    let mut total = 0;
+    while total < DRAIN_BYTES_MAX {
+        match input.read(&mut sink) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => total += n,
+        }
+    }
+}
+
 /// A socket writer that fails once `deadline` has passed, however the
 /// client paces its reads.
 pub struct DeadlineWriter {

@@ -17,7 +17,9 @@ use std::time::{Duration, Instant};
 use cj_capture::Waker;
 use cj_journal::Reader;
 use cj_normalize::is_at_or_below;
-use cj_types::protocol::{get_path, put_path, PROTOCOL_VERSION, REQUEST_BYTES_MAX};
+use cj_types::protocol::{
+    get_path, get_str, get_u64, put_path, PROTOCOL_VERSION, REQUEST_BYTES_MAX,
+};
 use cj_types::Cursor;
 use serde_json::{json, Map, Value};
 
@@ -176,7 +178,11 @@ fn connection(stream: UnixStream, ctx: &Context, slot: u64) -> std::io::Result<(
                     "{}",
                     json!({"error": format!("request longer than {REQUEST_BYTES_MAX} bytes"), "code": "bad_request"})
                 )?;
-                return out.flush();
+                out.flush()?;
+                // Closing with unread input would reset the connection and
+                // could destroy the answer before the client reads it.
+                conn::drain(&mut input);
+                return Ok(());
             }
             conn::Request::Line => {}
         }
@@ -196,7 +202,9 @@ fn connection(stream: UnixStream, ctx: &Context, slot: u64) -> std::io::Result<(
 }
 
 fn dispatch(req: &Map<String, Value>, ctx: &Context, out: &mut impl Write) -> Result<(), Failure> {
-    let op = req.get("op").and_then(|v| v.as_str()).unwrap_or("");
+    let op = get_str(req, "op")
+        .map_err(|e| fail("bad_request", e))?
+        .ok_or_else(|| fail("bad_request", "the request has no \"op\" field"))?;
     let path = get_path(req, "path").map_err(|e| fail("bad_request", e))?;
     if let Some(p) = &path {
         if !p.starts_with(b"/") {
@@ -324,9 +332,8 @@ fn changes(
     ctx: &Context,
     out: &mut impl Write,
 ) -> Result<(), Failure> {
-    let since_text = req
-        .get("since")
-        .and_then(|v| v.as_str())
+    let since_text = get_str(req, "since")
+        .map_err(|e| fail("bad_request", e))?
         .ok_or_else(|| fail("bad_request", "changes needs \"since\" (a cursor)"))?;
     if let Some(p) = &scope {
         check_tracked(ctx, p)?;
@@ -334,8 +341,8 @@ fn changes(
     // The CLI prints the parse error itself; the answer carries a short reason.
     let since = Cursor::parse(since_text).map_err(|_| "malformed_cursor".to_string());
     let wait = Duration::from_millis(
-        req.get("wait_ms")
-            .and_then(|v| v.as_u64())
+        get_u64(req, "wait_ms")
+            .map_err(|e| fail("bad_request", e))?
             .unwrap_or(0)
             .min(WAIT_MAX_MS),
     );

@@ -213,23 +213,38 @@ fn absolute(path: &Path) -> Result<Vec<u8>> {
     Ok(out.into_os_string().into_vec())
 }
 
+/// Prints one line on stdout. Unlike `println!`, a full disk or a closed
+/// pipe is an error the caller reports (issue 9, defect 9), never a panic.
+fn say(line: std::fmt::Arguments<'_>) -> Result<()> {
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{line}")
+        .and_then(|()| out.flush())
+        .context("cannot write the output")
+}
+
 fn connect(socket: &Path) -> Result<Client> {
     Ok(Client::connect(socket)?)
 }
 
 fn track(socket: &Path, dir: &Path, add: bool) -> Result<i32> {
-    let meta = std::fs::metadata(dir);
-    if add && !meta.as_ref().is_ok_and(|m| m.is_dir()) {
-        bail!("{} is not a directory", dir.display());
+    if add {
+        match std::fs::metadata(dir) {
+            Ok(m) if m.is_dir() => {}
+            Ok(_) => bail!("{} is not a directory", dir.display()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                bail!("{} does not exist", dir.display())
+            }
+            Err(e) => bail!("cannot look at {}: {e}", dir.display()),
+        }
     }
     let path = absolute(dir)?;
     let mut client = connect(socket)?;
     if add {
         client.track(&path)?;
-        println!("tracking {}", escape_path(&path));
+        say(format_args!("tracking {}", escape_path(&path)))?;
     } else {
         client.untrack(&path)?;
-        println!("no longer tracking {}", escape_path(&path));
+        say(format_args!("no longer tracking {}", escape_path(&path)))?;
     }
     Ok(EXIT_COMPLETE)
 }
@@ -370,7 +385,7 @@ fn cursor(socket: &Path, path: Option<&Path>) -> Result<i32> {
     let path = path.map(absolute).transpose()?;
     let mut client = connect(socket)?;
     let c = client.cursor(path.as_deref())?;
-    println!("{c}");
+    say(format_args!("{c}"))?;
     Ok(EXIT_COMPLETE)
 }
 

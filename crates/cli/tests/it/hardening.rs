@@ -549,3 +549,123 @@ fn issue9_clients_that_never_read_do_not_exhaust_memory() {
     );
     drop(stuck);
 }
+
+/// One raw request line over the socket; the answer lines.
+fn raw(d: &Daemon, request: &[u8]) -> Vec<serde_json::Value> {
+    use std::io::{BufRead, Write};
+    let mut s = std::os::unix::net::UnixStream::connect(&d.socket).unwrap();
+    s.write_all(request).unwrap();
+    s.shutdown(std::net::Shutdown::Write).unwrap();
+    std::io::BufReader::new(s)
+        .split(b'\n')
+        .map(|l| serde_json::from_slice(&l.unwrap()).unwrap())
+        .collect()
+}
+
+fn bad_request_naming(d: &Daemon, request: &str, field: &str) {
+    let a = raw(d, format!("{request}\n").as_bytes());
+    assert_eq!(a.len(), 1, "{request}: {a:?}");
+    assert_eq!(a[0]["code"], "bad_request", "{request}: {a:?}");
+    let msg = a[0]["error"].as_str().unwrap();
+    assert!(msg.contains(&format!("\"{field}\"")), "{request}: {msg}");
+}
+
+/// Defect 11: fields of the wrong type are refused, naming the field; and
+/// the hostile requests the probe found handled stay handled.
+#[test]
+fn issue9_wrong_types_and_hostile_requests_are_refused_clearly() {
+    let m = Mount::new(Fs::Tmpfs);
+    let d = Daemon::start(&m.mnt.join("daemon"), &[]);
+    let t = m.mnt.join("tree");
+    fs::create_dir(&t).unwrap();
+    d.track(&t);
+    let c = d.cursor();
+    bad_request_naming(&d, r#"{"op":5}"#, "op");
+    bad_request_naming(&d, r#"{"op":"cursor","path":5}"#, "path");
+    bad_request_naming(
+        &d,
+        &format!(r#"{{"op":"changes","since":"{c}","path":5}}"#),
+        "path",
+    );
+    bad_request_naming(
+        &d,
+        &format!(r#"{{"op":"changes","since":"{c}","wait_ms":"9"}}"#),
+        "wait_ms",
+    );
+    bad_request_naming(
+        &d,
+        &format!(r#"{{"op":"changes","since":"{c}","wait_ms":-1}}"#),
+        "wait_ms",
+    );
+    bad_request_naming(&d, r#"{"op":"changes","since":7}"#, "since");
+    bad_request_naming(&d, r#"{"op":"track","path_b64":"%%%"}"#, "path_b64");
+    // Not JSON, not an object, no op, an unknown op, an oversized line.
+    for req in [
+        &b"nonsense\n"[..],
+        b"[1,2]\n",
+        b"{}\n",
+        b"{\"op\":\"explode\"}\n",
+        b"\xff\xfe\n",
+    ] {
+        let a = raw(&d, req);
+        assert_eq!(
+            a[0]["code"],
+            "bad_request",
+            "{:?}: {a:?}",
+            String::from_utf8_lossy(req)
+        );
+    }
+    let mut huge = vec![b'x'; 300 * 1024];
+    huge.push(b'\n');
+    let a = raw(&d, &huge);
+    assert_eq!(a[0]["code"], "bad_request");
+    // A relative path, a forged cursor.
+    let a = raw(&d, b"{\"op\":\"cursor\",\"path\":\"tree\"}\n");
+    assert_eq!(a[0]["code"], "bad_request");
+    let forged = format!("{}0", &c[..c.len() - 1]);
+    let a = raw(
+        &d,
+        format!("{{\"op\":\"changes\",\"since\":\"{forged}\"}}\n").as_bytes(),
+    );
+    assert_eq!(a.last().unwrap()["complete"], false, "{a:?}");
+    // The daemon is fine afterwards.
+    fs::write(t.join("after"), b"1").unwrap();
+    let ans = d.changes(&c, None);
+    assert_eq!(ans.code, 0, "{}", ans.dump());
+    // `cj track` of something that does not exist says so.
+    let out = d.cj(&["track", "/nonexistent/cj-test"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("does not exist"), "{err}");
+}
+
+/// Defect 9: a full stdout is an error message and exit 1, never a panic.
+#[test]
+fn issue9_a_full_stdout_is_an_error_not_a_panic() {
+    let m = Mount::new(Fs::Tmpfs);
+    let d = Daemon::start(&m.mnt.join("daemon"), &[]);
+    let t = m.mnt.join("tree");
+    fs::create_dir(&t).unwrap();
+    let c = d.cursor();
+    let tree = t.to_str().unwrap().to_string();
+    for args in [
+        vec!["cursor"],
+        vec!["track", tree.as_str()],
+        vec!["status"],
+        vec!["status", "--json"],
+        vec!["changes", "--since", c.as_str()],
+        vec!["changes", "--json", "--since", c.as_str()],
+        vec!["changes", "-0", "--since", c.as_str()],
+    ] {
+        let out = std::process::Command::new(crate::harness::CJ)
+            .arg("--socket")
+            .arg(&d.socket)
+            .args(&args)
+            .stdout(fs::File::create("/dev/full").unwrap())
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {err}");
+        assert!(!err.contains("panicked"), "{args:?}: {err}");
+        assert!(err.contains("No space left"), "{args:?}: {err}");
+    }
+}
