@@ -246,6 +246,9 @@ pub enum GapReason {
     /// The wall clock was set: time-based comparisons since are void, so
     /// the next reconciliation compares every entry.
     ClockStep = 9,
+    /// The state directory's filesystem was full: changes from the gap's
+    /// start until this record could not be journaled (format 2).
+    StateDiskFull = 10,
 }
 
 impl GapReason {
@@ -260,6 +263,7 @@ impl GapReason {
             7 => GapReason::NewBoot,
             8 => GapReason::FsChanged,
             9 => GapReason::ClockStep,
+            10 => GapReason::StateDiskFull,
             _ => return None,
         })
     }
@@ -275,6 +279,7 @@ impl GapReason {
             GapReason::NewBoot => "new_boot",
             GapReason::FsChanged => "fs_changed",
             GapReason::ClockStep => "clock_step",
+            GapReason::StateDiskFull => "state_disk_full",
         }
     }
 }

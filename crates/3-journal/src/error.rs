@@ -46,6 +46,15 @@ impl fmt::Display for Error {
     }
 }
 
+impl Error {
+    /// The state filesystem is full (or the quota is reached): the one
+    /// failure the daemon waits out instead of stopping.
+    pub fn is_no_space(&self) -> bool {
+        matches!(self, Error::Io { source, .. }
+            if matches!(source.raw_os_error(), Some(libc::ENOSPC) | Some(libc::EDQUOT)))
+    }
+}
+
 impl std::error::Error for Error {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {

@@ -273,7 +273,10 @@ pub fn open(dir: &Path, options: Options) -> Result<(Writer, Reader, Recovery), 
     }
     let mut highwater = highwater::HighWater::open(dir, id, 0)?;
     // The mark never goes down, and is at least what was just recovered.
-    highwater.advance(durable_seq, true)?;
+    // Failing to raise it (a full disk) leaves it lower: allowed.
+    if let Err(e) = highwater.advance(durable_seq, true) {
+        eprintln!("cj: {e} (the mark stays at an older seq)");
+    }
     let last = segments.last_mut().expect("at least one segment exists");
     if last_version < format::FORMAT_VERSION {
         // Written by an older cj: records of this version go into a segment

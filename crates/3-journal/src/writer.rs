@@ -175,11 +175,10 @@ impl Writer {
         let durable = self.next_seq - 1;
         self.publish(durable);
         // After publishing: the mark is a lower bound, so lagging is safe
-        // (design 7 step 5a says how much). A failure is a failing state
-        // disk: stop like any other write failure.
+        // (design 7 step 5a says how much), and a failure to write it only
+        // leaves it lower; it is tried again at the next commit.
         if let Err(e) = self.highwater.advance(durable, false) {
-            self.poisoned = true;
-            return Err(e);
+            eprintln!("cj: {e} (the mark stays at an older seq)");
         }
         Ok(durable)
     }
@@ -191,11 +190,46 @@ impl Writer {
             return Err(Error::Poisoned);
         }
         let durable = self.next_seq - 1;
-        let result = self.highwater.advance(durable, true);
-        if result.is_err() {
-            self.poisoned = true;
+        self.highwater.advance(durable, true)
+    }
+
+    /// After a failed commit: drops everything not yet durable (none of it
+    /// was acknowledged), cuts the active segment back to its durable
+    /// length and syncs it, so the file holds exactly what was durable
+    /// before; then the writer takes appends again. This is what makes a
+    /// retry safe after a failed `fdatasync`: the pages whose fate is
+    /// unknown are removed, not trusted. If the cut fails too, the writer
+    /// stays poisoned (restart and recovery decide).
+    pub fn recover_after_failure(&mut self) -> Result<(), Error> {
+        let path = segment_path(&self.shared.dir, self.seg_first_seq);
+        // A segment whose creation failed half-way is not in the list.
+        let stray = segment_path(&self.shared.dir, self.next_seq_durable() + 1);
+        if stray != path {
+            match fs::remove_file(&stray) {
+                Ok(()) => fsync_dir(&self.shared.dir)?,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(io(&stray, "remove a half-created segment")(e)),
+            }
         }
-        result
+        self.file
+            .set_len(self.file_len)
+            .map_err(io(&path, "cut back to the durable length"))?;
+        self.file
+            .sync_all()
+            .map_err(io(&path, "fsync after cutting back"))?;
+        self.pending.clear();
+        self.pending_records = 0;
+        self.next_seq = self.next_seq_durable() + 1;
+        self.poisoned = false;
+        Ok(())
+    }
+
+    fn next_seq_durable(&self) -> u64 {
+        self.shared
+            .state
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .durable_seq
     }
 
     fn publish(&self, durable: u64) {

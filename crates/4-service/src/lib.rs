@@ -74,8 +74,12 @@ impl Default for Config {
     }
 }
 
+/// One log line. Paths in messages go through `cj_types::log_path`; as a
+/// last defence, a line break in a message is escaped, so nothing a user
+/// names can forge a log line (issue 9, defect 10).
 fn log(msg: impl std::fmt::Display) {
-    eprintln!("cj daemon: {msg}");
+    let text = msg.to_string().replace('\n', "\\n");
+    eprintln!("cj daemon: {text}");
 }
 
 /// Runs the daemon in the foreground until SIGTERM/SIGINT.
@@ -123,7 +127,14 @@ pub fn run(config: Config) -> Result<(), Error> {
         ));
     }
     let clean_stop = state::take_clean_stop(&state_dir)?;
-    let new_boot = state::swap_boot_id(&state_dir, &cj_reconcile::fast::boot_id())?;
+    // Not knowing the last boot only makes the start gap `new_boot` where
+    // it may have been `daemon_down`: both are gaps. A full disk must not
+    // stop the daemon here.
+    let new_boot =
+        state::swap_boot_id(&state_dir, &cj_reconcile::fast::boot_id()).unwrap_or_else(|e| {
+            log(format!("{e}; the start is treated as a new boot"));
+            true
+        });
     raise_fd_limit();
     limit_malloc_arenas();
     let fan = Fanotify::new(config.queue).map_err(Error::Fanotify)?;
@@ -137,6 +148,7 @@ pub fn run(config: Config) -> Result<(), Error> {
         normalizer,
         writer,
         exit_tx.clone(),
+        state_dir.clone(),
     )
     .map_err(io(&state_dir, "start threads"))?;
     for root in &roots {
@@ -149,7 +161,7 @@ pub fn run(config: Config) -> Result<(), Error> {
         if let Ok(Err(e)) = rx.recv() {
             log(format!(
                 "root {} is not captured for now: {e}",
-                String::from_utf8_lossy(root)
+                cj_types::log_path(root)
             ));
         }
     }
@@ -202,7 +214,7 @@ pub fn run(config: Config) -> Result<(), Error> {
                 log(format!(
                     "root {} is on another filesystem than its baseline (new UUID); \
                      it is reconciled entry by entry",
-                    String::from_utf8_lossy(root)
+                    cj_types::log_path(root)
                 ));
                 gaps.push(RecordBody::Gap(GapRecord {
                     reason: GapReason::FsChanged,
@@ -219,6 +231,11 @@ pub fn run(config: Config) -> Result<(), Error> {
         let _ = pipeline.send(Ctl::Barrier(tx));
         match rx.recv() {
             Ok(Ok(_)) => {}
+            // The state disk is full: the writer waits for room and then
+            // journals a gap from the last record on, which covers this one.
+            Ok(Err(e)) if pipeline.shared.disk_full.lock().is_ok_and(|f| f.is_some()) => {
+                log(format!("start gap not journaled yet: {e}"))
+            }
             Ok(Err(e)) => return Err(Error::WriterFailed(e)),
             Err(_) => return Err(Error::WriterFailed("pipeline stopped".into())),
         }

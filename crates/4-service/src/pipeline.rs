@@ -146,8 +146,43 @@ pub struct Shared {
     pub commit: Mutex<CommitStats>,
     /// Set by a clean stop that ended quiescent (`Capture::quiesce`).
     pub quiescent: std::sync::atomic::AtomicBool,
+    /// The state directory (named in messages).
+    pub state_dir: std::path::PathBuf,
     /// Multiply-linked names of the baselines, for normalisation.
     pub links: Arc<cj_normalize::LinkIndex>,
+    /// Set while the state filesystem is full (wall-clock ns since when):
+    /// nothing is journaled, queries answer what is durable (design 6a).
+    pub disk_full: Mutex<Option<u64>>,
+}
+
+/// While the state disk is full, the writer tries to resume this often...
+pub const DISK_FULL_RETRY: Duration = Duration::from_secs(1);
+/// ... once at least this much is free again (resuming at the first free
+/// block would fail again at once: the journal writes in batches).
+pub const DISK_FULL_RESUME_FREE_BYTES: u64 = 1 << 20;
+
+/// Bytes available to the daemon on the filesystem holding `dir`.
+fn free_bytes(dir: &std::path::Path) -> Option<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(dir.as_os_str().as_bytes()).ok()?;
+    // SAFETY: plain old data filled by the call.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: a valid C string and output buffer.
+    if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
+        return None;
+    }
+    Some(st.f_bavail.saturating_mul(st.f_frsize))
+}
+
+/// What a client is told while the state disk is full.
+pub fn disk_full_message(state_dir: &std::path::Path) -> String {
+    format!(
+        "the filesystem holding the cj state directory ({}) is full: new changes are not \
+         journaled. Free space there (or lower --retain-mib); cj resumes by itself within a \
+         second and records the interval as a gap, which reconciliation closes. Queries \
+         still answer what is journaled.",
+        state_dir.display()
+    )
 }
 
 pub struct Pipeline {
@@ -165,9 +200,13 @@ impl Pipeline {
         normalizer: Normalizer,
         writer: Writer,
         fatal: SyncSender<Exit>,
+        state_dir: std::path::PathBuf,
     ) -> std::io::Result<Pipeline> {
         let waker = Arc::new(Waker::new()?);
-        let shared = Arc::new(Shared::default());
+        let shared = Arc::new(Shared {
+            state_dir,
+            ..Shared::default()
+        });
         let normalizer = normalizer.with_links(shared.links.clone());
         let (ctl_tx, ctl_rx) = mpsc::sync_channel(CONTROL_QUEUE_MAX);
         let (norm_tx, norm_rx) = mpsc::sync_channel(NORMALIZE_QUEUE_MAX);
@@ -450,7 +489,7 @@ impl Capture {
     /// Marks the filesystem of `path` and tells normalisation. On success
     /// returns the root's fsid.
     fn arm(&mut self, path: &[u8]) -> Result<u64, String> {
-        let show = String::from_utf8_lossy(path).into_owned();
+        let show = cj_types::log_path(path);
         let fd = nsys::open_dir_for_handles(path).map_err(|e| {
             format!("cannot open {show} as a directory without following symlinks: {e}")
         })?;
@@ -532,7 +571,7 @@ impl Capture {
 
     fn untrack(&mut self, path: Vec<u8>, reply: Completion) {
         if !self.roots.contains_key(&path) {
-            let show = String::from_utf8_lossy(&path).into_owned();
+            let show = cj_types::log_path(&path);
             let _ = reply.send(Err(format!(
                 "{show} is not tracked; `cj status` lists the roots"
             )));
@@ -724,18 +763,36 @@ fn writer_loop(
     let mut last_retention = Instant::now();
     let mut failed: Option<String> = None;
     let mut last_commit = Instant::now();
+    let mut full = DiskFull::default();
 
     while !shutdown {
-        let first = match input.recv_timeout(Duration::from_secs(60)) {
+        if full.since.is_some() && full.try_resume(&mut writer, &shared) {
+            last_commit = Instant::now();
+        }
+        let wait = if full.since.is_some() {
+            DISK_FULL_RETRY
+        } else {
+            Duration::from_secs(60)
+        };
+        let first = match input.recv_timeout(wait) {
             Ok(m) => m,
             Err(RecvTimeoutError::Timeout) => {
-                if let Err(e) = writer.enforce_retention(now_ns()) {
-                    eprintln!("cj: retention: {e}");
+                if full.since.is_none() {
+                    if let Err(e) = writer.enforce_retention(now_ns()) {
+                        eprintln!("cj: retention: {e}");
+                    }
                 }
                 continue;
             }
             Err(RecvTimeoutError::Disconnected) => break,
         };
+        if full.since.is_some() {
+            // Nothing can be journaled: records are dropped (the gap written
+            // on resuming covers them) and barriers refused, never left
+            // hanging or answered as if durable.
+            full.absorb(first, &shared, &mut shutdown);
+            continue;
+        }
         let mut next = Some(first);
         let mut appended = 0u64;
         let mut triggers = Vec::new();
@@ -758,7 +815,10 @@ fn writer_loop(
                                         triggers.push(t);
                                     }
                                 }
-                                Err(e) => failed = Some(e.to_string()),
+                                Err(e) => {
+                                    full.last_error_no_space = e.is_no_space();
+                                    failed = Some(e.to_string());
+                                }
                             }
                             appended += 1;
                         }
@@ -771,6 +831,7 @@ fn writer_loop(
                     });
                     if failed.is_none() {
                         if let Err(e) = writer.append(now_ns(), &mark) {
+                            full.last_error_no_space = e.is_no_space();
                             failed = Some(e.to_string());
                         }
                     }
@@ -792,7 +853,10 @@ fn writer_loop(
         let started = Instant::now();
         let result = match &failed {
             Some(e) => Err(e.clone()),
-            None => writer.commit().map_err(|e| e.to_string()),
+            None => writer.commit().map_err(|e| {
+                full.last_error_no_space = e.is_no_space();
+                e.to_string()
+            }),
         };
         match &result {
             Ok(_) => {
@@ -807,11 +871,19 @@ fn writer_loop(
                 }
                 s.recent_us.push_back(started.elapsed().as_micros() as u64);
             }
+            Err(e) if full.enter(&mut writer, &shared, e) => {
+                failed = None;
+                triggers.clear();
+            }
             Err(e) => {
                 failed = Some(e.clone());
                 let _ = fatal.try_send(Exit::Fatal(format!("journal write failed: {e}")));
             }
         }
+        let result = match (&result, full.since) {
+            (Err(_), Some(_)) => Err(full.message.clone()),
+            _ => result,
+        };
         for c in waiting.drain(..) {
             let _ = c.send(result.clone());
         }
@@ -822,9 +894,110 @@ fn writer_loop(
             last_retention = Instant::now();
         }
     }
-    let result = match failed {
-        Some(e) => Err(e),
-        None => writer.commit().map_err(|e| e.to_string()),
+    let result = match (failed, full.since) {
+        (Some(e), _) => Err(e),
+        (None, Some(_)) => Err(full.message.clone()),
+        (None, None) => writer.commit().map_err(|e| e.to_string()),
     };
     let _ = done.send(result);
+}
+
+/// The writer's state while the state filesystem is full (design 6a).
+#[derive(Default)]
+struct DiskFull {
+    /// Wall-clock ns when the first commit failed for lack of space.
+    since: Option<u64>,
+    /// Records dropped since.
+    dropped: u64,
+    last_error_no_space: bool,
+    message: String,
+}
+
+impl DiskFull {
+    /// After a failed commit: if it failed for lack of space and the
+    /// segment could be cut back to what is durable, waits the disk out
+    /// instead of stopping the daemon. True if so.
+    fn enter(&mut self, writer: &mut Writer, shared: &Shared, error: &str) -> bool {
+        if !self.last_error_no_space {
+            return false;
+        }
+        if let Err(e) = writer.recover_after_failure() {
+            eprintln!("cj daemon: cannot cut the journal back after a failed write: {e}");
+            return false;
+        }
+        if self.since.is_none() {
+            let now = now_ns();
+            self.since = Some(now);
+            self.message = disk_full_message(&shared.state_dir);
+            *shared.disk_full.lock().unwrap_or_else(|e| e.into_inner()) = Some(now);
+            eprintln!(
+                "cj daemon: journal write failed ({error}); {}",
+                self.message
+            );
+        }
+        true
+    }
+
+    fn absorb(&mut self, msg: WriteMsg, shared: &Shared, shutdown: &mut bool) {
+        let _ = shared;
+        match msg {
+            WriteMsg::Records(recs) => self.dropped += recs.len() as u64,
+            WriteMsg::Drained(_) => {}
+            WriteMsg::Barrier(c) => {
+                let _ = c.send(Err(self.message.clone()));
+            }
+            WriteMsg::Shutdown => *shutdown = true,
+        }
+    }
+
+    /// Makes room where retention allows, then journals the gap that
+    /// covers the time nothing could be journaled. True once it is durable.
+    fn try_resume(&mut self, writer: &mut Writer, shared: &Shared) -> bool {
+        let Some(since) = self.since else {
+            return true;
+        };
+        if let Err(e) = writer.enforce_retention(now_ns()) {
+            eprintln!("cj: retention: {e}");
+        }
+        if free_bytes(&shared.state_dir).is_some_and(|b| b < DISK_FULL_RESUME_FREE_BYTES) {
+            return false;
+        }
+        let gap = RecordBody::Gap(GapRecord {
+            reason: GapReason::StateDiskFull,
+            fsid: 0,
+            scope: Vec::new(),
+            start_time_ns: since,
+            flags: 0,
+            detail: format!(
+                "the state filesystem was full; {} records could not be journaled",
+                self.dropped
+            )
+            .into_bytes(),
+        });
+        let committed = writer
+            .append(now_ns(), &gap)
+            .and_then(|seq| writer.commit().map(|_| seq));
+        match committed {
+            Ok(seq) => {
+                shared.reconcile.note(seq, &gap);
+                if let Some(t) = reconcile_trigger(seq, &gap) {
+                    shared.reconcile.push([t]);
+                }
+                eprintln!(
+                    "cj daemon: the state filesystem has room again; journaling resumed \
+                     ({} records dropped meanwhile are covered by gap {seq})",
+                    self.dropped
+                );
+                *shared.disk_full.lock().unwrap_or_else(|e| e.into_inner()) = None;
+                *self = DiskFull::default();
+                true
+            }
+            Err(e) => {
+                if !e.is_no_space() || writer.recover_after_failure().is_err() {
+                    eprintln!("cj daemon: cannot resume journaling: {e}");
+                }
+                false
+            }
+        }
+    }
 }

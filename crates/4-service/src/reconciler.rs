@@ -711,7 +711,7 @@ impl Reconciler {
                 Ok(false) => {}
                 Err(e) => eprintln!(
                     "cj daemon: refreshing the baseline of {}: {e}",
-                    String::from_utf8_lossy(&root)
+                    cj_types::log_path(&root)
                 ),
             }
         }
@@ -898,7 +898,7 @@ impl Reconciler {
                 .collect();
             eprintln!(
                 "cj daemon: reconciled {} by {}: {}",
-                String::from_utf8_lossy(root),
+                cj_types::log_path(root),
                 st.last_method,
                 parts.join(", ")
             );
@@ -962,7 +962,7 @@ impl Reconciler {
         self.enter("syncing");
         let through = self.sync()?;
         let root_fd = open_root(root)
-            .map_err(|e| format!("cannot open root {}: {e}", String::from_utf8_lossy(root)))?;
+            .map_err(|e| format!("cannot open root {}: {e}", cj_types::log_path(root)))?;
         let marks = fast::marks(root_fd.as_raw_fd());
         // What the journal names between the baseline and now; computed
         // before the baseline is brought up to date in place.
@@ -1001,7 +1001,7 @@ impl Reconciler {
                         Err(e) => {
                             eprintln!(
                                 "cj daemon: reconcile {}: {} failed ({e}); walking instead",
-                                String::from_utf8_lossy(root),
+                                cj_types::log_path(root),
                                 method.as_str()
                             );
                             // The baseline was partly brought up to date:

@@ -94,6 +94,15 @@ impl Context {
         self.wait(rx)
     }
 
+    /// Since when the state disk is full, if it is.
+    fn disk_full(&self) -> Option<u64> {
+        *self
+            .shared
+            .disk_full
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+    }
+
     fn roots(&self) -> Vec<RootState> {
         self.shared
             .roots
@@ -264,7 +273,7 @@ fn check_tracked(ctx: &Context, path: &[u8]) -> Result<(), Failure> {
         "not_tracked",
         format!(
             "{} is not in a tracked tree; run `cj track DIR` first (`cj status` lists roots)",
-            String::from_utf8_lossy(path)
+            cj_types::log_path(path)
         ),
     ))
 }
@@ -381,13 +390,35 @@ fn answer_when_ready(
             .reconcile
             .completed
             .load(std::sync::atomic::Ordering::SeqCst);
-        let end = ctx.sync()?;
+        // While the state disk is full nothing new can be made durable:
+        // answer what is, and say that the rest is unknown (design 6a).
+        let (end, full) = match ctx.sync() {
+            Ok(end) => (end, false),
+            Err(_) if ctx.disk_full().is_some() => (ctx.reader.durable_seq(), true),
+            Err(f) => return Err(f),
+        };
         let roots = ctx.roots();
         let building = BUILDING
             .take(1)
             .ok_or_else(|| fail("busy", "the daemon is building other large answers; retry"))?;
-        let answer = query::answer(&ctx.reader, &roots, since.clone(), scope, end)
+        let mut answer = query::answer(&ctx.reader, &roots, since.clone(), scope, end)
             .map_err(|e| fail("failed", e.to_string()))?;
+        if full {
+            for r in &roots {
+                let path = match scope {
+                    Some(s) => query::intersect(s, &r.path),
+                    None => Some(r.path.clone()),
+                };
+                if let Some(path) = path {
+                    answer.rescans.push(query::Rescan {
+                        path,
+                        reason: "state_disk_full".into(),
+                    });
+                }
+            }
+            answer.rescans = query::dedupe(std::mem::take(&mut answer.rescans));
+            return Ok((answer, building));
+        }
         let q = &ctx.shared.reconcile;
         // Work remains while the reconciler runs, or while an open gap lies
         // above every request it has taken (its request is on its way).
@@ -500,6 +531,8 @@ fn status(ctx: &Context) -> Value {
         "socket": ctx.socket.display().to_string(),
         "state_dir": ctx.state_dir.display().to_string(),
         "journal": {
+            "disk_full_since_ns": ctx.disk_full(),
+            "problem": ctx.disk_full().map(|_| crate::pipeline::disk_full_message(&ctx.state_dir)),
             "id": ctx.reader.journal_id().to_hex(),
             "first_seq": ctx.reader.first_seq(),
             "last_seq": ctx.reader.durable_seq(),

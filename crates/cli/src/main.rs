@@ -280,6 +280,9 @@ fn status(socket: &Path, json: bool) -> Result<i32> {
         g(&["journal", "segments"]),
         g(&["journal", "disk_bytes"])
     )?;
+    if let Some(problem) = g(&["journal", "problem"]).as_str() {
+        writeln!(out, "            STOPPED: {problem}")?;
+    }
     writeln!(
         out,
         "commit lag  p50 {} us, p99 {} us, max {} us over the last commits",

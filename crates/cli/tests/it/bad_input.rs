@@ -136,6 +136,10 @@ fn paths_that_are_not_tracked() {
     assert!(stderr(&out).contains("cj track"), "{}", stderr(&out));
     let out = d.cj(&["track", m.mnt.join("missing").to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("does not exist"), "{}", stderr(&out));
+    fs::write(m.mnt.join("file"), b"").unwrap();
+    let out = d.cj(&["track", m.mnt.join("file").to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
     assert!(stderr(&out).contains("not a directory"), "{}", stderr(&out));
 }
 

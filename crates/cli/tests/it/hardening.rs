@@ -2,6 +2,7 @@
 //! test that failed before its fix.
 
 use std::fs;
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
 use crate::harness::{Answer, Daemon, Fs, Mount};
@@ -125,7 +126,6 @@ fn dir_at(fd: i32, name: &[u8]) -> std::os::fd::OwnedFd {
 impl Deep {
     fn new(base: &Path, depth: usize) -> Deep {
         use std::os::fd::AsRawFd;
-        use std::os::unix::ffi::OsStrExt;
         let mut d = Deep {
             fds: vec![dir_at(libc::AT_FDCWD, base.as_os_str().as_bytes())],
             path: base.as_os_str().as_bytes().to_vec(),
@@ -182,7 +182,6 @@ impl Deep {
     }
 
     fn child(&self, name: &str) -> PathBuf {
-        use std::os::unix::ffi::OsStrExt;
         let mut p = self.path.clone();
         p.push(b'/');
         p.extend_from_slice(name.as_bytes());
@@ -668,4 +667,111 @@ fn issue9_a_full_stdout_is_an_error_not_a_panic() {
         assert!(!err.contains("panicked"), "{args:?}: {err}");
         assert!(err.contains("No space left"), "{args:?}: {err}");
     }
+}
+
+/// Defect 10: a name with a line break cannot inject a line into the
+/// daemon's log, and long paths are shortened there.
+#[test]
+fn issue9_hostile_names_cannot_forge_log_lines() {
+    let m = Mount::new(Fs::Tmpfs);
+    let mut d = Daemon::start(&m.mnt.join("daemon"), &[]);
+    let t = m.mnt.join("tree\ncj daemon: FORGED");
+    fs::create_dir(&t).unwrap();
+    let deep = Deep::new(&t, 3);
+    d.track(&t);
+    d.track(Path::new(std::ffi::OsStr::from_bytes(&deep.path)));
+    d.stop();
+    // Both roots are gone at the next start: the daemon logs them.
+    fs::rename(&t, m.mnt.join("moved")).unwrap();
+    d.spawn();
+    d.stop();
+    let log = d.log_text();
+    assert!(log.contains("tree\\ncj daemon: FORGED"), "{log}");
+    assert!(
+        !log.lines().any(|l| l.starts_with("cj daemon: FORGED")),
+        "{log}"
+    );
+    assert!(log.lines().all(|l| l.len() < 1024), "{log}");
+}
+
+/// Fills `dir`'s filesystem with one file; returns its path.
+fn fill(dir: &Path) -> PathBuf {
+    use std::io::Write;
+    let filler = dir.join("filler");
+    let mut f = fs::File::create(&filler).unwrap();
+    let block = vec![0u8; 64 * 1024];
+    while f.write_all(&block).is_ok() {}
+    let _ = f.sync_all();
+    filler
+}
+
+/// Defect 12: a full state disk stops journaling, not the daemon. Queries
+/// answer what is durable and say the rest is unknown; the daemon also
+/// starts on a full disk; once there is room, the interval becomes a gap
+/// that reconciliation closes.
+#[test]
+fn issue9_a_full_state_disk_is_waited_out() {
+    let state = Mount::small_tmpfs("3m");
+    let m = Mount::new(Fs::Tmpfs);
+    let mut d = Daemon::start(&state.mnt, &["--commit-interval-ms", "10"]);
+    let t = m.mnt.join("tree");
+    fs::create_dir(&t).unwrap();
+    d.track(&t);
+    d.reconciled();
+    let c0 = d.cursor();
+    fs::write(t.join("before"), b"1").unwrap();
+    d.cursor();
+    let filler = fill(&state.mnt);
+    // Enough records to need more room than is left.
+    for i in 0..3000 {
+        fs::write(t.join(format!("while_full{i:04}")), b"1").unwrap();
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let st: serde_json::Value = serde_json::from_str(&d.ok(&["status", "--json"])).unwrap();
+        if st["journal"]["disk_full_since_ns"].is_u64() {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{st}\n{}",
+            d.log_text()
+        );
+        fs::write(t.join("more"), b"1").unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    // The daemon is up; a cursor is refused with advice that works.
+    let out = d.cj(&["cursor"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("is full") && err.contains("Free space"),
+        "{err}"
+    );
+    assert!(d.ok(&["status"]).contains("STOPPED"));
+    // Queries answer what is durable, and ask for a rescan.
+    let a = d.changes(&c0, None);
+    assert_eq!(a.code, 3, "{}", a.dump());
+    assert!(
+        reasons(&a).iter().any(|r| r.contains("state_disk_full")),
+        "{}",
+        a.dump()
+    );
+    assert!(a.get(&t.join("before")).is_some(), "{}", a.dump());
+    // A restart on the full disk comes up too.
+    d.kill9();
+    d.spawn();
+    let a = d.changes(&c0, None);
+    assert_eq!(a.code, 3, "{}", a.dump());
+    // Room again: journaling resumes by itself and the gap closes.
+    fs::remove_file(&filler).unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while d.cj(&["cursor"]).status.code() != Some(0) {
+        assert!(std::time::Instant::now() < deadline, "{}", d.log_text());
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    let w = d.changes_wait(&c0, 60);
+    assert_eq!(w.code, 0, "{}\n{}", w.dump(), d.log_text());
+    assert!(w.get(&t.join("while_full2999")).is_some(), "{}", w.dump());
+    assert!(w.get(&t.join("before")).is_some(), "{}", w.dump());
 }

@@ -41,11 +41,22 @@ pub struct Mount {
     pub mnt: PathBuf,
     image: PathBuf,
     mounted: bool,
+    /// tmpfs only: its size (`size=` mount option).
+    tmpfs_size: &'static str,
 }
 
 impl Mount {
     pub fn new(fs: Fs) -> Mount {
         Mount::new_in(fs, &std::env::temp_dir())
+    }
+
+    /// A tmpfs of `size` (e.g. "4m"), to fill up.
+    pub fn small_tmpfs(size: &'static str) -> Mount {
+        let mut m = Mount::new(Fs::Tmpfs);
+        m.unmount();
+        m.tmpfs_size = size;
+        m.mount();
+        m
     }
 
     /// A filesystem whose image file lives in a fresh temp dir below `parent`.
@@ -63,6 +74,7 @@ impl Mount {
             mnt,
             image,
             mounted: false,
+            tmpfs_size: "512m",
         };
         m.make();
         m.mount();
@@ -89,7 +101,8 @@ impl Mount {
         let mnt = self.mnt.to_str().unwrap();
         match self.fs {
             Fs::Tmpfs => {
-                run(Command::new("mount").args(["-t", "tmpfs", "-o", "size=512m", "cj-test", mnt]))
+                let size = format!("size={}", self.tmpfs_size);
+                run(Command::new("mount").args(["-t", "tmpfs", "-o", &size, "cj-test", mnt]))
             }
             // nouuid: an xfs crash copy has its original's UUID.
             Fs::Xfs => run(Command::new("mount").args([
