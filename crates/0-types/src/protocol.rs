@@ -19,6 +19,72 @@ pub const EXIT_ERROR: i32 = 1;
 pub const EXIT_USAGE: i32 = 2;
 pub const EXIT_INCOMPLETE: i32 = 3;
 
+/// What a client asks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Op {
+    Ping,
+    Cursor,
+    Changes,
+    Track,
+    Untrack,
+    Status,
+}
+
+impl Op {
+    pub fn parse(name: &str) -> Option<Op> {
+        Some(match name {
+            "ping" => Op::Ping,
+            "cursor" => Op::Cursor,
+            "changes" => Op::Changes,
+            "track" => Op::Track,
+            "untrack" => Op::Untrack,
+            "status" => Op::Status,
+            _ => return None,
+        })
+    }
+}
+
+/// One request line, decoded and checked: every field the protocol knows
+/// has the type it says (`docs/protocol.md`). Unknown fields are ignored
+/// (later versions may add some).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Request {
+    pub op: Op,
+    /// Absolute, if given.
+    pub path: Option<Vec<u8>>,
+    /// `changes`: the cursor text (parsed by the daemon, which answers a
+    /// malformed one with a rescan).
+    pub since: Option<String>,
+    /// `changes`: how long to wait for reconciliation.
+    pub wait_ms: Option<u64>,
+}
+
+/// Decodes one request line (without or with its newline). The error says
+/// what is wrong, naming the field (issue 9, defect 11).
+pub fn decode_request(line: &[u8]) -> Result<Request, String> {
+    if line.len() > REQUEST_BYTES_MAX {
+        return Err(format!("request longer than {REQUEST_BYTES_MAX} bytes"));
+    }
+    let map: Map<String, Value> = match serde_json::from_slice(line) {
+        Ok(Value::Object(m)) => m,
+        Ok(_) => return Err("request is not a JSON object".into()),
+        Err(e) => return Err(format!("request is not a JSON object: {e}")),
+    };
+    let name = get_str(&map, "op")?.ok_or("the request has no \"op\" field")?;
+    let op = Op::parse(name).ok_or_else(|| format!("unknown op {name:?}"))?;
+    let path = get_path(&map, "path")?;
+    if path.as_ref().is_some_and(|p| !p.starts_with(b"/")) {
+        return Err("paths must be absolute".into());
+    }
+    Ok(Request {
+        op,
+        path,
+        since: get_str(&map, "since")?.map(str::to_owned),
+        wait_ms: get_u64(&map, "wait_ms")?,
+    })
+}
+
 /// Inserts a byte path under `stem` (or `stem_b64`).
 pub fn put_path(obj: &mut Map<String, Value>, stem: &str, bytes: &[u8]) {
     let t = PathText::from_bytes(bytes);

@@ -17,9 +17,7 @@ use std::time::{Duration, Instant};
 use cj_capture::Waker;
 use cj_journal::Reader;
 use cj_normalize::is_at_or_below;
-use cj_types::protocol::{
-    get_path, get_str, get_u64, put_path, PROTOCOL_VERSION, REQUEST_BYTES_MAX,
-};
+use cj_types::protocol::{decode_request, put_path, Op, Request, PROTOCOL_VERSION, REQUEST_BYTES_MAX};
 use cj_types::Cursor;
 use serde_json::{json, Map, Value};
 
@@ -195,13 +193,9 @@ fn connection(stream: UnixStream, ctx: &Context, slot: u64) -> std::io::Result<(
             }
             conn::Request::Line => {}
         }
-        let request: Result<Map<String, Value>, _> = serde_json::from_slice(&line);
-        let result = match request {
-            Ok(req) => dispatch(&req, ctx, &mut out),
-            Err(e) => Err(fail(
-                "bad_request",
-                format!("request is not a JSON object: {e}"),
-            )),
+        let result = match decode_request(&line) {
+            Ok(req) => dispatch(req, ctx, &mut out),
+            Err(e) => Err(fail("bad_request", e)),
         };
         if let Err(f) = result {
             writeln!(out, "{}", json!({"error": f.message, "code": f.code}))?;
@@ -210,25 +204,17 @@ fn connection(stream: UnixStream, ctx: &Context, slot: u64) -> std::io::Result<(
     }
 }
 
-fn dispatch(req: &Map<String, Value>, ctx: &Context, out: &mut impl Write) -> Result<(), Failure> {
-    let op = get_str(req, "op")
-        .map_err(|e| fail("bad_request", e))?
-        .ok_or_else(|| fail("bad_request", "the request has no \"op\" field"))?;
-    let path = get_path(req, "path").map_err(|e| fail("bad_request", e))?;
-    if let Some(p) = &path {
-        if !p.starts_with(b"/") {
-            return Err(fail("bad_request", "paths must be absolute"));
-        }
-    }
+fn dispatch(req: Request, ctx: &Context, out: &mut impl Write) -> Result<(), Failure> {
+    let path = req.path.clone();
     let w = |out: &mut dyn Write, v: Value| {
         let _ = writeln!(out, "{v}");
     };
-    match op {
-        "ping" => {
+    match req.op {
+        Op::Ping => {
             w(out, json!({"ok": true, "protocol": PROTOCOL_VERSION}));
             Ok(())
         }
-        "cursor" => {
+        Op::Cursor => {
             if let Some(p) = &path {
                 check_tracked(ctx, p)?;
             }
@@ -240,24 +226,24 @@ fn dispatch(req: &Map<String, Value>, ctx: &Context, out: &mut impl Write) -> Re
             w(out, json!({"cursor": cursor.encode()}));
             Ok(())
         }
-        "changes" => changes(req, path, ctx, out),
-        "track" => {
+        Op::Changes => changes(&req, path, ctx, out),
+        Op::Track => {
             let p = path.ok_or_else(|| fail("bad_request", "track needs a path"))?;
             track(ctx, p, true)?;
             w(out, json!({"ok": true}));
             Ok(())
         }
-        "untrack" => {
+        Op::Untrack => {
             let p = path.ok_or_else(|| fail("bad_request", "untrack needs a path"))?;
             track(ctx, p, false)?;
             w(out, json!({"ok": true}));
             Ok(())
         }
-        "status" => {
+        Op::Status => {
             w(out, status(ctx));
             Ok(())
         }
-        other => Err(fail("bad_request", format!("unknown op {other:?}"))),
+        _ => Err(fail("bad_request", "this daemon does not implement that op")),
     }
 }
 
@@ -336,13 +322,14 @@ fn track(ctx: &Context, path: Vec<u8>, add: bool) -> Result<(), Failure> {
 }
 
 fn changes(
-    req: &Map<String, Value>,
+    req: &Request,
     scope: Option<Vec<u8>>,
     ctx: &Context,
     out: &mut impl Write,
 ) -> Result<(), Failure> {
-    let since_text = get_str(req, "since")
-        .map_err(|e| fail("bad_request", e))?
+    let since_text = req
+        .since
+        .as_deref()
         .ok_or_else(|| fail("bad_request", "changes needs \"since\" (a cursor)"))?;
     if let Some(p) = &scope {
         check_tracked(ctx, p)?;
@@ -350,9 +337,7 @@ fn changes(
     // The CLI prints the parse error itself; the answer carries a short reason.
     let since = Cursor::parse(since_text).map_err(|_| "malformed_cursor".to_string());
     let wait = Duration::from_millis(
-        get_u64(req, "wait_ms")
-            .map_err(|e| fail("bad_request", e))?
-            .unwrap_or(0)
+        req.wait_ms.unwrap_or(0)
             .min(WAIT_MAX_MS),
     );
     let deadline = Instant::now() + wait;
