@@ -17,7 +17,9 @@ use std::time::{Duration, Instant};
 use cj_capture::Waker;
 use cj_journal::Reader;
 use cj_normalize::is_at_or_below;
-use cj_types::protocol::{decode_request, put_path, Op, Request, PROTOCOL_VERSION, REQUEST_BYTES_MAX};
+use cj_types::protocol::{
+    decode_request, put_path, Op, Request, PROTOCOL_VERSION, REQUEST_BYTES_MAX,
+};
 use cj_types::Cursor;
 use serde_json::{json, Map, Value};
 
@@ -243,7 +245,10 @@ fn dispatch(req: Request, ctx: &Context, out: &mut impl Write) -> Result<(), Fai
             w(out, status(ctx));
             Ok(())
         }
-        _ => Err(fail("bad_request", "this daemon does not implement that op")),
+        _ => Err(fail(
+            "bad_request",
+            "this daemon does not implement that op",
+        )),
     }
 }
 
@@ -336,10 +341,7 @@ fn changes(
     }
     // The CLI prints the parse error itself; the answer carries a short reason.
     let since = Cursor::parse(since_text).map_err(|_| "malformed_cursor".to_string());
-    let wait = Duration::from_millis(
-        req.wait_ms.unwrap_or(0)
-            .min(WAIT_MAX_MS),
-    );
+    let wait = Duration::from_millis(req.wait_ms.unwrap_or(0).min(WAIT_MAX_MS));
     let deadline = Instant::now() + wait;
     // An answer holds a building permit until its encoded bytes are counted
     // in the budget of bytes being sent: memory for all clients stays

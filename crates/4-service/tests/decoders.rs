@@ -185,7 +185,10 @@ fn fanotify_events_never_panic() {
 #[test]
 fn snapshots_never_panic_and_are_sorted_when_accepted() {
     let mut snap = cj_reconcile::Snapshot::new(b"/r".to_vec());
-    for (i, p) in [&b"/r"[..], b"/r/a", b"/r/a/b\n", b"/r/\xff"].iter().enumerate() {
+    for (i, p) in [&b"/r"[..], b"/r/a", b"/r/a/b\n", b"/r/\xff"]
+        .iter()
+        .enumerate()
+    {
         snap.entries.insert(
             p.to_vec(),
             cj_reconcile::Stat {
@@ -199,7 +202,10 @@ fn snapshots_never_panic_and_are_sorted_when_accepted() {
     run("snapshot", &seeds, |b| {
         if let Ok(s) = cj_reconcile::Snapshot::decode(b.to_vec()) {
             let paths: Vec<Vec<u8>> = s.entries.iter().map(|(p, _)| p.to_vec()).collect();
-            assert!(paths.windows(2).all(|w| w[0] < w[1]), "accepted unsorted entries");
+            assert!(
+                paths.windows(2).all(|w| w[0] < w[1]),
+                "accepted unsorted entries"
+            );
         }
     });
 }

@@ -775,3 +775,61 @@ fn issue9_a_full_state_disk_is_waited_out() {
     assert!(w.get(&t.join("while_full2999")).is_some(), "{}", w.dump());
     assert!(w.get(&t.join("before")).is_some(), "{}", w.dump());
 }
+
+/// Probe cases that passed, kept passing: hostile names round-trip through
+/// every output format.
+#[test]
+fn issue9_hostile_names_round_trip_in_every_format() {
+    let m = Mount::new(Fs::Tmpfs);
+    let d = Daemon::start(&m.mnt.join("daemon"), &[]);
+    let t = m.mnt.join("tree");
+    fs::create_dir(&t).unwrap();
+    d.track(&t);
+    let c = d.cursor();
+    let name: &[u8] = b"a\nb\tc\\d\xff\"e";
+    let path = t.join(std::ffi::OsStr::from_bytes(name));
+    fs::write(&path, b"1").unwrap();
+    let want = path.as_os_str().as_bytes().to_vec();
+    // JSON: path_b64 for a name that is not UTF-8.
+    let a = d.changes(&c, None);
+    assert!(a.get(&path).is_some(), "{}", a.dump());
+    // -0: raw bytes.
+    let out = d.cj(&["changes", "-0", "--since", &c]);
+    assert!(out.stdout.split(|&b| b == 0).any(|p| p == want.as_slice()));
+    // Text: one line per path, escaped, reversible.
+    let out = d.cj(&["changes", "--since", &c]);
+    let text = String::from_utf8(out.stdout).unwrap();
+    let found = text.lines().any(|l| {
+        l.rsplit('\t')
+            .next()
+            .and_then(cj_types::unescape_path)
+            .is_some_and(|p| p == want)
+    });
+    assert!(found, "{text}");
+}
+
+/// Probe case that passed: a read-only state directory is a clear error at
+/// start, not a crash or a silent run.
+#[test]
+fn issue9_a_read_only_state_directory_is_a_clear_error() {
+    let mut state = Mount::new(Fs::Tmpfs);
+    let out = std::process::Command::new("mount")
+        .args(["-o", "remount,ro"])
+        .arg(&state.mnt)
+        .status()
+        .unwrap();
+    assert!(out.success());
+    let out = std::process::Command::new(crate::harness::CJ)
+        .arg("daemon")
+        .arg("--state-dir")
+        .arg(state.mnt.join("state"))
+        .arg("--socket")
+        .arg(state.dir.path().join("cj.sock"))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("Read-only file system"), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+    state.unmount();
+}
