@@ -8,7 +8,7 @@
 
 mod cursor;
 pub mod fsutil;
-mod path;
+pub mod path;
 pub mod protocol;
 mod record;
 pub mod sys;

@@ -10,6 +10,34 @@
 
 use base64::Engine;
 
+/// True if `path` is `dir` or lies below it (byte paths, absolute). A
+/// trailing slash on `dir` is ignored; `/` contains every absolute path.
+/// The one "is below" rule of cj: captures, answers, walks and gaps agree.
+pub fn is_at_or_below(path: &[u8], dir: &[u8]) -> bool {
+    let dir = match dir {
+        b"/" => return path.starts_with(b"/"),
+        [rest @ .., b'/'] => rest,
+        _ => dir,
+    };
+    path.starts_with(dir) && (path.len() == dir.len() || path[dir.len()] == b'/')
+}
+
+/// True if one of two scopes contains the other (they share paths).
+pub fn overlaps(a: &[u8], b: &[u8]) -> bool {
+    is_at_or_below(a, b) || is_at_or_below(b, a)
+}
+
+/// `dir` joined with one `name`.
+pub fn join(dir: &[u8], name: &[u8]) -> Vec<u8> {
+    let mut p = Vec::with_capacity(dir.len() + 1 + name.len());
+    p.extend_from_slice(dir);
+    if p.last() != Some(&b'/') {
+        p.push(b'/');
+    }
+    p.extend_from_slice(name);
+    p
+}
+
 /// A path as JSON carries it: text if it is UTF-8, base64 otherwise.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PathText {
@@ -172,6 +200,22 @@ mod tests {
 #[cfg(test)]
 mod log_tests {
     use super::*;
+
+    #[test]
+    fn below_and_overlap_at_the_edges() {
+        assert!(is_at_or_below(b"/a", b"/a"));
+        assert!(is_at_or_below(b"/a/b", b"/a"));
+        assert!(is_at_or_below(b"/a/b", b"/a/"));
+        assert!(!is_at_or_below(b"/ab", b"/a"));
+        assert!(!is_at_or_below(b"/a", b"/a/b"));
+        assert!(is_at_or_below(b"/x", b"/"));
+        assert!(is_at_or_below(b"/", b"/"));
+        assert!(!is_at_or_below(b"", b"/"));
+        assert!(overlaps(b"/a", b"/a/b") && overlaps(b"/a/b", b"/a"));
+        assert!(!overlaps(b"/a/b", b"/a/c"));
+        assert_eq!(join(b"/", b"x"), b"/x");
+        assert_eq!(join(b"/a", b"x"), b"/a/x");
+    }
 
     #[test]
     fn log_paths_are_escaped_and_short() {

@@ -73,12 +73,7 @@ impl DirCache {
 }
 
 /// True if `path` is `root` or inside it.
-pub fn is_at_or_below(path: &[u8], root: &[u8]) -> bool {
-    if root == b"/" {
-        return path.starts_with(b"/");
-    }
-    path.starts_with(root) && (path.len() == root.len() || path[root.len()] == b'/')
-}
+pub use cj_types::path::is_at_or_below;
 
 #[derive(Default)]
 pub struct NameCache {

@@ -15,6 +15,7 @@
 
 mod entries;
 pub mod fast;
+pub mod fold;
 mod pwalk;
 mod refresh;
 mod snapshot;

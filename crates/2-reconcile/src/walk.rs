@@ -196,10 +196,7 @@ pub(crate) fn join(dir: &[u8], name: &[u8]) -> Vec<u8> {
     p
 }
 
-pub(crate) fn below(path: &[u8], root: &[u8]) -> bool {
-    path.starts_with(root)
-        && (path.len() == root.len() || path[root.len()] == b'/' || root.ends_with(b"/"))
-}
+pub(crate) use cj_types::path::is_at_or_below as below;
 
 #[cfg(test)]
 mod tests {

@@ -24,12 +24,13 @@ use cj_capture::Waker;
 use cj_journal::Item;
 use cj_normalize::is_at_or_below;
 use cj_reconcile::fast::{self, FsMarks, Method};
+use cj_reconcile::fold::{Fold, Step, TOUCHED_PATHS_MAX};
 use cj_reconcile::{
-    changed_by_paths, diff, diff_transitions, open_root, refresh, walk, Seen, Snapshot, Touched,
+    changed_by_paths, diff, diff_transitions, open_root, refresh, walk, Snapshot, Touched,
     WalkProgress,
 };
-use cj_types::{Changes, GapReason, ObjectKind, RecordBody, ResolvedRecord};
-use std::collections::{BTreeMap, HashMap, HashSet};
+use cj_types::{RecordBody, ResolvedRecord};
+use std::collections::HashSet;
 
 use crate::pipeline::{Ctl, Shared};
 
@@ -42,17 +43,6 @@ enum JournalPaths {
 
 /// Requests kept before they are merged into one "everything" request.
 pub const RECONCILE_REQUESTS_MAX: usize = 4096;
-/// Distinct paths read from the journal for one reconciliation.
-pub const TOUCHED_PATHS_MAX: usize = 4_000_000;
-/// Directory renames followed for one reconciliation (each costs a range
-/// of the fold and of the baseline); past it a renamed directory's subtree
-/// is reported whole (`Touched::cover`). Renames of other objects cost one
-/// lookup and are always followed.
-pub const RENAMES_FOLLOWED_MAX: usize = 100_000;
-/// Entries moved by followed directory renames, in all; past it as above.
-pub const RENAME_MOVES_MAX: usize = 20_000_000;
-/// Directories reported whole past the rename bounds; past it the root is.
-pub const COVERED_DIRS_MAX: usize = 10_000;
 /// Records per message sent into the pipeline.
 const RECORDS_PER_MESSAGE: usize = 4096;
 /// A sync taking longer fails the walk (it is retried by the next request).
@@ -487,19 +477,10 @@ impl Reconciler {
         })
     }
 
-    /// Paths below `root` named by journal records in `(after, upto]`, with
-    /// what the journal last saw there. Fails if that range cannot be read
-    /// completely: the baseline could then miss a path that was created and
-    /// removed, and the gap stays open.
-    ///
-    /// Renames are followed: a path below a renamed directory (named by the
-    /// journal or present in the baseline) also counts under its new name,
-    /// in journal order -- that is where it was when the gap began.
-    ///
-    /// The view is `exact` (design 11.7) unless the range holds a gap other
-    /// than a start or an overflow, or an unknown path; at a start or an
-    /// overflow that was not a quiescent stop, paths last set by records
-    /// after the newest drain mark lose their stat.
+    /// What the journal says about the paths below `root` in
+    /// `(after, upto]` (`cj_reconcile::fold`). Fails if that range cannot
+    /// be read completely: the baseline could then miss a path that was
+    /// created and removed, and the gap stays open.
     fn touched(
         &self,
         root: &[u8],
@@ -510,181 +491,22 @@ impl Reconciler {
         if after + 1 < self.reader.first_seq() {
             return Err("the journal since the baseline has expired; the next walk becomes the new baseline".into());
         }
-        // Ordered, so a directory rename moves a range, not a scan.
-        let mut out: BTreeMap<Vec<u8>, Seen> = BTreeMap::new();
-        let mut cover: Vec<Vec<u8>> = Vec::new();
-        let mut moves = 0usize;
-        let mut exact = true;
-        let mut gap_seq = 0;
-        let mut damaged = false;
-        let mut too_many = false;
-        let mut renames = 0usize;
-        let mut forced = None;
-        // Paths set by records after the newest drain mark so far.
-        let mut uncovered: Vec<Vec<u8>> = Vec::new();
+        let mut fold = Fold::new(root, baseline);
         self.reader
-            .scan(after, upto, |item| {
-                match item {
-                    // Past the bounds only the newest gap's seq is wanted.
-                    Item::Record(r) if too_many => {
-                        let unknown = matches!(&r.body, RecordBody::Event(e)
-                            if e.flags & cj_types::EVENT_FLAG_PATH_UNKNOWN != 0);
-                        let gap = matches!(&r.body, RecordBody::Gap(g)
-                            if g.scope.is_empty()
-                                || is_at_or_below(root, &g.scope)
-                                || is_at_or_below(&g.scope, root));
-                        if unknown || gap {
-                            gap_seq = r.seq;
-                        }
-                    }
-                    Item::Record(r) => {
-                        if let RecordBody::Gap(g) = &r.body {
-                            if g.scope.is_empty()
-                                || is_at_or_below(root, &g.scope)
-                                || is_at_or_below(&g.scope, root)
-                            {
-                                gap_seq = r.seq;
-                            }
-                            match g.reason {
-                                GapReason::ClockStep => {
-                                    forced = Some("the clock was set since the baseline")
-                                }
-                                GapReason::FsChanged => {
-                                    forced = Some("the filesystem changed identity")
-                                }
-                                _ => {}
-                            }
-                            // Where events were lost (design 11.7), a stat
-                            // journaled after the newest drain mark may
-                            // include a change whose record is missing: such
-                            // paths fall back to the baseline. A quiescent
-                            // clean stop proved every stat older than itself.
-                            // Other gaps: the baseline alone.
-                            match g.reason {
-                                _ if g.flags & cj_types::GAP_FLAG_QUIESCENT != 0 => {}
-                                GapReason::DaemonDown
-                                | GapReason::NewBoot
-                                | GapReason::UncleanStop
-                                | GapReason::QueueOverflow => {
-                                    for p in uncovered.drain(..) {
-                                        if let Some(Seen::Present(k, Some(_))) = out.get(&p) {
-                                            let k = *k;
-                                            out.insert(p, Seen::Present(k, None));
-                                        }
-                                    }
-                                }
-                                _ => exact = false,
-                            }
-                        }
-                        if let RecordBody::Mark(_) = &r.body {
-                            uncovered.clear();
-                        }
-                        if let RecordBody::Event(e) = r.body {
-                            if e.flags & cj_types::EVENT_FLAG_PATH_UNKNOWN != 0 {
-                                exact = false;
-                                gap_seq = r.seq;
-                            }
-                            let rename = !e.old_path.is_empty() && !e.path.is_empty();
-                            if rename
-                                && is_at_or_below(&e.old_path, root)
-                                && is_at_or_below(&e.path, root)
-                            {
-                                let dir = matches!(e.kind, ObjectKind::Dir | ObjectKind::Unknown);
-                                if dir {
-                                    renames += 1;
-                                }
-                                if !dir
-                                    || (renames <= RENAMES_FOLLOWED_MAX
-                                        && moves <= RENAME_MOVES_MAX)
-                                {
-                                    let moved = follow_rename(
-                                        &mut out,
-                                        baseline,
-                                        &e.old_path,
-                                        &e.path,
-                                        dir,
-                                    );
-                                    moves += moved.len();
-                                    uncovered.extend(moved);
-                                } else if cover.len() < COVERED_DIRS_MAX {
-                                    cover.push(e.path.clone());
-                                } else {
-                                    too_many = true;
-                                    out.clear();
-                                    uncovered.clear();
-                                }
-                            }
-                            if !e.old_path.is_empty() && is_at_or_below(&e.old_path, root) {
-                                out.insert(e.old_path, Seen::Gone);
-                            }
-                            if !e.path.is_empty() && is_at_or_below(&e.path, root) {
-                                // Deleted or renamed away (a MOVED_FROM
-                                // entry event names only the old side).
-                                let gone = e
-                                    .changes
-                                    .intersects(Changes::DELETED | Changes::RENAMED_FROM)
-                                    && !e.changes.intersects(
-                                        Changes::CREATED | Changes::RENAMED_TO | Changes::REPLACED,
-                                    );
-                                let seen = if gone {
-                                    Seen::Gone
-                                } else {
-                                    Seen::Present(e.kind, e.stat)
-                                };
-                                if e.stat.is_some() {
-                                    uncovered.push(e.path.clone());
-                                }
-                                out.insert(e.path, seen);
-                            }
-                        }
-                    }
-                    Item::Damaged { .. } => damaged = true,
-                }
-                if !too_many
-                    && (out.len() > TOUCHED_PATHS_MAX || uncovered.len() > TOUCHED_PATHS_MAX)
-                {
-                    too_many = true;
-                    out.clear();
-                    uncovered.clear();
-                }
-                !damaged
+            .scan(after, upto, |item| match item {
+                Item::Record(r) => fold.step(Step::Record(&r)),
+                Item::Damaged { .. } => fold.step(Step::Damaged),
             })
             .map_err(|e| e.to_string())?;
-        if damaged {
-            return Err(
-                "the journal since the baseline is damaged; the next walk becomes the new baseline"
-                    .into(),
-            );
-        }
-        if too_many {
-            // Past the fold's bounds: compare with the baseline alone and
-            // report the whole root (a walk that always finishes; false
-            // positives, never a gap left open).
+        let folded = fold.finish().map_err(|e| e.to_string())?;
+        if folded.too_many {
             eprintln!(
                 "cj daemon: reconcile {}: the journal since the baseline names more than the \
-                 fold follows ({TOUCHED_PATHS_MAX} paths, {RENAMES_FOLLOWED_MAX} directory \
-                 renames); the whole root is reported",
+                 fold follows; the whole root is reported",
                 cj_types::log_path(root)
             );
-            return Ok((
-                Touched {
-                    seen: HashMap::new(),
-                    exact: false,
-                    gap_seq,
-                    cover: vec![root.to_vec()],
-                },
-                Some("the journal since the baseline is too large to follow"),
-            ));
         }
-        Ok((
-            Touched {
-                seen: out.into_iter().collect(),
-                exact,
-                gap_seq,
-                cover,
-            },
-            forced,
-        ))
+        Ok((folded.touched, folded.forced_walk))
     }
 
     /// Quiet refreshes of every captured root's baseline. `last`: the
@@ -1178,55 +1000,4 @@ fn save_baseline(root: &[u8], new: &Snapshot, dir: &std::path::Path) -> Result<(
         ));
     }
     new.save(dir).map_err(|e| e.to_string())
-}
-
-/// Moves, in `out`, every path at or below `from` (known to the journal or
-/// present in the baseline) to the same path below `to`, keeping its state
-/// (a baseline entry keeps its stat: a directory's rename changes only the
-/// directory); the old paths are gone. Returns the new paths.
-fn follow_rename(
-    out: &mut BTreeMap<Vec<u8>, Seen>,
-    baseline: &Snapshot,
-    from: &[u8],
-    to: &[u8],
-    dir: bool,
-) -> Vec<Vec<u8>> {
-    let baseline_seen =
-        |st: cj_types::Stat| Seen::Present(ObjectKind::from_mode(st.mode), Some(st));
-    let mut moved: Vec<(Vec<u8>, Seen)> = Vec::new();
-    if dir {
-        // Everything at or below `from`: a range in both ordered sets
-        // (paths continuing `from` with a byte below '/' are filtered).
-        let mut hi = from.to_vec();
-        hi.push(b'/' + 1);
-        let range = (
-            std::ops::Bound::Included(from),
-            std::ops::Bound::Excluded(&hi[..]),
-        );
-        moved.extend(
-            out.range::<[u8], _>(range)
-                .filter(|(p, _)| is_at_or_below(p, from))
-                .map(|(p, seen)| (p.clone(), *seen)),
-        );
-        moved.extend(
-            baseline
-                .entries
-                .range(range.0, range.1)
-                .filter(|(p, _)| is_at_or_below(p, from) && !out.contains_key(*p))
-                .map(|(p, st)| (p.to_vec(), baseline_seen(st))),
-        );
-    } else if let Some(seen) = out.get(from) {
-        moved.push((from.to_vec(), *seen));
-    } else if let Some(st) = baseline.entries.get(from) {
-        moved.push((from.to_vec(), baseline_seen(st)));
-    }
-    let mut new_paths = Vec::with_capacity(moved.len());
-    for (p, seen) in moved {
-        let mut n = to.to_vec();
-        n.extend_from_slice(&p[from.len()..]);
-        out.insert(p, Seen::Gone);
-        out.insert(n.clone(), seen);
-        new_paths.push(n);
-    }
-    new_paths
 }
