@@ -155,9 +155,20 @@ impl Snapshot {
         if u32_at(h, 8) != Some(VERSION) {
             return Err(UNKNOWN_VERSION);
         }
+        // Accepted is exactly what this version writes (the decoder fuzz
+        // test checks that an accepted file re-encodes to itself).
+        if u32_at(h, 12) != Some(HEADER_LEN as u32) {
+            return Err("bad header length");
+        }
+        if h[104..124].iter().any(|&x| x != 0) {
+            return Err("reserved header bytes not zero");
+        }
         let count = u64_at(h, 32).ok_or("header")? as usize;
         let root_len = u32_at(h, 40).ok_or("header")? as usize;
         let blocks = u32_at(h, 44).ok_or("header")? as usize;
+        if blocks != count.div_ceil(BLOCK_ENTRIES_MAX) {
+            return Err("block count does not match the entry count");
+        }
         if root_len > PATH_BYTES_MAX {
             return Err("root path too long");
         }
@@ -166,8 +177,17 @@ impl Snapshot {
         at += root_len;
         let mut offs: Vec<u64> = Vec::with_capacity(count.min(1 << 24));
         let mut last: Option<(usize, usize)> = None;
-        for _ in 0..blocks {
+        for block in 0..blocks {
             let n = u32_at(&b, at).ok_or("truncated block")? as usize;
+            // Full blocks, then one with the rest.
+            let want = if block + 1 < blocks {
+                BLOCK_ENTRIES_MAX
+            } else {
+                count - block * BLOCK_ENTRIES_MAX
+            };
+            if n != want {
+                return Err("block entry count does not match");
+            }
             let len = u32_at(&b, at + 4).ok_or("truncated block")? as usize;
             let start = at + 8;
             let body = b.get(start..start + len).ok_or("truncated block")?;

@@ -294,6 +294,7 @@ fn decode_resolved(p: &[u8]) -> Result<ResolvedRecord, DecodeError> {
     if p.len() < RESOLVED_FIXED_LEN {
         return Err(DecodeError::Invalid("resolved payload too short"));
     }
+    reserved_zero(&p[20..24], "resolved reserved bytes 20..24 not zero")?;
     let [scope] = split_exact(&p[RESOLVED_FIXED_LEN..], [u32_at(p, 16) as usize])?;
     Ok(ResolvedRecord {
         after_seq: u64_at(p, 32),
@@ -327,6 +328,11 @@ pub fn check_frame(b: &[u8]) -> Result<(u64, usize), DecodeError> {
     if b[len..framed].iter().any(|&x| x != 0) {
         return Err(DecodeError::Invalid("non-zero padding"));
     }
+    // Reserved bytes are written as zero (design 5.3); anything else was
+    // not written by this format (found by the decoder fuzz test).
+    if b[25..32].iter().any(|&x| x != 0) {
+        return Err(DecodeError::Invalid("non-zero reserved header bytes"));
+    }
     Ok((u64_at(b, 8), framed))
 }
 
@@ -356,6 +362,15 @@ pub fn decode_record(b: &[u8]) -> Result<(Record, usize), DecodeError> {
     Ok((Record { seq, time_ns, body }, framed))
 }
 
+/// Reserved fields are written as zero; anything else was not written by
+/// this format (design 5; found by the decoder fuzz test).
+fn reserved_zero(b: &[u8], what: &'static str) -> Result<(), DecodeError> {
+    if b.iter().any(|&x| x != 0) {
+        return Err(DecodeError::Invalid(what));
+    }
+    Ok(())
+}
+
 /// Splits `p` into consecutive parts of the given lengths; all bytes must be used.
 fn split_exact<const N: usize>(mut p: &[u8], lens: [usize; N]) -> Result<[&[u8]; N], DecodeError> {
     let mut parts: [&[u8]; N] = [&[]; N];
@@ -378,6 +393,9 @@ fn decode_event(p: &[u8]) -> Result<EventRecord, DecodeError> {
         return Err(DecodeError::Invalid("event payload too short"));
     }
     let f = &p[..EVENT_FIXED_LEN];
+    reserved_zero(&f[6..8], "event reserved bytes 6..8 not zero")?;
+    reserved_zero(&f[31..32], "event reserved byte 31 not zero")?;
+    reserved_zero(&f[44..48], "event reserved bytes 44..48 not zero")?;
     let lens = [
         f[28] as usize,
         f[29] as usize,
@@ -452,6 +470,8 @@ fn decode_gap(p: &[u8]) -> Result<GapRecord, DecodeError> {
         return Err(DecodeError::Invalid("gap payload too short"));
     }
     let reason = GapReason::from_u8(p[0]).ok_or(DecodeError::Invalid("unknown gap reason"))?;
+    reserved_zero(&p[2..4], "gap reserved bytes 2..4 not zero")?;
+    reserved_zero(&p[28..32], "gap reserved bytes 28..32 not zero")?;
     let lens = [u32_at(p, 4) as usize, u32_at(p, 24) as usize];
     let [scope, detail] = split_exact(&p[GAP_FIXED_LEN..], lens)?;
     Ok(GapRecord {
@@ -468,6 +488,7 @@ fn decode_root(p: &[u8]) -> Result<RootRecord, DecodeError> {
     if p.len() < ROOT_FIXED_LEN {
         return Err(DecodeError::Invalid("root payload too short"));
     }
+    reserved_zero(&p[12..16], "root reserved bytes 12..16 not zero")?;
     let [path] = split_exact(&p[ROOT_FIXED_LEN..], [u32_at(p, 8) as usize])?;
     Ok(RootRecord {
         fsid: u64_at(p, 0),

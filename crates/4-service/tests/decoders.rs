@@ -141,22 +141,50 @@ fn journal_seeds() -> Vec<Vec<u8>> {
         .collect()
 }
 
+/// Fixes up a frame's checksum (when its length field fits) so that
+/// mutations reach the payload decoder instead of stopping at the checksum.
+fn with_frame_crc(raw: &[u8]) -> Vec<u8> {
+    let mut fixed = raw.to_vec();
+    if fixed.len() >= 8 {
+        let len = u32::from_le_bytes([fixed[0], fixed[1], fixed[2], fixed[3]]) as usize;
+        if (8..=fixed.len()).contains(&len) {
+            let crc = crc32c::crc32c(&fixed[8..len]);
+            fixed[4..8].copy_from_slice(&crc.to_le_bytes());
+        }
+    }
+    fixed
+}
+
+/// Fixes up a snapshot's header checksum, as above.
+fn with_header_crc(raw: &[u8]) -> Vec<u8> {
+    let mut fixed = raw.to_vec();
+    if fixed.len() >= 128 {
+        let crc = crc32c::crc32c(&fixed[0..124]);
+        fixed[124..128].copy_from_slice(&crc.to_le_bytes());
+    }
+    fixed
+}
+
+fn journal_frame(b: &[u8]) {
+    let checked = cj_journal::format::check_frame(b);
+    if let Ok((record, len)) = cj_journal::format::decode_record(b) {
+        // A decoded record passed the frame check and re-encodes to the
+        // same bytes.
+        let (seq, flen) = checked.expect("decoded but the frame check fails");
+        assert_eq!((seq, flen), (record.seq, len));
+        let mut again = Vec::new();
+        cj_journal::format::encode_record(record.seq, record.time_ns, &record.body, &mut again);
+        assert_eq!(&again[..], &b[..len]);
+    }
+    let _ = cj_journal::format::SegmentHeader::decode(b);
+}
+
 #[test]
 fn journal_frames_never_panic_and_decode_what_checks_out() {
     let seeds = journal_seeds();
-    run("journal", &seeds, |b| {
-        let checked = cj_journal::format::check_frame(b);
-        let decoded = cj_journal::format::decode_record(b);
-        if let Ok((record, len)) = decoded {
-            // A decoded record passed the frame check and re-encodes to the
-            // same bytes.
-            let (seq, flen) = checked.expect("decoded but the frame check fails");
-            assert_eq!((seq, flen), (record.seq, len));
-            let mut again = Vec::new();
-            cj_journal::format::encode_record(record.seq, record.time_ns, &record.body, &mut again);
-            assert_eq!(&again[..], &b[..len]);
-        }
-        let _ = cj_journal::format::SegmentHeader::decode(b);
+    run("journal", &seeds, |raw| {
+        journal_frame(raw);
+        journal_frame(&with_frame_crc(raw));
     });
 }
 
@@ -199,13 +227,17 @@ fn snapshots_never_panic_and_are_sorted_when_accepted() {
         );
     }
     let seeds = vec![snap.encode()];
-    run("snapshot", &seeds, |b| {
-        if let Ok(s) = cj_reconcile::Snapshot::decode(b.to_vec()) {
-            let paths: Vec<Vec<u8>> = s.entries.iter().map(|(p, _)| p.to_vec()).collect();
-            assert!(
-                paths.windows(2).all(|w| w[0] < w[1]),
-                "accepted unsorted entries"
-            );
+    run("snapshot", &seeds, |raw| {
+        for b in [raw.to_vec(), with_header_crc(raw)] {
+            if let Ok(s) = cj_reconcile::Snapshot::decode(b.clone()) {
+                // What is accepted is exactly what this version writes.
+                assert_eq!(s.encode(), b, "accepted a snapshot it would not write");
+                let paths: Vec<Vec<u8>> = s.entries.iter().map(|(p, _)| p.to_vec()).collect();
+                assert!(
+                    paths.windows(2).all(|w| w[0] < w[1]),
+                    "accepted unsorted entries"
+                );
+            }
         }
     });
 }
@@ -243,4 +275,28 @@ fn requests_never_panic_and_accepted_ones_are_well_typed() {
             assert!(r.path.as_ref().is_none_or(|p| p.starts_with(b"/")));
         }
     });
+}
+
+/// Writes the seeds above as starting corpora for cargo-fuzz
+/// (`CJ_WRITE_FUZZ_SEEDS=$PWD/fuzz/corpus cargo test -p cj-service --test decoders`).
+#[test]
+fn write_fuzz_seeds_when_asked() {
+    let Some(dir) = std::env::var_os("CJ_WRITE_FUZZ_SEEDS") else {
+        return;
+    };
+    let dir = std::path::PathBuf::from(dir);
+    let mut snap = cj_reconcile::Snapshot::new(b"/r".to_vec());
+    snap.entries
+        .insert(b"/r/a".to_vec(), cj_reconcile::Stat::default());
+    let sets: [(&str, Vec<Vec<u8>>); 2] = [
+        ("journal_frames", journal_seeds()),
+        ("snapshot", vec![snap.encode()]),
+    ];
+    for (target, seeds) in sets {
+        let d = dir.join(target);
+        std::fs::create_dir_all(&d).unwrap();
+        for (i, s) in seeds.iter().enumerate() {
+            std::fs::write(d.join(format!("seed-{i}")), s).unwrap();
+        }
+    }
 }
