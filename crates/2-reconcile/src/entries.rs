@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::ops::Bound;
 
-use crate::Stat;
+use cj_types::Stat;
 
 /// Fixed-size part of an encoded entry after its path.
 pub(crate) const ENTRY_FIXED_LEN: usize = 48;

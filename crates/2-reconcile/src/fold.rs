@@ -24,7 +24,8 @@ use std::collections::BTreeMap;
 use cj_types::path::{is_at_or_below, overlaps};
 use cj_types::{Changes, GapReason, ObjectKind, Record, RecordBody, Stat};
 
-use crate::{Seen, Snapshot, Touched};
+use crate::diff::{Seen, Touched};
+use crate::snapshot::Snapshot;
 
 /// Distinct paths the fold keeps for one reconciliation.
 pub const TOUCHED_PATHS_MAX: usize = 4_000_000;

@@ -14,11 +14,13 @@ use std::os::unix::io::{AsRawFd, OwnedFd};
 use std::sync::atomic::Ordering;
 use std::sync::{Condvar, Mutex};
 
+use crate::entries::Entries;
 use crate::walk::{
     below, gone, join, open_beneath, open_root, read_names, stat_root, statx_at,
     DIRENT_BUFFER_BYTES,
 };
-use crate::{Entries, Stat, WalkError, WalkProgress};
+use crate::walk::{WalkError, WalkProgress};
+use cj_types::Stat;
 
 /// Worker threads of one walk.
 pub const WALK_THREADS: usize = 4;

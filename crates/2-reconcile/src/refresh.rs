@@ -22,9 +22,12 @@ use std::ops::Bound;
 use std::os::unix::io::{AsRawFd, OwnedFd, RawFd};
 use std::sync::atomic::Ordering;
 
+use crate::entries::Entries;
 use crate::pwalk::walk_below;
+use crate::snapshot::Snapshot;
 use crate::walk::{gone, join, open_beneath, read_entries, stat_root, statx_at};
-use crate::{Entries, Snapshot, Stat, WalkError, WalkProgress};
+use crate::walk::{WalkError, WalkProgress};
+use cj_types::Stat;
 
 /// Paths whose stat changed: (stat in the baseline, stat now); `None` means
 /// absent.
@@ -353,7 +356,7 @@ mod tests {
         let root = r.as_os_str().as_bytes().to_vec();
         let p = WalkProgress::default();
         let mut snap = Snapshot::new(root.clone());
-        snap.entries = crate::walk(&root, &[], &p).unwrap();
+        snap.entries = crate::pwalk::walk(&root, &[], &p).unwrap();
         let mut changed = inos(&snap.entries);
         // Move a tree, replace a file by a directory, add, remove.
         std::fs::rename(r.join("a/b"), r.join("x/moved")).unwrap();
@@ -362,7 +365,7 @@ mod tests {
         std::fs::write(r.join("a/g/inside"), b"2").unwrap();
         std::fs::write(r.join("a b"), b"22").unwrap();
         std::fs::create_dir_all(r.join("new/deep")).unwrap();
-        let fresh = crate::walk(&root, &[], &p).unwrap().to_map();
+        let fresh = crate::pwalk::walk(&root, &[], &p).unwrap().to_map();
         changed.extend(fresh.values().map(|s| s.ino));
         let fd = crate::walk::open_root(&root).unwrap();
         let t = refresh(&mut snap, &fd, &[], &changed, &p).unwrap();
@@ -391,7 +394,7 @@ mod tests {
         let root = r.as_os_str().as_bytes().to_vec();
         let p = WalkProgress::default();
         let mut snap = Snapshot::new(root.clone());
-        snap.entries = crate::walk(&root, &[], &p).unwrap();
+        snap.entries = crate::pwalk::walk(&root, &[], &p).unwrap();
         let named: Vec<&[u8]> = vec![
             b"a/b", b"x/moved", b"a/g", b"x/y/h", b"new", b"new/f", b"in",
         ];
@@ -408,7 +411,7 @@ mod tests {
         assert!(!changed.contains(&quiet));
         let fd = crate::walk::open_root(&root).unwrap();
         let t = refresh(&mut snap, &fd, &[], &changed, &p).unwrap();
-        let fresh = crate::walk(&root, &[], &p).unwrap().to_map();
+        let fresh = crate::pwalk::walk(&root, &[], &p).unwrap().to_map();
         assert_eq!(snap.entries.to_map(), fresh);
         assert!(t.contains_key(&join(&root, b"in/deep/k")));
         assert!(!t.contains_key(&join(&root, b"quiet/q/z")));
@@ -425,7 +428,7 @@ mod tests {
         let root = r.as_os_str().as_bytes().to_vec();
         let p = WalkProgress::default();
         let mut snap = Snapshot::new(root.clone());
-        snap.entries = crate::walk(&root, &[], &p).unwrap();
+        snap.entries = crate::pwalk::walk(&root, &[], &p).unwrap();
         std::fs::write(r.join("quiet/f"), b"1").unwrap();
         std::fs::write(r.join("busy/f"), b"1").unwrap();
         let busy = snap.entries.get(&join(&root, b"busy")).unwrap().ino;

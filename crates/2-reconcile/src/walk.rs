@@ -8,7 +8,7 @@ use std::fmt;
 use std::os::unix::io::{AsRawFd, OwnedFd, RawFd};
 use std::sync::atomic::AtomicU64;
 
-use crate::Stat;
+use cj_types::Stat;
 
 /// `getdents64` buffer size.
 pub(crate) const DIRENT_BUFFER_BYTES: usize = 64 * 1024;
@@ -211,7 +211,7 @@ mod tests {
         for i in 0..WIDE {
             std::fs::create_dir(d.path().join(format!("d{i}"))).unwrap();
         }
-        let got = crate::walk(&root, &[], &WalkProgress::default()).unwrap();
+        let got = crate::pwalk::walk(&root, &[], &WalkProgress::default()).unwrap();
         assert_eq!(got.len(), WIDE + 1);
     }
 
@@ -228,7 +228,7 @@ mod tests {
         let root = r.as_os_str().as_bytes().to_vec();
         let excluded = vec![join(&root, b"skip")];
         let p = WalkProgress::default();
-        let got = crate::walk(&root, &excluded, &p).unwrap().to_map();
+        let got = crate::pwalk::walk(&root, &excluded, &p).unwrap().to_map();
         let mut names: Vec<Vec<u8>> = got.keys().map(|k| k[root.len()..].to_vec()).collect();
         names.sort();
         assert_eq!(
@@ -271,7 +271,7 @@ mod tests {
             0
         );
         let root = d.path().as_os_str().as_bytes().to_vec();
-        crate::walk(&root, &[], &WalkProgress::default()).unwrap();
+        crate::pwalk::walk(&root, &[], &WalkProgress::default()).unwrap();
         assert_eq!(std::fs::metadata(&sub).unwrap().atime(), 1000);
     }
 }

@@ -15,6 +15,7 @@ mod error;
 pub mod format;
 mod highwater;
 mod reader;
+mod shared;
 mod writer;
 
 use std::fs::{self, File, OpenOptions};
@@ -22,44 +23,17 @@ use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex, RwLock};
-use std::time::Duration;
 
 use cj_types::JournalId;
 
 pub use error::Error;
 pub use highwater::HIGHWATER_INTERVAL;
 pub use reader::{Item, Reader};
+pub use shared::Options;
+use shared::{now_ns, segment_path, SegMeta, Shared, State, LOCK_FILE, SEGMENT_SUFFIX};
 pub use writer::Writer;
 
 use format::{check_frame, DecodeError, SegmentHeader, RECORD_ALIGN, SEGMENT_HEADER_LEN};
-
-/// Tunables. The defaults suit a workstation or server; tests shrink them.
-#[derive(Clone, Debug)]
-pub struct Options {
-    /// A segment is closed and a new one started past this size.
-    pub segment_bytes: u64,
-    /// Oldest segments are deleted while the journal is larger than this.
-    pub retain_bytes: u64,
-    /// Segments whose newest record is older than this are deleted.
-    pub retain_age: Duration,
-    /// A durable lower bound, known to the caller, on the highest sequence
-    /// number ever acknowledged (the clean-stop marker, baselines' seqs).
-    /// With the journal's own high-water mark it bounds where numbering may
-    /// continue (design 7 step 5a): records lost below it are reported as
-    /// damaged, never renumbered.
-    pub seq_floor: u64,
-}
-
-impl Default for Options {
-    fn default() -> Self {
-        Options {
-            segment_bytes: 64 << 20,
-            retain_bytes: 2 << 30,
-            retain_age: Duration::from_secs(30 * 24 * 3600),
-            seq_floor: 0,
-        }
-    }
-}
 
 /// What [`open`] found and did.
 #[derive(Debug, Clone, Default)]
@@ -82,48 +56,6 @@ pub struct Recovery {
     /// segment deleted). Numbering continues above `last`; readers report
     /// the range as damaged.
     pub lost: Option<(u64, u64)>,
-}
-
-pub(crate) struct SegMeta {
-    pub first_seq: u64,
-    pub path: PathBuf,
-    /// Bytes known durable (fdatasync'ed) from the start of the file.
-    pub durable_len: u64,
-    pub created_ns: u64,
-}
-
-pub(crate) struct State {
-    pub segments: Vec<SegMeta>,
-    /// Sequence numbers of damaged segments that were quarantined: they are
-    /// reported as damaged ranges forever after.
-    pub durable_seq: u64,
-}
-
-pub(crate) struct Shared {
-    pub dir: PathBuf,
-    pub id: JournalId,
-    pub state: RwLock<State>,
-    pub durable_lock: Mutex<u64>,
-    pub durable_cv: Condvar,
-}
-
-const SEGMENT_SUFFIX: &str = ".cjseg";
-const LOCK_FILE: &str = "lock";
-
-pub(crate) fn segment_path(dir: &Path, first_seq: u64) -> PathBuf {
-    dir.join(format!("{first_seq:016x}{SEGMENT_SUFFIX}"))
-}
-
-pub(crate) fn now_ns() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos() as u64)
-        .unwrap_or(0)
-}
-
-pub(crate) fn fsync_dir(dir: &Path) -> Result<(), Error> {
-    let f = File::open(dir).map_err(error::io(dir, "open directory"))?;
-    f.sync_all().map_err(error::io(dir, "fsync directory"))
 }
 
 /// Opens (creating if needed) the journal in `dir`, recovers it and returns

@@ -17,7 +17,7 @@ use crate::error::{io, Error};
 use crate::format::{
     self, check_frame, decode_record, SegmentHeader, RECORD_BYTES_MAX, SEGMENT_HEADER_LEN,
 };
-use crate::Shared;
+use crate::shared::Shared;
 
 /// One step of a scan.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -1,6 +1,7 @@
 use super::*;
 use cj_types::{Changes, EventRecord, ObjectKind, RecordBody};
 use std::os::unix::fs::FileExt;
+use std::time::Duration;
 
 fn event(i: u64) -> RecordBody {
     RecordBody::Event(EventRecord {

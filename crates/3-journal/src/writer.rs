@@ -13,7 +13,7 @@ use cj_types::{JournalId, RecordBody};
 
 use crate::error::{io, Error};
 use crate::format::{encode_record, SegmentHeader, RECORD_ALIGN, SEGMENT_HEADER_LEN};
-use crate::{fsync_dir, now_ns, segment_path, Options, SegMeta, Shared};
+use crate::shared::{fsync_dir, now_ns, segment_path, Options, SegMeta, Shared};
 
 /// Creates a new segment file holding only its header, durably (file and
 /// directory entry), before any record may go into it. Returns its creation time.

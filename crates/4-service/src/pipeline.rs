@@ -17,18 +17,19 @@
 //! read; it then travels behind those events through normalisation and is
 //! answered by the writer with the durable sequence number that covers them.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::os::unix::io::{AsRawFd, OwnedFd};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 use cj_capture::{fsid_of, Fanotify, Waker};
 use cj_journal::Writer;
-use cj_normalize::{sys as nsys, Normalizer, Stats};
+use cj_normalize::{sys as nsys, Normalizer};
 use cj_types::{GapReason, GapRecord, RecordBody, RootRecord};
 
+use crate::shared::{RootState, Shared};
 use crate::state::ROOTS_MAX;
 
 /// Bytes per `read(2)` of the fanotify descriptor.
@@ -120,41 +121,6 @@ enum WriteMsg {
     Shutdown,
 }
 
-/// Health of one tracked root, as shown by `status` and used by queries.
-#[derive(Clone, Debug)]
-pub struct RootState {
-    pub path: Vec<u8>,
-    pub fsid: u64,
-    pub fs_type: String,
-    /// `None` while events are captured; otherwise why not.
-    pub unavailable: Option<String>,
-}
-
-#[derive(Default, Clone, Debug)]
-pub struct CommitStats {
-    pub commits: u64,
-    pub records: u64,
-    pub recent_us: VecDeque<u64>,
-}
-
-/// What the threads publish for `status` and queries.
-#[derive(Default)]
-pub struct Shared {
-    pub roots: Mutex<Vec<RootState>>,
-    pub reconcile: crate::reconciler::Queue,
-    pub normalize: Mutex<Stats>,
-    pub commit: Mutex<CommitStats>,
-    /// Set by a clean stop that ended quiescent (`Capture::quiesce`).
-    pub quiescent: std::sync::atomic::AtomicBool,
-    /// The state directory (named in messages).
-    pub state_dir: std::path::PathBuf,
-    /// Multiply-linked names of the baselines, for normalisation.
-    pub links: Arc<cj_normalize::LinkIndex>,
-    /// Set while the state filesystem is full (wall-clock ns since when):
-    /// nothing is journaled, queries answer what is durable (design 6a).
-    pub disk_full: Mutex<Option<u64>>,
-}
-
 /// While the state disk is full, the writer tries to resume this often...
 pub const DISK_FULL_RETRY: Duration = Duration::from_secs(1);
 /// ... once at least this much is free again (resuming at the first free
@@ -174,15 +140,44 @@ fn free_bytes(dir: &std::path::Path) -> Option<u64> {
     Some(st.f_bavail.saturating_mul(st.f_frsize))
 }
 
-/// What a client is told while the state disk is full.
-pub fn disk_full_message(state_dir: &std::path::Path) -> String {
-    format!(
-        "the filesystem holding the cj state directory ({}) is full: new changes are not \
-         journaled. Free space there (or lower --retain-mib); cj resumes by itself within a \
-         second and records the interval as a gap, which reconciliation closes. Queries \
-         still answer what is journaled.",
-        state_dir.display()
-    )
+/// Records per message sent into the pipeline by the port.
+const RECORDS_PER_MESSAGE: usize = 4096;
+/// A sync through the port taking longer fails (the reconciliation that
+/// asked is retried).
+pub const PORT_SYNC_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// The reconciler's way into the journal (`port::JournalPort`): records and
+/// barriers travel the control channel like any client's.
+pub struct PipelinePort {
+    pub ctl: SyncSender<Ctl>,
+    pub waker: Arc<Waker>,
+}
+
+impl crate::port::JournalPort for PipelinePort {
+    fn append(&self, records: Vec<RecordBody>) -> Result<(), String> {
+        let mut recs = records;
+        while !recs.is_empty() {
+            let rest = recs.split_off(recs.len().min(RECORDS_PER_MESSAGE));
+            self.ctl
+                .send(Ctl::Records(recs))
+                .map_err(|_| "pipeline stopped".to_string())?;
+            recs = rest;
+        }
+        self.waker.wake();
+        Ok(())
+    }
+
+    fn sync(&self) -> Result<u64, String> {
+        let (tx, rx) = mpsc::sync_channel(1);
+        self.ctl
+            .send(Ctl::Barrier(tx))
+            .map_err(|_| "pipeline stopped".to_string())?;
+        self.waker.wake();
+        match rx.recv_timeout(PORT_SYNC_TIMEOUT) {
+            Ok(r) => r,
+            Err(_) => Err("sync timed out".into()),
+        }
+    }
 }
 
 pub struct Pipeline {
@@ -642,10 +637,10 @@ impl Capture {
 }
 
 /// Gap records and unknown-path records ask the reconciler to close them.
-fn reconcile_trigger(seq: u64, r: &RecordBody) -> Option<crate::reconciler::Request> {
+fn reconcile_trigger(seq: u64, r: &RecordBody) -> Option<crate::inbox::Request> {
     match r {
         RecordBody::Gap(g) if g.reason != GapReason::JournalDamaged => {
-            Some(crate::reconciler::Request {
+            Some(crate::inbox::Request {
                 seq,
                 scope: (!g.scope.is_empty()).then(|| g.scope.clone()),
                 fsid: None,
@@ -653,7 +648,7 @@ fn reconcile_trigger(seq: u64, r: &RecordBody) -> Option<crate::reconciler::Requ
             })
         }
         RecordBody::Event(e) if e.flags & cj_types::EVENT_FLAG_PATH_UNKNOWN != 0 => {
-            Some(crate::reconciler::Request {
+            Some(crate::inbox::Request {
                 seq,
                 scope: None,
                 fsid: Some(e.fsid),
@@ -928,7 +923,7 @@ impl DiskFull {
         if self.since.is_none() {
             let now = now_ns();
             self.since = Some(now);
-            self.message = disk_full_message(&shared.state_dir);
+            self.message = crate::shared::disk_full_message(&shared.state_dir);
             *shared.disk_full.lock().unwrap_or_else(|e| e.into_inner()) = Some(now);
             eprintln!(
                 "cj daemon: journal write failed ({error}); {}",

@@ -15,7 +15,7 @@ use cj_journal::{Item, Reader};
 use cj_normalize::{is_at_or_below, sys as nsys};
 use cj_types::{Changes, Cursor, ObjectKind, RecordBody, EVENT_FLAG_PATH_UNKNOWN};
 
-use crate::pipeline::RootState;
+use crate::shared::RootState;
 
 /// Changes to a directory entry (as opposed to the object behind it).
 const ENTRY_CHANGES: Changes = Changes(

@@ -9,7 +9,7 @@ use std::io::{BufReader, BufWriter, Write};
 use std::os::unix::io::AsRawFd;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::PathBuf;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, SyncSender};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -24,8 +24,9 @@ use cj_types::Cursor;
 use serde_json::{json, Map, Value};
 
 use crate::conn;
-use crate::pipeline::{Ctl, RootState, Shared};
+use crate::pipeline::Ctl;
 use crate::query;
+use crate::shared::{RootState, Shared};
 use crate::state;
 
 /// A sync (barrier) taking longer than this fails the request.
@@ -112,9 +113,13 @@ impl Context {
     }
 }
 
-/// Accepts connections until the process exits.
-pub fn serve(listener: UnixListener, ctx: Arc<Context>) {
+/// Accepts connections until `shutdown` is set (checked after each
+/// accept: whoever sets it connects once to wake the loop).
+pub fn serve(listener: UnixListener, ctx: Arc<Context>, shutdown: &AtomicBool) {
     for stream in listener.incoming() {
+        if shutdown.load(Ordering::SeqCst) {
+            return;
+        }
         let Ok(stream) = stream else { continue };
         let root = peer_uid(&stream) == Some(0);
         let id = match ctx.slots.admit(&stream, root) {
@@ -310,7 +315,7 @@ fn track(ctx: &Context, path: Vec<u8>, add: bool) -> Result<(), Failure> {
     // in between: drop it, and take a fresh baseline when tracking starts.
     cj_reconcile::Snapshot::remove(&ctx.snapshots, &path);
     if add {
-        ctx.shared.reconcile.push([crate::reconciler::Request {
+        ctx.shared.reconcile.push([crate::inbox::Request {
             seq: 0,
             scope: Some(path.clone()),
             fsid: None,
@@ -519,7 +524,7 @@ fn status(ctx: &Context) -> Value {
         "state_dir": ctx.state_dir.display().to_string(),
         "journal": {
             "disk_full_since_ns": ctx.disk_full(),
-            "problem": ctx.disk_full().map(|_| crate::pipeline::disk_full_message(&ctx.state_dir)),
+            "problem": ctx.disk_full().map(|_| crate::shared::disk_full_message(&ctx.state_dir)),
             "id": ctx.reader.journal_id().to_hex(),
             "first_seq": ctx.reader.first_seq(),
             "last_seq": ctx.reader.durable_seq(),

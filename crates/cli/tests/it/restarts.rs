@@ -298,8 +298,12 @@ fn reconcile_after_downtime(kind: Fs) {
     d.stop();
     // While the daemon is down:
     fs::write(t.join("modify_me"), b"22").unwrap();
-    fs::remove_file(t.join("delete_me")).unwrap();
+    // Created before the removal: a new file given the removed file's
+    // inode number would be paired with it as a rename (reconciliation
+    // pairs by inode number; both paths are reported either way, only the
+    // labels differ).
     fs::write(t.join("created_down"), b"1").unwrap();
+    fs::remove_file(t.join("delete_me")).unwrap();
     fs::rename(t.join("dir"), t.join("dir_moved")).unwrap();
     fs::remove_file(t.join("grown/born_live")).unwrap();
     fs::rename(t.join("move_and_grow"), t.join("moved_and_grown")).unwrap();

@@ -1,0 +1,391 @@
+//! The daemon's life: [`Daemon::start`] (state, journal recovery, capture,
+//! roots, start gaps, reconciler), [`Daemon::serve`] (the socket server on
+//! a listener the caller bound), [`Daemon::wait`] and [`Daemon::stop`]
+//! (last refresh, drain, commit, clean-stop marker).
+
+use std::fs;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::os::unix::net::UnixListener;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{self, Receiver, SyncSender};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use cj_capture::Fanotify;
+use cj_normalize::Normalizer;
+use cj_types::RecordBody;
+
+use crate::config::{Config, STOP_REFRESH_WAIT};
+use crate::error::io;
+use crate::error::Error;
+use crate::logging::log;
+use crate::pipeline::{Ctl, Exit, Pipeline};
+use crate::start::{start_gaps, StartFacts};
+use crate::{conn, inbox, pipeline, reconciler, server, state};
+
+/// Messages the exit channel holds (signals and fatal errors).
+const EXIT_QUEUE_MAX: usize = 16;
+
+pub struct Daemon {
+    config: Config,
+    state_dir: PathBuf,
+    pipeline: Pipeline,
+    ctx: Arc<server::Context>,
+    exit_tx: SyncSender<Exit>,
+    exit_rx: Receiver<Exit>,
+    roots: usize,
+    shutdown: Arc<AtomicBool>,
+}
+
+impl Daemon {
+    /// Opens the state directory and recovers the journal, starts capture,
+    /// re-arms the stored roots, journals the start gaps and starts the
+    /// reconciler. Clients are served once [`Daemon::serve`] is called.
+    pub fn start(config: Config) -> Result<Daemon, Error> {
+        let state_dir = open_state_dir(&config.state_dir)?;
+        let roots = state::load_roots(&state_dir)?;
+        let snapshots = state_dir.join("snapshots");
+        let options = cj_journal::Options {
+            seq_floor: seq_floor(&state_dir, &snapshots, &roots),
+            ..config.journal.clone()
+        };
+        let (writer, reader, recovery) = cj_journal::open(&state_dir.join("journal"), options)?;
+        log_recovery(&recovery);
+        let stale = cj_reconcile::Snapshot::remove_others(&snapshots, &roots);
+        if stale > 0 {
+            log(format!(
+                "removed {stale} baseline(s) of roots no longer tracked"
+            ));
+        }
+        let clean_stop = state::take_clean_stop(&state_dir)?;
+        // Not knowing the last boot only makes the start gap `new_boot`
+        // where it may have been `daemon_down`: both are gaps. A full disk
+        // must not stop the daemon here.
+        let new_boot = state::swap_boot_id(&state_dir, &cj_reconcile::fast::boot_id())
+            .unwrap_or_else(|e| {
+                log(format!("{e}; the start is treated as a new boot"));
+                true
+            });
+        raise_fd_limit();
+        limit_malloc_arenas();
+        let (exit_tx, exit_rx) = mpsc::sync_channel::<Exit>(EXIT_QUEUE_MAX);
+        let pipeline = start_pipeline(&config, &state_dir, writer, exit_tx.clone())?;
+        rearm(&pipeline, &roots);
+        let facts = StartFacts {
+            created: recovery.created,
+            last_seq: recovery.last_seq,
+            last_time_ns: recovery.last_time_ns,
+            lost: recovery.lost.is_some(),
+            clean_stop,
+            new_boot,
+            changed_fs: changed_filesystems(&snapshots, &roots),
+        };
+        journal_start_gaps(&pipeline, &facts)?;
+        start_reconciler(&config, &state_dir, &pipeline, &reader, exit_tx.clone())?;
+        request_missing_baselines(&pipeline, &snapshots, &roots);
+        let ctx = Arc::new(server::Context {
+            reader,
+            ctl: pipeline.ctl.clone(),
+            waker: pipeline.waker.clone(),
+            shared: pipeline.shared.clone(),
+            state_dir: state_dir.clone(),
+            snapshots,
+            socket: config.socket.clone(),
+            started: Instant::now(),
+            roots_lock: Mutex::new(()),
+            slots: conn::Slots::default(),
+        });
+        Ok(Daemon {
+            config,
+            state_dir,
+            pipeline,
+            ctx,
+            exit_tx,
+            exit_rx,
+            roots: roots.len(),
+            shutdown: Arc::new(AtomicBool::new(false)),
+        })
+    }
+
+    /// Answers clients on `listener` (already bound) from a thread of its
+    /// own, until [`Daemon::stop`].
+    pub fn serve(&self, listener: UnixListener) -> Result<(), Error> {
+        let ctx = self.ctx.clone();
+        let shutdown = self.shutdown.clone();
+        std::thread::Builder::new()
+            .name("cj-accept".into())
+            .spawn(move || server::serve(listener, ctx, &shutdown))
+            .map_err(io(&self.config.socket, "start server thread"))?;
+        log(format!(
+            "ready: journal {} at seq {}, socket {}, {} root(s)",
+            self.ctx.reader.journal_id(),
+            self.ctx.reader.durable_seq(),
+            self.config.socket.display(),
+            self.roots
+        ));
+        Ok(())
+    }
+
+    /// Where signals and fatal errors are sent to end [`Daemon::wait`].
+    pub fn exit_sender(&self) -> SyncSender<Exit> {
+        self.exit_tx.clone()
+    }
+
+    /// Blocks until a signal or a fatal error.
+    pub fn wait(&self) -> Exit {
+        self.exit_rx
+            .recv()
+            .unwrap_or(Exit::Fatal("exit channel closed".into()))
+    }
+
+    /// Stops serving; after a signal, stops cleanly: a last quiet refresh,
+    /// drain and commit, and the clean-stop marker.
+    pub fn stop(self, exit: Exit) -> Result<(), Error> {
+        self.shutdown.store(true, Ordering::SeqCst);
+        // Wake the accept loop so it sees the flag.
+        let _ = std::os::unix::net::UnixStream::connect(&self.config.socket);
+        let _ = fs::remove_file(&self.config.socket);
+        let sig = match exit {
+            Exit::Signal(sig) => sig,
+            Exit::Fatal(e) => return Err(Error::WriterFailed(e)),
+        };
+        log(format!("signal {sig}: bringing baselines up to date"));
+        // Quiet refreshes off (`--baseline-refresh-secs 0`): none here either.
+        if self.config.baseline_refresh.is_some()
+            && !self
+                .pipeline
+                .shared
+                .reconcile
+                .refresh_before_stop(STOP_REFRESH_WAIT)
+        {
+            log("baselines not brought up to date in time; the next start may report already journaled changes again");
+        }
+        log("draining and committing");
+        let shared = self.pipeline.shared.clone();
+        let last = self.pipeline.shutdown().map_err(Error::WriterFailed)?;
+        let quiescent = shared.quiescent.load(Ordering::SeqCst);
+        state::write_clean_stop(
+            &self.state_dir,
+            state::CleanStop {
+                last_seq: last,
+                quiescent,
+            },
+        )?;
+        log(format!(
+            "stopped cleanly at seq {last}{}",
+            if quiescent {
+                ""
+            } else {
+                " (changes kept coming: the next start compares with the baseline only)"
+            }
+        ));
+        Ok(())
+    }
+}
+
+fn open_state_dir(dir: &Path) -> Result<PathBuf, Error> {
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(io(dir, "create state directory"))?;
+    let state_dir = fs::canonicalize(dir).map_err(io(dir, "resolve state directory"))?;
+    fs::set_permissions(&state_dir, fs::Permissions::from_mode(0o700))
+        .map_err(io(&state_dir, "chmod"))?;
+    Ok(state_dir)
+}
+
+fn log_recovery(recovery: &cj_journal::Recovery) {
+    if let Some((a, b)) = recovery.lost {
+        log(format!(
+            "journal records {a}..={b} were acknowledged but are missing (the journal's tail was \
+             cut or its last segment removed); numbering continues at {}, and queries from \
+             cursors before {b} will ask for a rescan (journal_damaged)",
+            b + 1
+        ));
+    }
+    if recovery.truncated_bytes > 0 {
+        log(format!(
+            "recovered the journal: cut {} bytes of unacknowledged tail",
+            recovery.truncated_bytes
+        ));
+    }
+    for (a, b) in &recovery.damaged {
+        log(format!(
+            "journal records {a}..={b} are damaged; queries spanning them will ask for a rescan"
+        ));
+    }
+}
+
+/// The durable marks outside the journal that bound where its numbering may
+/// continue (design 7 step 5a): the clean-stop marker's last seq and every
+/// baseline's seqs (both were durable when written).
+fn seq_floor(state_dir: &Path, snapshots: &Path, roots: &[Vec<u8>]) -> u64 {
+    let stop = state::peek_clean_stop(state_dir).map_or(0, |c| c.last_seq);
+    roots
+        .iter()
+        .filter_map(|r| cj_reconcile::Snapshot::load_seqs(snapshots, r))
+        .map(|(through, valid_after)| through.max(valid_after))
+        .fold(stop, u64::max)
+}
+
+fn start_pipeline(
+    config: &Config,
+    state_dir: &Path,
+    writer: cj_journal::Writer,
+    exit: SyncSender<Exit>,
+) -> Result<Pipeline, Error> {
+    let fan = Fanotify::new(config.queue).map_err(Error::Fanotify)?;
+    let excluded = vec![state_dir.as_os_str().as_bytes().to_vec()];
+    // SAFETY: getpid has no preconditions.
+    let normalizer = Normalizer::new(unsafe { libc::getpid() }, excluded);
+    Pipeline::start(
+        config.commit_interval,
+        fan,
+        normalizer,
+        writer,
+        exit,
+        state_dir.to_path_buf(),
+    )
+    .map_err(io(state_dir, "start threads"))
+}
+
+/// Marks the stored roots again; one that cannot be marked now is reported
+/// and stays unavailable (its gaps stay open).
+fn rearm(pipeline: &Pipeline, roots: &[Vec<u8>]) {
+    for root in roots {
+        let (tx, rx) = mpsc::sync_channel(1);
+        let _ = pipeline.send(Ctl::Track {
+            path: root.clone(),
+            journal: false,
+            reply: tx,
+        });
+        if let Ok(Err(e)) = rx.recv() {
+            log(format!(
+                "root {} is not captured for now: {e}",
+                cj_types::log_path(root)
+            ));
+        }
+    }
+}
+
+/// Roots whose filesystem is another than their baseline's (new UUID).
+fn changed_filesystems(snapshots: &Path, roots: &[Vec<u8>]) -> Vec<Vec<u8>> {
+    let mut changed = Vec::new();
+    for root in roots {
+        let Some(then) = cj_reconcile::Snapshot::load_marks(snapshots, root) else {
+            continue;
+        };
+        let Ok(fd) = cj_reconcile::open_root(root) else {
+            continue;
+        };
+        let now = cj_reconcile::fast::fs_uuid(std::os::fd::AsRawFd::as_raw_fd(&fd));
+        if now != then.fs_uuid {
+            log(format!(
+                "root {} is on another filesystem than its baseline (new UUID); \
+                 it is reconciled entry by entry",
+                cj_types::log_path(root)
+            ));
+            changed.push(root.clone());
+        }
+    }
+    changed
+}
+
+/// Journals the start gaps (after the marks are in place) and waits until
+/// they are durable.
+fn journal_start_gaps(pipeline: &Pipeline, facts: &StartFacts) -> Result<(), Error> {
+    let gaps: Vec<RecordBody> = start_gaps(facts).into_iter().map(RecordBody::Gap).collect();
+    if gaps.is_empty() {
+        return Ok(());
+    }
+    let (tx, rx) = mpsc::sync_channel(1);
+    let _ = pipeline.send(Ctl::Records(gaps));
+    let _ = pipeline.send(Ctl::Barrier(tx));
+    match rx.recv() {
+        Ok(Ok(_)) => Ok(()),
+        // The state disk is full: the writer waits for room and then
+        // journals a gap from the last record on, which covers this one.
+        Ok(Err(e)) if pipeline.shared.disk_full.lock().is_ok_and(|f| f.is_some()) => {
+            log(format!("start gap not journaled yet: {e}"));
+            Ok(())
+        }
+        Ok(Err(e)) => Err(Error::WriterFailed(e)),
+        Err(_) => Err(Error::WriterFailed("pipeline stopped".into())),
+    }
+}
+
+fn start_reconciler(
+    config: &Config,
+    state_dir: &Path,
+    pipeline: &Pipeline,
+    reader: &cj_journal::Reader,
+    fatal: SyncSender<Exit>,
+) -> Result<(), Error> {
+    let reconciler = reconciler::Reconciler {
+        shared: pipeline.shared.clone(),
+        reader: reader.clone(),
+        journal: Arc::new(pipeline::PipelinePort {
+            ctl: pipeline.ctl.clone(),
+            waker: pipeline.waker.clone(),
+        }),
+        snapshots: state_dir.join("snapshots"),
+        excluded: vec![state_dir.as_os_str().as_bytes().to_vec()],
+        walk_only: config.reconcile_walk_only,
+        refresh_every: config.baseline_refresh,
+    };
+    std::thread::Builder::new()
+        .name("cj-reconcile".into())
+        .spawn(move || {
+            // A bug here must not leave gaps silently open forever.
+            if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| reconciler.run())).is_err()
+            {
+                let _ = fatal.try_send(Exit::Fatal(
+                    "internal error: the reconciler panicked".into(),
+                ));
+            }
+        })
+        .map_err(io(state_dir, "start reconciler thread"))?;
+    Ok(())
+}
+
+/// Roots without a usable baseline (none, a damaged header, another format
+/// version) get one, so that later gaps can be closed.
+fn request_missing_baselines(pipeline: &Pipeline, snapshots: &Path, roots: &[Vec<u8>]) {
+    let missing: Vec<inbox::Request> = roots
+        .iter()
+        .filter(|r| cj_reconcile::Snapshot::load_marks(snapshots, r).is_none())
+        .map(|r| inbox::Request {
+            seq: 0,
+            scope: Some(r.clone()),
+            fsid: None,
+            baseline: true,
+        })
+        .collect();
+    pipeline.shared.reconcile.push(missing);
+}
+
+/// Client threads would each get a malloc arena of their own, and every
+/// arena keeps the high-water mark of the answers built in it: 40 clients
+/// of 6 MB answers left 400 MB resident. A few shared arenas keep the
+/// daemon's memory near what it uses (issue 9, defect 5).
+const MALLOC_ARENAS_MAX: libc::c_int = 4;
+
+fn limit_malloc_arenas() {
+    // SAFETY: mallopt only changes allocator tuning; called before the
+    // daemon's threads start.
+    unsafe { libc::mallopt(libc::M_ARENA_MAX, MALLOC_ARENAS_MAX) };
+}
+
+fn raise_fd_limit() {
+    // SAFETY: get/setrlimit on a local struct.
+    unsafe {
+        let mut lim: libc::rlimit = std::mem::zeroed();
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
+            lim.rlim_cur = lim.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+        }
+    }
+}

@@ -1,0 +1,53 @@
+//! What the daemon's threads publish for each other, `status` and queries.
+//! A leaf module: everything imports it, it imports only the inbox.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+
+use cj_normalize::Stats;
+
+/// Health of one tracked root, as shown by `status` and used by queries.
+#[derive(Clone, Debug)]
+pub struct RootState {
+    pub path: Vec<u8>,
+    pub fsid: u64,
+    pub fs_type: String,
+    /// `None` while events are captured; otherwise why not.
+    pub unavailable: Option<String>,
+}
+
+#[derive(Default, Clone, Debug)]
+pub struct CommitStats {
+    pub commits: u64,
+    pub records: u64,
+    pub recent_us: VecDeque<u64>,
+}
+
+/// What the threads publish for `status` and queries.
+#[derive(Default)]
+pub struct Shared {
+    pub roots: Mutex<Vec<RootState>>,
+    pub reconcile: crate::inbox::Queue,
+    pub normalize: Mutex<Stats>,
+    pub commit: Mutex<CommitStats>,
+    /// Set by a clean stop that ended quiescent (`Capture::quiesce`).
+    pub quiescent: std::sync::atomic::AtomicBool,
+    /// The state directory (named in messages).
+    pub state_dir: std::path::PathBuf,
+    /// Multiply-linked names of the baselines, for normalisation.
+    pub links: Arc<cj_normalize::LinkIndex>,
+    /// Set while the state filesystem is full (wall-clock ns since when):
+    /// nothing is journaled, queries answer what is durable (design 6a).
+    pub disk_full: Mutex<Option<u64>>,
+}
+
+/// What a client is told while the state disk is full.
+pub fn disk_full_message(state_dir: &std::path::Path) -> String {
+    format!(
+        "the filesystem holding the cj state directory ({}) is full: new changes are not \
+         journaled. Free space there (or lower --retain-mib); cj resumes by itself within a \
+         second and records the interval as a gap, which reconciliation closes. Queries \
+         still answer what is journaled.",
+        state_dir.display()
+    )
+}
