@@ -1,4 +1,5 @@
-//! Path calls that work at any depth (issue 9, defects 1 and 2).
+//! System calls every stage shares: path calls that work at any depth
+//! (issue 9, defects 1 and 2) and the wall clock.
 //!
 //! The kernel refuses a path argument of `PATH_MAX` (4096) bytes or more
 //! (`ENAMETOOLONG`), and `readlink(/proc/self/fd/N)` fails the same way for a
@@ -21,6 +22,15 @@ const _: () = assert!(PATH_PIECE_BYTES_MAX > 2 * 256);
 /// Ancestors climbed to name one descriptor: a path of `PATH_BYTES_MAX`
 /// bytes has at most half as many components.
 const ANCESTORS_CLIMBED_MAX: usize = crate::PATH_BYTES_MAX / 2;
+
+/// Wall-clock time, ns since the Unix epoch (0 if the clock is before it).
+/// The one wall clock of cj: record times, gap starts, marks.
+pub fn now_ns() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
 
 fn one_openat2(dir: RawFd, path: &[u8], flags: libc::c_int, resolve: u64) -> io::Result<OwnedFd> {
     let c = CString::new(path).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;

@@ -934,9 +934,4 @@ fn fid_from(h: &FileHandle) -> FileHandle {
     h.clone()
 }
 
-fn now_ns() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos() as u64)
-        .unwrap_or(0)
-}
+use cj_types::sys::now_ns;

@@ -68,12 +68,7 @@ pub(crate) fn segment_path(dir: &Path, first_seq: u64) -> PathBuf {
     dir.join(format!("{first_seq:016x}{SEGMENT_SUFFIX}"))
 }
 
-pub(crate) fn now_ns() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos() as u64)
-        .unwrap_or(0)
-}
+pub(crate) use cj_types::sys::now_ns;
 
 pub(crate) fn fsync_dir(dir: &Path) -> Result<(), Error> {
     let f = File::open(dir).map_err(error::io(dir, "open directory"))?;

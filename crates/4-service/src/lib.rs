@@ -26,6 +26,7 @@ pub mod server;
 pub mod shared;
 pub mod start;
 pub mod state;
+mod writer;
 
 use std::fs;
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};

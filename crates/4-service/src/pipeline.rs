@@ -19,7 +19,7 @@
 
 use std::collections::HashMap;
 use std::os::unix::io::{AsRawFd, OwnedFd};
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender};
+use std::sync::mpsc::{self, Receiver, SyncSender};
 use std::sync::Arc;
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
@@ -31,6 +31,7 @@ use cj_types::{GapReason, GapRecord, RecordBody, RootRecord};
 
 use crate::shared::{RootState, Shared};
 use crate::state::ROOTS_MAX;
+use crate::writer::{WriteMsg, WriterThread};
 
 /// Bytes per `read(2)` of the fanotify descriptor.
 pub const READ_BUFFER_BYTES: usize = 512 * 1024;
@@ -46,14 +47,9 @@ pub const HOUSEKEEPING_MS: u64 = 1000;
 pub const CONTROL_QUEUE_MAX: usize = 256;
 pub const NORMALIZE_QUEUE_MAX: usize = READ_BUFFERS + 64;
 pub const WRITE_QUEUE_MAX: usize = 64;
-/// A commit is started once this many bytes are pending, even if more
-/// records are queued.
-pub const COMMIT_BYTES_MAX: usize = 8 << 20;
 /// Default minimum time between two fdatasyncs while nobody waits for
 /// durability: the bound on the commit delay (`--commit-interval-ms`).
 pub const COMMIT_INTERVAL_DEFAULT_MS: u64 = 100;
-/// Commit latencies kept for the status percentiles.
-pub const COMMIT_SAMPLES_MAX: usize = 1024;
 /// Barriers waiting at once.
 pub const BARRIERS_MAX: usize = 1024;
 /// Drain marks are written at most this often (`normalize_loop`).
@@ -66,16 +62,7 @@ pub const QUIESCE_WAIT: Duration = Duration::from_secs(10);
 
 const _: () = assert!(EVENT_BYTES_MAX * 8 < READ_BUFFER_BYTES);
 
-/// Why the daemon's main thread should stop.
-pub enum Exit {
-    /// SIGTERM or SIGINT: stop cleanly.
-    Signal(i32),
-    /// A pipeline thread hit an error it cannot recover from.
-    Fatal(String),
-}
-
-/// Answered with the durable sequence number that covers the request.
-pub type Completion = SyncSender<Result<u64, String>>;
+pub use crate::shared::{Completion, Exit};
 
 pub enum Ctl {
     /// Start tracking a root. `journal`: write a Track record (false when
@@ -110,34 +97,6 @@ enum NormMsg {
     Records(Vec<RecordBody>),
     Barrier(Completion),
     Shutdown,
-}
-
-enum WriteMsg {
-    Records(Vec<RecordBody>),
-    /// Every event queued before this time has its records sent already,
-    /// and every record sent so far was made (its stat taken) before it.
-    Drained(u64),
-    Barrier(Completion),
-    Shutdown,
-}
-
-/// While the state disk is full, the writer tries to resume this often...
-pub const DISK_FULL_RETRY: Duration = Duration::from_secs(1);
-/// ... once at least this much is free again (resuming at the first free
-/// block would fail again at once: the journal writes in batches).
-pub const DISK_FULL_RESUME_FREE_BYTES: u64 = 1 << 20;
-
-/// Bytes available to the daemon on the filesystem holding `dir`.
-fn free_bytes(dir: &std::path::Path) -> Option<u64> {
-    use std::os::unix::ffi::OsStrExt;
-    let c = std::ffi::CString::new(dir.as_os_str().as_bytes()).ok()?;
-    // SAFETY: plain old data filled by the call.
-    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
-    // SAFETY: a valid C string and output buffer.
-    if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
-        return None;
-    }
-    Some(st.f_bavail.saturating_mul(st.f_frsize))
 }
 
 /// Records per message sent into the pipeline by the port.
@@ -235,7 +194,7 @@ impl Pipeline {
         let sh = shared.clone();
         let fatal2 = fatal.clone();
         threads.push(spawn("cj-writer", fatal2, move || {
-            writer_loop(commit_interval, writer, write_rx, sh, fatal, done_tx)
+            WriterThread::new(commit_interval, writer, write_rx, sh, fatal).run(done_tx)
         })?);
         Ok(Pipeline {
             ctl: ctl_tx,
@@ -637,34 +596,7 @@ impl Capture {
 }
 
 /// Gap records and unknown-path records ask the reconciler to close them.
-fn reconcile_trigger(seq: u64, r: &RecordBody) -> Option<crate::inbox::Request> {
-    match r {
-        RecordBody::Gap(g) if g.reason != GapReason::JournalDamaged => {
-            Some(crate::inbox::Request {
-                seq,
-                scope: (!g.scope.is_empty()).then(|| g.scope.clone()),
-                fsid: None,
-                baseline: false,
-            })
-        }
-        RecordBody::Event(e) if e.flags & cj_types::EVENT_FLAG_PATH_UNKNOWN != 0 => {
-            Some(crate::inbox::Request {
-                seq,
-                scope: None,
-                fsid: Some(e.fsid),
-                baseline: false,
-            })
-        }
-        _ => None,
-    }
-}
-
-pub(crate) fn now_ns() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos() as u64)
-        .unwrap_or(0)
-}
+pub(crate) use cj_types::sys::now_ns;
 
 fn normalize_loop(
     mut normalizer: Normalizer,
@@ -741,258 +673,6 @@ fn normalize_loop(
         };
         if out.send(forward).is_err() {
             return;
-        }
-    }
-}
-
-fn writer_loop(
-    commit_interval: Duration,
-    mut writer: Writer,
-    input: Receiver<WriteMsg>,
-    shared: Arc<Shared>,
-    fatal: SyncSender<Exit>,
-    done: SyncSender<Result<u64, String>>,
-) {
-    let mut waiting: Vec<Completion> = Vec::new();
-    let mut shutdown = false;
-    let mut last_retention = Instant::now();
-    let mut failed: Option<String> = None;
-    let mut last_commit = Instant::now();
-    let mut full = DiskFull::default();
-
-    while !shutdown {
-        if full.since.is_some() && full.try_resume(&mut writer, &shared) {
-            last_commit = Instant::now();
-        }
-        let wait = if full.since.is_some() {
-            DISK_FULL_RETRY
-        } else {
-            Duration::from_secs(60)
-        };
-        let first = match input.recv_timeout(wait) {
-            Ok(m) => m,
-            Err(RecvTimeoutError::Timeout) => {
-                if full.since.is_none() {
-                    if let Err(e) = writer.enforce_retention(now_ns()) {
-                        eprintln!("cj: retention: {e}");
-                    }
-                }
-                continue;
-            }
-            Err(RecvTimeoutError::Disconnected) => break,
-        };
-        if full.since.is_some() {
-            // Nothing can be journaled: records are dropped (the gap written
-            // on resuming covers them) and barriers refused, never left
-            // hanging or answered as if durable.
-            full.absorb(first, &shared, &mut shutdown);
-            continue;
-        }
-        let mut next = Some(first);
-        let mut appended = 0u64;
-        let mut triggers = Vec::new();
-        // Pace commits: an fdatasync on a journaling filesystem also commits
-        // the filesystem's own journal, which stalls writers on it. Wait out
-        // the minimum interval (gathering more records) unless a client is
-        // waiting for durability.
-        let pace_until = last_commit + commit_interval;
-        // Group commit: take everything already queued, up to a byte budget.
-        while let Some(msg) = next.take() {
-            match msg {
-                WriteMsg::Records(recs) => {
-                    let time = now_ns();
-                    for r in &recs {
-                        if failed.is_none() {
-                            match writer.append(time, r) {
-                                Ok(seq) => {
-                                    shared.reconcile.note(seq, r);
-                                    if let Some(t) = reconcile_trigger(seq, r) {
-                                        triggers.push(t);
-                                    }
-                                }
-                                Err(e) => {
-                                    full.last_error_no_space = e.is_no_space();
-                                    failed = Some(e.to_string());
-                                }
-                            }
-                            appended += 1;
-                        }
-                    }
-                }
-                WriteMsg::Drained(t) => {
-                    // Right behind the records it covers.
-                    let mark = RecordBody::Mark(cj_types::MarkRecord {
-                        drained_before_ns: t,
-                    });
-                    if failed.is_none() {
-                        if let Err(e) = writer.append(now_ns(), &mark) {
-                            full.last_error_no_space = e.is_no_space();
-                            failed = Some(e.to_string());
-                        }
-                    }
-                }
-                WriteMsg::Barrier(c) => waiting.push(c),
-                WriteMsg::Shutdown => shutdown = true,
-            }
-            if writer.pending_bytes() < COMMIT_BYTES_MAX && !shutdown {
-                next = input.try_recv().ok();
-                if next.is_none() && waiting.is_empty() {
-                    let now = Instant::now();
-                    if now < pace_until {
-                        next = input.recv_timeout(pace_until - now).ok();
-                    }
-                }
-            }
-        }
-        last_commit = Instant::now();
-        let started = Instant::now();
-        let result = match &failed {
-            Some(e) => Err(e.clone()),
-            None => writer.commit().map_err(|e| {
-                full.last_error_no_space = e.is_no_space();
-                e.to_string()
-            }),
-        };
-        match &result {
-            Ok(_) => {
-                if !triggers.is_empty() {
-                    shared.reconcile.push(triggers.drain(..));
-                }
-                let mut s = shared.commit.lock().unwrap_or_else(|e| e.into_inner());
-                s.commits += 1;
-                s.records += appended;
-                if s.recent_us.len() >= COMMIT_SAMPLES_MAX {
-                    s.recent_us.pop_front();
-                }
-                s.recent_us.push_back(started.elapsed().as_micros() as u64);
-            }
-            Err(e) if full.enter(&mut writer, &shared, e) => {
-                failed = None;
-                triggers.clear();
-            }
-            Err(e) => {
-                failed = Some(e.clone());
-                let _ = fatal.try_send(Exit::Fatal(format!("journal write failed: {e}")));
-            }
-        }
-        let result = match (&result, full.since) {
-            (Err(_), Some(_)) => Err(full.message.clone()),
-            _ => result,
-        };
-        for c in waiting.drain(..) {
-            let _ = c.send(result.clone());
-        }
-        if last_retention.elapsed() > Duration::from_secs(60) {
-            if let Err(e) = writer.enforce_retention(now_ns()) {
-                eprintln!("cj: retention: {e}");
-            }
-            last_retention = Instant::now();
-        }
-    }
-    let result = match (failed, full.since) {
-        (Some(e), _) => Err(e),
-        (None, Some(_)) => Err(full.message.clone()),
-        (None, None) => writer.commit().map_err(|e| e.to_string()),
-    };
-    let _ = done.send(result);
-}
-
-/// The writer's state while the state filesystem is full (design 6a).
-#[derive(Default)]
-struct DiskFull {
-    /// Wall-clock ns when the first commit failed for lack of space.
-    since: Option<u64>,
-    /// Records dropped since.
-    dropped: u64,
-    last_error_no_space: bool,
-    message: String,
-}
-
-impl DiskFull {
-    /// After a failed commit: if it failed for lack of space and the
-    /// segment could be cut back to what is durable, waits the disk out
-    /// instead of stopping the daemon. True if so.
-    fn enter(&mut self, writer: &mut Writer, shared: &Shared, error: &str) -> bool {
-        if !self.last_error_no_space {
-            return false;
-        }
-        if let Err(e) = writer.recover_after_failure() {
-            eprintln!("cj daemon: cannot cut the journal back after a failed write: {e}");
-            return false;
-        }
-        if self.since.is_none() {
-            let now = now_ns();
-            self.since = Some(now);
-            self.message = crate::shared::disk_full_message(&shared.state_dir);
-            *shared.disk_full.lock().unwrap_or_else(|e| e.into_inner()) = Some(now);
-            eprintln!(
-                "cj daemon: journal write failed ({error}); {}",
-                self.message
-            );
-        }
-        true
-    }
-
-    fn absorb(&mut self, msg: WriteMsg, shared: &Shared, shutdown: &mut bool) {
-        let _ = shared;
-        match msg {
-            WriteMsg::Records(recs) => self.dropped += recs.len() as u64,
-            WriteMsg::Drained(_) => {}
-            WriteMsg::Barrier(c) => {
-                let _ = c.send(Err(self.message.clone()));
-            }
-            WriteMsg::Shutdown => *shutdown = true,
-        }
-    }
-
-    /// Makes room where retention allows, then journals the gap that
-    /// covers the time nothing could be journaled. True once it is durable.
-    fn try_resume(&mut self, writer: &mut Writer, shared: &Shared) -> bool {
-        let Some(since) = self.since else {
-            return true;
-        };
-        if let Err(e) = writer.enforce_retention(now_ns()) {
-            eprintln!("cj: retention: {e}");
-        }
-        if free_bytes(&shared.state_dir).is_some_and(|b| b < DISK_FULL_RESUME_FREE_BYTES) {
-            return false;
-        }
-        let gap = RecordBody::Gap(GapRecord {
-            reason: GapReason::StateDiskFull,
-            fsid: 0,
-            scope: Vec::new(),
-            start_time_ns: since,
-            flags: 0,
-            detail: format!(
-                "the state filesystem was full; {} records could not be journaled",
-                self.dropped
-            )
-            .into_bytes(),
-        });
-        let committed = writer
-            .append(now_ns(), &gap)
-            .and_then(|seq| writer.commit().map(|_| seq));
-        match committed {
-            Ok(seq) => {
-                shared.reconcile.note(seq, &gap);
-                if let Some(t) = reconcile_trigger(seq, &gap) {
-                    shared.reconcile.push([t]);
-                }
-                eprintln!(
-                    "cj daemon: the state filesystem has room again; journaling resumed \
-                     ({} records dropped meanwhile are covered by gap {seq})",
-                    self.dropped
-                );
-                *shared.disk_full.lock().unwrap_or_else(|e| e.into_inner()) = None;
-                *self = DiskFull::default();
-                true
-            }
-            Err(e) => {
-                if !e.is_no_space() || writer.recover_after_failure().is_err() {
-                    eprintln!("cj daemon: cannot resume journaling: {e}");
-                }
-                false
-            }
         }
     }
 }

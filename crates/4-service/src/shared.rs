@@ -2,6 +2,7 @@
 //! A leaf module: everything imports it, it imports only the inbox.
 
 use std::collections::VecDeque;
+use std::sync::mpsc::SyncSender;
 use std::sync::{Arc, Mutex};
 
 use cj_normalize::Stats;
@@ -51,3 +52,14 @@ pub fn disk_full_message(state_dir: &std::path::Path) -> String {
         state_dir.display()
     )
 }
+
+/// Why the daemon's main thread should stop.
+pub enum Exit {
+    /// SIGTERM or SIGINT: stop cleanly.
+    Signal(i32),
+    /// A pipeline thread hit an error it cannot recover from.
+    Fatal(String),
+}
+
+/// Answered with the durable sequence number that covers the request.
+pub type Completion = SyncSender<Result<u64, String>>;
