@@ -29,6 +29,8 @@ const ENTRY_CHANGES: Changes = Changes(
 /// Distinct paths one answer may hold. Past this the scope is reported for
 /// rescan instead of growing memory without bound.
 pub const QUERY_PATHS_MAX: usize = 2_000_000;
+/// Journal items read before they are folded into the answer.
+const SCAN_BATCH_MAX: usize = 65_536;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Rescan {
@@ -376,30 +378,11 @@ pub fn answer(
         pending: Vec::new(),
         resolutions: Vec::new(),
     };
-    let usable = match since {
-        Err(reason) => {
-            b.rescan_roots(None, &reason);
-            None
-        }
-        Ok(c) if c.journal_id != reader.journal_id() => {
-            b.rescan_roots(None, "foreign_cursor");
-            None
-        }
-        Ok(c) if c.seq > end => {
-            b.rescan_roots(None, "unknown_cursor");
-            None
-        }
-        Ok(c) if c.seq + 1 < reader.first_seq() => {
-            b.rescan_roots(None, "cursor_expired");
-            None
-        }
-        Ok(c) => Some(c),
-    };
-    if let Some(c) = usable {
+    if let Some(c) = usable_cursor(reader, since, end, &mut b) {
         let mut items = Vec::new();
         reader.scan(c.seq, end, |item| {
             items.push(item);
-            items.len() < 65_536 || flush(&mut items, &mut b)
+            items.len() < SCAN_BATCH_MAX || flush(&mut items, &mut b)
         })?;
         flush(&mut items, &mut b);
         // A segment deleted by retention while we scanned.
@@ -419,7 +402,37 @@ pub fn answer(
         }
     }
     let rescans = dedupe(std::mem::take(&mut b.rescans));
-    let mut entries: Vec<Entry> = b.paths.into_values().collect();
+    let entries = as_now(b.paths.into_values().collect());
+    Ok(Answer {
+        entries,
+        rescans,
+        cursor,
+        open_seq,
+    })
+}
+
+/// The cursor if the range `(cursor, end]` can be answered from this
+/// journal; otherwise the reason is a rescan of every root.
+fn usable_cursor(
+    reader: &Reader,
+    since: Result<Cursor, String>,
+    end: u64,
+    b: &mut Builder<'_>,
+) -> Option<Cursor> {
+    let why = match since {
+        Err(reason) => reason,
+        Ok(c) if c.journal_id != reader.journal_id() => "foreign_cursor".into(),
+        Ok(c) if c.seq > end => "unknown_cursor".into(),
+        Ok(c) if c.seq + 1 < reader.first_seq() => "cursor_expired".into(),
+        Ok(c) => return Some(c),
+    };
+    b.rescan_roots(None, &why);
+    None
+}
+
+/// Looks at each path now (exists, kind; no symlink followed) and drops
+/// the ephemeral ones (section 10).
+fn as_now(mut entries: Vec<Entry>) -> Vec<Entry> {
     for e in &mut entries {
         if may_have_subtree(e.kind) && e.changes.intersects(SUBTREE_CHANGES) {
             e.subtree = true;
@@ -433,12 +446,7 @@ pub fn answer(
         }
     }
     entries.retain(|e| !ephemeral(e));
-    Ok(Answer {
-        entries,
-        rescans,
-        cursor,
-        open_seq,
-    })
+    entries
 }
 
 fn flush(items: &mut Vec<Item>, b: &mut Builder<'_>) -> bool {

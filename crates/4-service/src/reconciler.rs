@@ -27,7 +27,7 @@ use cj_reconcile::{
     changed_by_paths, diff, diff_transitions, open_root, refresh, walk, Snapshot, Touched,
 };
 use cj_types::{RecordBody, ResolvedRecord};
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
 use crate::inbox::{Queue, Request, Status};
 use crate::port::JournalPort;
@@ -45,10 +45,56 @@ enum JournalPaths {
 pub const RECONCILE_RETRY_FIRST: Duration = Duration::from_secs(1);
 pub const RECONCILE_RETRY_MAX: Duration = Duration::from_secs(300);
 
-/// A failed reconciliation of one root, retried later.
-struct Retry {
-    due: Instant,
-    request: Request,
+/// What the reconciler does next.
+enum Work {
+    Stop,
+    /// A clean stop's last quiet refresh; told when done.
+    FinalRefresh(std::sync::mpsc::SyncSender<()>),
+    QuietRefresh,
+    Batch(Vec<Request>),
+}
+
+/// Failed reconciliations waiting for their next attempt (at most one per
+/// root), and the consecutive failures per root.
+#[derive(Default)]
+struct Retries {
+    pending: Vec<(Instant, Request)>,
+    failures: HashMap<Vec<u8>, u32>,
+}
+
+impl Retries {
+    /// Moves the retries that are due into the request queue.
+    fn take_due(&mut self, now: Instant, queue: &mut Vec<Request>) {
+        self.pending.retain(|(due, r)| {
+            if *due <= now {
+                queue.push(r.clone());
+            }
+            *due > now
+        });
+    }
+
+    fn next_due(&self) -> Option<Instant> {
+        self.pending.iter().map(|(due, _)| *due).min()
+    }
+
+    fn cancel(&mut self, root: &[u8]) {
+        self.pending
+            .retain(|(_, r)| r.scope.as_deref() != Some(root));
+    }
+
+    fn forget(&mut self, root: &[u8]) {
+        self.failures.remove(root);
+    }
+
+    /// Schedules the next attempt; returns its number and time.
+    fn schedule(&mut self, request: Request) -> (u32, Instant) {
+        let root = request.scope.clone().unwrap_or_default();
+        let n = self.failures.entry(root).or_insert(0);
+        *n = n.saturating_add(1);
+        let due = Instant::now() + retry_delay(*n);
+        self.pending.push((due, request));
+        (*n, due)
+    }
 }
 
 fn retry_delay(attempts: u32) -> Duration {
@@ -84,141 +130,132 @@ impl Reconciler {
 
     pub fn run(self) {
         let mut next_refresh = self.refresh_every.map(|every| Instant::now() + every);
-        let mut retries: Vec<Retry> = Vec::new();
-        // Consecutive failures per root (at most one entry per tracked root).
-        let mut failures: std::collections::HashMap<Vec<u8>, u32> = Default::default();
+        let mut retries = Retries::default();
         loop {
-            let batch = {
-                let mut q = self
-                    .queue()
-                    .requests
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner());
-                loop {
-                    let now = Instant::now();
-                    // Failed reconciliations that are due go back in.
-                    retries.retain(|r| {
-                        let due = r.due <= now;
-                        if due {
-                            q.push(r.request.clone());
-                        }
-                        !due
-                    });
-                    if !q.is_empty()
-                        || self.queue().stop.load(Ordering::SeqCst)
-                        || self.queue().final_refresh_asked()
-                        || next_refresh.is_some_and(|at| now >= at)
-                    {
-                        break;
-                    }
-                    let wake = retries.iter().map(|r| r.due).chain(next_refresh).min();
-                    q = match wake {
-                        None => self.queue().cv.wait(q).unwrap_or_else(|e| e.into_inner()),
-                        Some(at) => {
-                            self.queue()
-                                .cv
-                                .wait_timeout(q, at.saturating_duration_since(now))
-                                .unwrap_or_else(|e| e.into_inner())
-                                .0
-                        }
-                    };
-                }
-                if self.queue().stop.load(Ordering::SeqCst) {
-                    return;
-                }
-                let last = self
-                    .queue()
-                    .final_refresh
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .take();
-                if let Some(done) = last {
-                    self.status(|s| s.running = Some(Vec::new()));
-                    drop(q);
-                    self.refresh_baselines(true);
-                    self.status(|s| s.running = None);
+            match self.next_work(&mut retries, next_refresh) {
+                Work::Stop => return,
+                Work::FinalRefresh(done) => {
+                    self.refresh_all(true);
                     let _ = done.send(());
-                    continue;
                 }
-                if q.is_empty() {
-                    // Idle and due: refresh the baselines quietly.
-                    self.status(|s| s.running = Some(Vec::new()));
-                    drop(q);
-                    self.refresh_baselines(false);
-                    self.status(|s| s.running = None);
+                Work::QuietRefresh => {
+                    self.refresh_all(false);
                     next_refresh = self.refresh_every.map(|every| Instant::now() + every);
-                    continue;
                 }
-                // Busy from the moment requests leave the queue, so that a
-                // waiting query never sees "idle" in between.
-                self.queue()
-                    .status
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .running = Some(Vec::new());
-                let top = q.iter().map(|r| r.seq).max().unwrap_or(0);
-                self.queue().taken_through.fetch_max(top, Ordering::SeqCst);
-                std::mem::take(&mut *q)
-            };
-            let top = batch.iter().map(|r| r.seq).max().unwrap_or(0);
-            for (root, baseline) in self.roots_for(&batch) {
-                if self.queue().stop.load(Ordering::SeqCst) {
-                    return;
-                }
-                // This pass replaces any retry still waiting for the root.
-                retries.retain(|r| r.request.scope.as_ref() != Some(&root));
-                self.queue().progress.cancel.store(false, Ordering::SeqCst);
-                let result = self.reconcile(&root, baseline);
-                if self.tracked_fsid(&root).is_none() {
-                    // Untracked meanwhile: nothing to retry or report.
-                    failures.remove(&root);
-                    continue;
-                }
-                match result {
-                    Ok(()) => {
-                        failures.remove(&root);
-                        self.status(|s| {
-                            if s.retry.as_ref().is_some_and(|(r, _, _)| *r == root) {
-                                s.retry = None;
-                            }
-                        })
-                    }
-                    Err(e) => {
-                        let attempts = {
-                            let n = failures.entry(root.clone()).or_insert(0);
-                            *n = n.saturating_add(1);
-                            *n
-                        };
-                        let delay = retry_delay(attempts);
-                        let shown = cj_types::log_path(&root);
-                        eprintln!(
-                            "cj daemon: reconcile {shown} failed (attempt {attempts}, retrying in {} s): {e}",
-                            delay.as_secs()
-                        );
-                        let due = Instant::now() + delay;
-                        self.status(|s| {
-                            s.last_error = Some(format!("{shown}: {e}"));
-                            s.retry = Some((root.clone(), attempts, due));
-                        });
-                        retries.push(Retry {
-                            due,
-                            request: Request {
-                                seq: top,
-                                scope: Some(root.clone()),
-                                fsid: None,
-                                baseline,
-                            },
-                        });
+                Work::Batch(batch) => {
+                    if !self.run_batch(&batch, &mut retries) {
+                        return;
                     }
                 }
             }
-            self.queue().completed.fetch_add(1, Ordering::SeqCst);
-            self.queue()
-                .status
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .running = None;
         }
+    }
+
+    /// Waits for work: requests (or retries that are due), a refresh that
+    /// is due, a clean stop's last refresh, or the stop.
+    fn next_work(&self, retries: &mut Retries, next_refresh: Option<Instant>) -> Work {
+        let queue = self.queue();
+        let mut q = queue.requests.lock().unwrap_or_else(|e| e.into_inner());
+        loop {
+            let now = Instant::now();
+            retries.take_due(now, &mut q);
+            if !q.is_empty()
+                || queue.stop.load(Ordering::SeqCst)
+                || queue.final_refresh_asked()
+                || next_refresh.is_some_and(|at| now >= at)
+            {
+                break;
+            }
+            q = match retries.next_due().into_iter().chain(next_refresh).min() {
+                None => queue.cv.wait(q).unwrap_or_else(|e| e.into_inner()),
+                Some(at) => {
+                    queue
+                        .cv
+                        .wait_timeout(q, at.saturating_duration_since(now))
+                        .unwrap_or_else(|e| e.into_inner())
+                        .0
+                }
+            };
+        }
+        if queue.stop.load(Ordering::SeqCst) {
+            return Work::Stop;
+        }
+        if let Some(done) = queue
+            .final_refresh
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+        {
+            return Work::FinalRefresh(done);
+        }
+        if q.is_empty() {
+            return Work::QuietRefresh;
+        }
+        // Busy from the moment requests leave the queue, so that a waiting
+        // query never sees "idle" in between.
+        self.status(|s| s.running = Some(Vec::new()));
+        let top = q.iter().map(|r| r.seq).max().unwrap_or(0);
+        queue.taken_through.fetch_max(top, Ordering::SeqCst);
+        Work::Batch(std::mem::take(&mut *q))
+    }
+
+    /// Quiet refreshes of every baseline (the last one at a clean stop).
+    fn refresh_all(&self, last: bool) {
+        self.status(|s| s.running = Some(Vec::new()));
+        self.refresh_baselines(last);
+        self.status(|s| s.running = None);
+    }
+
+    /// Reconciles every root the batch concerns; a failure is retried
+    /// later. False if the daemon is stopping.
+    fn run_batch(&self, batch: &[Request], retries: &mut Retries) -> bool {
+        let top = batch.iter().map(|r| r.seq).max().unwrap_or(0);
+        for (root, baseline) in self.roots_for(batch) {
+            if self.queue().stop.load(Ordering::SeqCst) {
+                return false;
+            }
+            // This pass replaces any retry still waiting for the root.
+            retries.cancel(&root);
+            self.queue().progress.cancel.store(false, Ordering::SeqCst);
+            let result = self.reconcile(&root, baseline);
+            if self.tracked_fsid(&root).is_none() {
+                // Untracked meanwhile: nothing to retry or report.
+                retries.forget(&root);
+                continue;
+            }
+            match result {
+                Ok(()) => {
+                    retries.forget(&root);
+                    self.status(|s| {
+                        if s.retry.as_ref().is_some_and(|(r, _, _)| *r == root) {
+                            s.retry = None;
+                        }
+                    })
+                }
+                Err(e) => self.failed(&root, baseline, top, &e, retries),
+            }
+        }
+        self.queue().completed.fetch_add(1, Ordering::SeqCst);
+        self.status(|s| s.running = None);
+        true
+    }
+
+    fn failed(&self, root: &[u8], baseline: bool, seq: u64, e: &str, retries: &mut Retries) {
+        let (attempts, due) = retries.schedule(Request {
+            seq,
+            scope: Some(root.to_vec()),
+            fsid: None,
+            baseline,
+        });
+        let shown = cj_types::log_path(root);
+        eprintln!(
+            "cj daemon: reconcile {shown} failed (attempt {attempts}, retrying in {} s): {e}",
+            due.saturating_duration_since(Instant::now()).as_secs()
+        );
+        self.status(|s| {
+            s.last_error = Some(format!("{shown}: {e}"));
+            s.retry = Some((root.to_vec(), attempts, due));
+        });
     }
 
     /// The captured roots the requests concern; `true` = baseline only.
@@ -581,47 +618,25 @@ impl Reconciler {
         let mut old = old;
         if let (Some(base), Some(Ok((touched, forced)))) = (old.as_mut(), &touched) {
             match self.method(&root_fd, base, &marks, *forced) {
-                Ok(method) => {
-                    self.enter("finding changed inodes");
-                    let after = base.valid_after_seq;
-                    let result = fast::changed_inodes(root_fd.as_raw_fd(), method, &base.marks)
-                        .map_err(|e| e.to_string())
-                        .and_then(|changed| {
-                            self.status(|s| s.last_changed_inodes = changed.len() as u64);
-                            self.enter("re-reading changed entries");
-                            refresh(
-                                base,
-                                &root_fd,
-                                &self.excluded,
-                                &changed,
-                                &self.queue().progress,
-                            )
-                            .map_err(|e| e.to_string())
-                        });
-                    match result {
-                        Ok(transitions) => {
-                            self.enter("comparing");
-                            let recs = diff_transitions(&transitions, base, touched, fsid);
-                            self.status(|s| s.last_method = method.as_str());
-                            let base = old.take().ok_or("baseline vanished")?;
-                            return self
-                                .finish(root, fsid, base, after, recs, marks, through, started);
-                        }
-                        Err(e) => {
-                            eprintln!(
-                                "cj daemon: reconcile {}: {} failed ({e}); walking instead",
-                                cj_types::log_path(root),
-                                method.as_str()
-                            );
-                            // The baseline was partly brought up to date:
-                            // read it again for the walk's diff.
-                            old = Snapshot::load(&self.snapshots, root).ok().flatten();
-                        }
+                Ok(method) => match self.fast_pass(fsid, base, touched, method, &root_fd) {
+                    Ok(recs) => {
+                        self.status(|s| s.last_method = method.as_str());
+                        let after = base.valid_after_seq;
+                        let base = old.take().ok_or("baseline vanished")?;
+                        return self.finish(root, fsid, base, after, recs, marks, through, started);
                     }
-                }
-                Err(why) => {
-                    self.status(|s| s.last_walk_reason = why.clone());
-                }
+                    Err(e) => {
+                        eprintln!(
+                            "cj daemon: reconcile {}: {} failed ({e}); walking instead",
+                            cj_types::log_path(root),
+                            method.as_str()
+                        );
+                        // The baseline was partly brought up to date: read
+                        // it again for the walk's diff.
+                        old = Snapshot::load(&self.snapshots, root).ok().flatten();
+                    }
+                },
+                Err(why) => self.status(|s| s.last_walk_reason = why.clone()),
             }
         }
         self.status(|s| s.last_method = Method::Walk.as_str());
@@ -660,6 +675,35 @@ impl Reconciler {
                 }
             }
         }
+    }
+
+    /// The XFS or btrfs fast path (design 11.1): brings `base` up to date
+    /// in place from the changed inodes and returns the records of what
+    /// changed.
+    fn fast_pass(
+        &self,
+        fsid: u64,
+        base: &mut Snapshot,
+        touched: &Touched,
+        method: Method,
+        root_fd: &std::os::fd::OwnedFd,
+    ) -> Result<Vec<RecordBody>, String> {
+        use std::os::fd::AsRawFd;
+        self.enter("finding changed inodes");
+        let changed = fast::changed_inodes(root_fd.as_raw_fd(), method, &base.marks)
+            .map_err(|e| e.to_string())?;
+        self.status(|s| s.last_changed_inodes = changed.len() as u64);
+        self.enter("re-reading changed entries");
+        let transitions = refresh(
+            base,
+            root_fd,
+            &self.excluded,
+            &changed,
+            &self.queue().progress,
+        )
+        .map_err(|e| e.to_string())?;
+        self.enter("comparing");
+        Ok(diff_transitions(&transitions, base, touched, fsid))
     }
 
     /// Ends the current phase (recording its duration) and starts `phase`
