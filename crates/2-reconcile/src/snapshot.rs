@@ -17,8 +17,11 @@ const VERSION: u32 = 2;
 const HEADER_LEN: usize = 128;
 /// Entries per checksummed block.
 const BLOCK_ENTRIES_MAX: usize = 4096;
-/// A snapshot path longer than this is damage, not data.
-const PATH_BYTES_MAX: usize = 64 * 1024;
+/// A snapshot path longer than this is damage, not data. Twice the
+/// journal's `cj_types::PATH_BYTES_MAX`: a walk may hold paths that records
+/// cannot (those become unknown-path records), and a baseline must still
+/// load.
+const SNAPSHOT_PATH_BYTES_MAX: usize = 2 * cj_types::PATH_BYTES_MAX;
 
 /// What a walk records per path (shared with journaled events).
 pub use cj_types::Stat;
@@ -169,7 +172,7 @@ impl Snapshot {
         if blocks != count.div_ceil(BLOCK_ENTRIES_MAX) {
             return Err("block count does not match the entry count");
         }
-        if root_len > PATH_BYTES_MAX {
+        if root_len > SNAPSHOT_PATH_BYTES_MAX {
             return Err("root path too long");
         }
         let mut at = HEADER_LEN;
@@ -198,7 +201,7 @@ impl Snapshot {
             let mut p = 0;
             for _ in 0..n {
                 let plen = u32_at(body, p).ok_or("truncated entry")? as usize;
-                if plen > PATH_BYTES_MAX {
+                if plen > SNAPSHOT_PATH_BYTES_MAX {
                     return Err("entry path too long");
                 }
                 if p + 4 + plen + ENTRY_FIXED_LEN > body.len() {

@@ -16,6 +16,7 @@ pub mod format;
 mod highwater;
 mod reader;
 mod shared;
+pub mod storage;
 mod writer;
 
 use std::fs::{self, File, OpenOptions};
@@ -59,184 +60,59 @@ pub struct Recovery {
 }
 
 /// Opens (creating if needed) the journal in `dir`, recovers it and returns
-/// its single writer and a reader.
+/// its single writer and a reader. The steps are design 7's.
 pub fn open(dir: &Path, options: Options) -> Result<(Writer, Reader, Recovery), Error> {
+    open_with(dir, options, Arc::new(storage::Files))
+}
+
+/// [`open`], with the writer's segment files opened through `storage` (the
+/// seam for failure tests).
+pub fn open_with(
+    dir: &Path,
+    options: Options,
+    storage: Arc<dyn storage::Storage>,
+) -> Result<(Writer, Reader, Recovery), Error> {
     fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)
         .create(dir)
         .map_err(error::io(dir, "create directory"))?;
     let lock = lock_dir(dir)?;
-    let mut recovery = Recovery::default();
-    let mut names = list_segments(dir)?;
-    let mut id = read_id_file(dir);
-    if names.is_empty() {
-        // No segment: a new journal. An id file without segments means the
-        // history is gone, so it gets a new identity too: old cursors must
-        // read as foreign, never as valid positions in an empty journal.
-        recovery.created = true;
-        let new_id = JournalId::random().map_err(error::io(dir, "getrandom"))?;
-        write_id_file(dir, new_id)?;
-        writer::create_segment(dir, new_id, 1)?;
-        id = Some(new_id);
-        names.push(1);
-    }
-    let mut segments = Vec::with_capacity(names.len());
-    // Version of the last segment's header (this build's for a new one).
-    let mut last_version = format::FORMAT_VERSION;
-    for (i, &first_seq) in names.iter().enumerate() {
-        let path = segment_path(dir, first_seq);
-        let header = read_header(&path);
-        let is_last = i + 1 == names.len();
-        match header {
-            Ok(h) => {
-                if h.first_seq != first_seq {
-                    return Err(Error::Corrupt {
-                        path,
-                        detail: format!(
-                            "header says first seq {} but name says {first_seq}",
-                            h.first_seq
-                        ),
-                    });
-                }
-                match id {
-                    None => id = Some(JournalId(h.journal_id)),
-                    Some(JournalId(known)) if known != h.journal_id => {
-                        return Err(Error::Corrupt {
-                            path,
-                            detail: "segment belongs to another journal".into(),
-                        })
-                    }
-                    Some(_) => {}
-                }
-                let len = fs::metadata(&path).map_err(error::io(&path, "stat"))?.len();
-                if is_last {
-                    last_version = h.version;
-                }
-                segments.push(SegMeta {
-                    first_seq,
-                    path,
-                    durable_len: len,
-                    created_ns: h.created_ns,
-                });
-            }
-            Err(detail) if is_last => {
-                // A torn segment creation, or a damaged header on the active
-                // segment. Move it aside; the next segment starts past every
-                // sequence number the damaged file could hold (each record is
-                // at least one header long), so no number is ever reused.
-                let len = fs::metadata(&path).map_err(error::io(&path, "stat"))?.len();
-                let aside = path.with_extension(format!("damaged-{}", now_ns()));
-                fs::rename(&path, &aside).map_err(error::io(&path, "rename aside"))?;
-                recovery.quarantined.push(aside);
-                let max_records = len / format::RECORD_HEADER_LEN as u64 + 1;
-                let next = first_seq + max_records;
-                if len > SEGMENT_HEADER_LEN as u64 {
-                    recovery.damaged.push((first_seq, next - 1));
-                }
-                let id = match id {
-                    Some(id) => id,
-                    None if segments.is_empty() && len <= SEGMENT_HEADER_LEN as u64 => {
-                        recovery.created = true;
-                        JournalId::random().map_err(error::io(dir, "getrandom"))?
-                    }
-                    None => {
-                        return Err(Error::Corrupt { path, detail });
-                    }
-                };
-                let created_ns = writer::create_segment(dir, id, next)?;
-                segments.push(SegMeta {
-                    first_seq: next,
-                    path: segment_path(dir, next),
-                    durable_len: SEGMENT_HEADER_LEN as u64,
-                    created_ns,
-                });
-            }
-            Err(_) => {
-                // A middle segment with a bad header: readers report its
-                // whole range as damaged; nothing here to repair.
-                let len = fs::metadata(&path).map_err(error::io(&path, "stat"))?.len();
-                segments.push(SegMeta {
-                    first_seq,
-                    path,
-                    durable_len: len,
-                    created_ns: 0,
-                });
-            }
-        }
-    }
-    let id = match id {
-        Some(id) => id,
-        None => {
-            return Err(Error::Corrupt {
-                path: dir.to_path_buf(),
-                detail: "no segment has a readable header".into(),
-            })
-        }
+    let mut r = Recovering {
+        dir,
+        recovery: Recovery::default(),
+        id: read_id_file(dir),
+        segments: Vec::new(),
+        last_version: format::FORMAT_VERSION,
     };
+    let names = r.segment_names()?;
+    for (i, &first_seq) in names.iter().enumerate() {
+        r.add_segment(first_seq, i + 1 == names.len())?;
+    }
+    let id = r.id.ok_or_else(|| Error::Corrupt {
+        path: dir.to_path_buf(),
+        detail: "no segment has a readable header".into(),
+    })?;
     if read_id_file(dir) != Some(id) {
         write_id_file(dir, id)?;
     }
-    let last = segments.last_mut().expect("at least one segment exists");
-    let tail = recover_tail(last, &mut recovery)?;
-    let mut durable_seq = tail.last_seq.max(last.first_seq - 1);
-    recovery.last_seq = durable_seq;
-    recovery.last_time_ns = tail.last_time_ns;
-    let floor = if recovery.created {
-        0
-    } else {
-        options.seq_floor.max(highwater::read(dir, id).unwrap_or(0))
-    };
-    if floor > durable_seq {
-        // Acknowledged records are gone. Never hand their numbers out again:
-        // the next segment starts above the mark, and readers see the
-        // missing range as damage (the previous segment "should" hold it).
-        let next = floor + 1;
-        let created_ns = writer::create_segment(dir, id, next)?;
-        segments.push(SegMeta {
-            first_seq: next,
-            path: segment_path(dir, next),
-            durable_len: SEGMENT_HEADER_LEN as u64,
-            created_ns,
-        });
-        recovery.lost = Some((durable_seq + 1, floor));
-        durable_seq = floor;
-        last_version = format::FORMAT_VERSION;
-    }
+    let mut durable_seq = r.recover_last()?;
+    durable_seq = r.apply_floor(id, durable_seq, options.seq_floor)?;
     let mut highwater = highwater::HighWater::open(dir, id, 0)?;
     // The mark never goes down, and is at least what was just recovered.
     // Failing to raise it (a full disk) leaves it lower: allowed.
     if let Err(e) = highwater.advance(durable_seq, true) {
         eprintln!("cj: {e} (the mark stays at an older seq)");
     }
-    let last = segments.last_mut().expect("at least one segment exists");
-    if last_version < format::FORMAT_VERSION {
-        // Written by an older cj: records of this version go into a segment
-        // of this version, so an older cj reading the journal refuses a
-        // segment it does not know instead of taking new records for damage.
-        if last.durable_len > SEGMENT_HEADER_LEN as u64 {
-            let created_ns = writer::create_segment(dir, id, durable_seq + 1)?;
-            segments.push(SegMeta {
-                first_seq: durable_seq + 1,
-                path: segment_path(dir, durable_seq + 1),
-                durable_len: SEGMENT_HEADER_LEN as u64,
-                created_ns,
-            });
-        } else {
-            // No record yet: its header is rewritten in place (a torn
-            // rewrite is a damaged last header, which recovery handles).
-            writer::rewrite_header(&last.path, id, last.first_seq, last.created_ns)?;
-        }
-    }
-    let last = segments.last_mut().expect("at least one segment exists");
-    let file = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .custom_flags(libc::O_CLOEXEC)
-        .open(&last.path)
+    r.upgrade_last(id, durable_seq)?;
+    let Recovering {
+        recovery, segments, ..
+    } = r;
+    let last = segments.last().expect("at least one segment exists");
+    let file = storage
+        .open_segment(&last.path)
         .map_err(error::io(&last.path, "open for append"))?;
-    let file_len = last.durable_len;
-    let seg_first_seq = last.first_seq;
+    let (file_len, seg_first_seq) = (last.durable_len, last.first_seq);
     let shared = Arc::new(Shared {
         dir: dir.to_path_buf(),
         id,
@@ -249,6 +125,7 @@ pub fn open(dir: &Path, options: Options) -> Result<(Writer, Reader, Recovery), 
     });
     let writer = Writer::new(
         shared.clone(),
+        storage,
         file,
         lock,
         highwater,
@@ -258,6 +135,169 @@ pub fn open(dir: &Path, options: Options) -> Result<(Writer, Reader, Recovery), 
         options,
     );
     Ok((writer, Reader::new(shared), recovery))
+}
+
+/// The state of [`open`] while it recovers.
+struct Recovering<'d> {
+    dir: &'d Path,
+    recovery: Recovery,
+    id: Option<JournalId>,
+    segments: Vec<SegMeta>,
+    /// Version of the last segment's header (this build's for a new one).
+    last_version: u32,
+}
+
+impl Recovering<'_> {
+    /// The segments' first seqs, in order; a new journal gets its first.
+    fn segment_names(&mut self) -> Result<Vec<u64>, Error> {
+        let mut names = list_segments(self.dir)?;
+        if names.is_empty() {
+            // No segment: a new journal. An id file without segments means
+            // the history is gone, so it gets a new identity too: old
+            // cursors must read as foreign, never as valid positions in an
+            // empty journal.
+            self.recovery.created = true;
+            let new_id = JournalId::random().map_err(error::io(self.dir, "getrandom"))?;
+            write_id_file(self.dir, new_id)?;
+            writer::create_segment(self.dir, new_id, 1)?;
+            self.id = Some(new_id);
+            names.push(1);
+        }
+        Ok(names)
+    }
+
+    /// Checks one segment's header (step 3) and adds it.
+    fn add_segment(&mut self, first_seq: u64, is_last: bool) -> Result<(), Error> {
+        let path = segment_path(self.dir, first_seq);
+        let len = fs::metadata(&path).map_err(error::io(&path, "stat"))?.len();
+        match read_header(&path) {
+            Ok(h) => {
+                if h.first_seq != first_seq {
+                    return Err(Error::Corrupt {
+                        path,
+                        detail: format!(
+                            "header says first seq {} but name says {first_seq}",
+                            h.first_seq
+                        ),
+                    });
+                }
+                match self.id {
+                    None => self.id = Some(JournalId(h.journal_id)),
+                    Some(JournalId(known)) if known != h.journal_id => {
+                        return Err(Error::Corrupt {
+                            path,
+                            detail: "segment belongs to another journal".into(),
+                        })
+                    }
+                    Some(_) => {}
+                }
+                if is_last {
+                    self.last_version = h.version;
+                }
+                self.push(first_seq, len, h.created_ns);
+            }
+            Err(detail) if is_last => self.quarantine_last(path, first_seq, len, detail)?,
+            // A middle segment with a bad header: readers report its whole
+            // range as damaged; nothing here to repair.
+            Err(_) => self.push(first_seq, len, 0),
+        }
+        Ok(())
+    }
+
+    fn push(&mut self, first_seq: u64, durable_len: u64, created_ns: u64) {
+        self.segments.push(SegMeta {
+            first_seq,
+            path: segment_path(self.dir, first_seq),
+            durable_len,
+            created_ns,
+        });
+    }
+
+    /// Starts a new, empty segment at `first_seq`.
+    fn new_segment(&mut self, id: JournalId, first_seq: u64) -> Result<(), Error> {
+        let created_ns = writer::create_segment(self.dir, id, first_seq)?;
+        self.push(first_seq, SEGMENT_HEADER_LEN as u64, created_ns);
+        Ok(())
+    }
+
+    /// Step 6: a torn segment creation, or a damaged header on the active
+    /// segment. Moved aside; the next segment starts past every sequence
+    /// number the damaged file could hold (each record is at least one
+    /// header long), so no number is ever reused.
+    fn quarantine_last(
+        &mut self,
+        path: PathBuf,
+        first_seq: u64,
+        len: u64,
+        detail: String,
+    ) -> Result<(), Error> {
+        let aside = path.with_extension(format!("damaged-{}", now_ns()));
+        fs::rename(&path, &aside).map_err(error::io(&path, "rename aside"))?;
+        self.recovery.quarantined.push(aside);
+        let next = first_seq + len / format::RECORD_HEADER_LEN as u64 + 1;
+        if len > SEGMENT_HEADER_LEN as u64 {
+            self.recovery.damaged.push((first_seq, next - 1));
+        }
+        let id = match self.id {
+            Some(id) => id,
+            None if self.segments.is_empty() && len <= SEGMENT_HEADER_LEN as u64 => {
+                self.recovery.created = true;
+                let id = JournalId::random().map_err(error::io(self.dir, "getrandom"))?;
+                self.id = Some(id);
+                id
+            }
+            None => return Err(Error::Corrupt { path, detail }),
+        };
+        self.new_segment(id, next)
+    }
+
+    /// Steps 4-5: scans the last segment, cuts a torn tail; returns the
+    /// last durable seq.
+    fn recover_last(&mut self) -> Result<u64, Error> {
+        let last = self
+            .segments
+            .last_mut()
+            .expect("at least one segment exists");
+        let tail = recover_tail(last, &mut self.recovery)?;
+        let durable_seq = tail.last_seq.max(last.first_seq - 1);
+        self.recovery.last_seq = durable_seq;
+        self.recovery.last_time_ns = tail.last_time_ns;
+        Ok(durable_seq)
+    }
+
+    /// Step 5a: if acknowledged records are gone, never hand their numbers
+    /// out again: the next segment starts above the floor, and readers see
+    /// the missing range as damage (the previous segment "should" hold it).
+    fn apply_floor(&mut self, id: JournalId, durable_seq: u64, floor: u64) -> Result<u64, Error> {
+        if self.recovery.created {
+            return Ok(durable_seq);
+        }
+        let floor = floor.max(highwater::read(self.dir, id).unwrap_or(0));
+        if floor <= durable_seq {
+            return Ok(durable_seq);
+        }
+        self.new_segment(id, floor + 1)?;
+        self.recovery.lost = Some((durable_seq + 1, floor));
+        self.last_version = format::FORMAT_VERSION;
+        Ok(floor)
+    }
+
+    /// A last segment written by an older cj: records of this version go
+    /// into a segment of this version, so an older cj reading the journal
+    /// refuses a segment it does not know instead of taking new records for
+    /// damage. One without records gets its header rewritten in place (a
+    /// torn rewrite is a damaged last header, which recovery handles).
+    fn upgrade_last(&mut self, id: JournalId, durable_seq: u64) -> Result<(), Error> {
+        if self.last_version >= format::FORMAT_VERSION {
+            return Ok(());
+        }
+        let last = self.segments.last().expect("at least one segment exists");
+        if last.durable_len > SEGMENT_HEADER_LEN as u64 {
+            self.new_segment(id, durable_seq + 1)
+        } else {
+            writer::rewrite_header(&last.path, id, last.first_seq, last.created_ns)
+        }
+    }
 }
 
 const ID_FILE: &str = "journal.id";

@@ -434,3 +434,123 @@ fn an_unacknowledged_tail_is_not_a_loss() {
     assert_eq!(rec.lost, None);
     assert_eq!(rec.last_seq, 10);
 }
+
+/// Failure injection through the storage seam: the next write or sync
+/// fails with the given errno (once).
+#[derive(Default)]
+struct Faults {
+    write: std::sync::Mutex<Option<i32>>,
+    sync: std::sync::Mutex<Option<i32>>,
+}
+
+struct FaultyStorage(Arc<Faults>);
+
+struct FaultyFile {
+    file: Box<dyn storage::SegmentFile>,
+    faults: Arc<Faults>,
+}
+
+impl storage::Storage for FaultyStorage {
+    fn open_segment(&self, path: &Path) -> std::io::Result<Box<dyn storage::SegmentFile>> {
+        Ok(Box::new(FaultyFile {
+            file: storage::Files.open_segment(path)?,
+            faults: self.0.clone(),
+        }))
+    }
+}
+
+fn injected(slot: &std::sync::Mutex<Option<i32>>) -> std::io::Result<()> {
+    match slot.lock().unwrap().take() {
+        Some(errno) => Err(std::io::Error::from_raw_os_error(errno)),
+        None => Ok(()),
+    }
+}
+
+impl storage::SegmentFile for FaultyFile {
+    fn write_all_at(&self, buf: &[u8], offset: u64) -> std::io::Result<()> {
+        injected(&self.faults.write)?;
+        self.file.write_all_at(buf, offset)
+    }
+    fn sync_data(&self) -> std::io::Result<()> {
+        // The write reached the page cache; only the sync "fails".
+        injected(&self.faults.sync)?;
+        self.file.sync_data()
+    }
+    fn set_len(&self, len: u64) -> std::io::Result<()> {
+        self.file.set_len(len)
+    }
+    fn sync_all(&self) -> std::io::Result<()> {
+        self.file.sync_all()
+    }
+}
+
+fn faulty(dir: &Path) -> (Writer, Reader, Arc<Faults>) {
+    let faults = Arc::new(Faults::default());
+    let big = Options {
+        segment_bytes: 1 << 20,
+        ..small()
+    };
+    let (w, r, _) = open_with(dir, big, Arc::new(FaultyStorage(faults.clone()))).unwrap();
+    (w, r, faults)
+}
+
+/// EIO on the append write or on fdatasync: the writer poisons itself
+/// (design 6 step 5), nothing is acknowledged, and a reopen recovers every
+/// acknowledged record.
+#[test]
+fn eio_on_write_or_sync_poisons_and_loses_nothing_acknowledged() {
+    for on_sync in [false, true] {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut w, r, faults) = faulty(dir.path());
+        assert_eq!(write_n(&mut w, 10), 10);
+        let slot = if on_sync { &faults.sync } else { &faults.write };
+        *slot.lock().unwrap() = Some(libc::EIO);
+        w.append(1, &event(11)).unwrap();
+        let err = w.commit().unwrap_err();
+        assert!(err.to_string().contains("Input/output error"), "{err}");
+        assert!(!err.is_no_space());
+        assert_eq!(r.durable_seq(), 10, "nothing acknowledged past the failure");
+        assert!(matches!(w.append(1, &event(12)), Err(Error::Poisoned)));
+        assert!(matches!(w.commit(), Err(Error::Poisoned)));
+        drop((w, r));
+        let (mut w, r, rec) = open(dir.path(), small()).unwrap();
+        assert!(rec.last_seq >= 10, "acknowledged records survive");
+        let next = w.append(1, &event(13)).unwrap();
+        assert_eq!(next, rec.last_seq + 1);
+        w.commit().unwrap();
+        assert_eq!(seqs(&collect(&r, 0, 10)), (1..=10).collect::<Vec<_>>());
+    }
+}
+
+/// ENOSPC on the write or on fdatasync: the segment is cut back to what is
+/// durable (design 6a), the writer takes appends again, and the file holds
+/// exactly the acknowledged records: the failed batch's pages are never
+/// trusted.
+#[test]
+fn enospc_on_write_or_sync_is_cut_back_and_writing_resumes() {
+    for on_sync in [false, true] {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut w, r, faults) = faulty(dir.path());
+        write_n(&mut w, 10);
+        let seg = last_segment(dir.path());
+        let durable_len = fs::metadata(&seg).unwrap().len();
+        let slot = if on_sync { &faults.sync } else { &faults.write };
+        *slot.lock().unwrap() = Some(libc::ENOSPC);
+        w.append(1, &event(11)).unwrap();
+        let err = w.commit().unwrap_err();
+        assert!(err.is_no_space(), "{err}");
+        assert_eq!(r.durable_seq(), 10);
+        w.recover_after_failure().unwrap();
+        assert_eq!(fs::metadata(&seg).unwrap().len(), durable_len, "cut back");
+        assert_eq!(
+            w.append(1, &event(11)).unwrap(),
+            11,
+            "the unacknowledged number is free"
+        );
+        assert_eq!(w.commit().unwrap(), 11);
+        assert_eq!(seqs(&collect(&r, 0, 11)), (1..=11).collect::<Vec<_>>());
+        drop((w, r));
+        let (_w, _r, rec) = open(dir.path(), small()).unwrap();
+        assert_eq!((rec.last_seq, rec.truncated_bytes, rec.lost), (11, 0, None));
+    }
+}

@@ -14,6 +14,7 @@ use cj_types::{JournalId, RecordBody};
 use crate::error::{io, Error};
 use crate::format::{encode_record, SegmentHeader, RECORD_ALIGN, SEGMENT_HEADER_LEN};
 use crate::shared::{fsync_dir, now_ns, segment_path, Options, SegMeta, Shared};
+use crate::storage::{SegmentFile, Storage};
 
 /// Creates a new segment file holding only its header, durably (file and
 /// directory entry), before any record may go into it. Returns its creation time.
@@ -62,16 +63,16 @@ fn write_header(
         created_ns,
         version: crate::format::FORMAT_VERSION,
     };
-    f.write_all_at(&header.encode(), 0)
-        .map_err(io(path, "write segment header"))?;
+    FileExt::write_all_at(f, &header.encode(), 0).map_err(io(path, "write segment header"))?;
     f.sync_all().map_err(io(path, "fsync segment"))
 }
 
 /// The one appender of a journal. Not `Sync`: owned by the writer thread.
 pub struct Writer {
     shared: Arc<Shared>,
-    file: File,
+    file: Box<dyn SegmentFile>,
     _lock: File,
+    storage: std::sync::Arc<dyn Storage>,
     highwater: crate::highwater::HighWater,
     seg_first_seq: u64,
     /// Bytes in the active segment file (all durable after each commit).
@@ -91,7 +92,8 @@ impl Writer {
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn new(
         shared: Arc<Shared>,
-        file: File,
+        storage: std::sync::Arc<dyn Storage>,
+        file: Box<dyn SegmentFile>,
         lock: File,
         highwater: crate::highwater::HighWater,
         seg_first_seq: u64,
@@ -103,6 +105,7 @@ impl Writer {
             shared,
             file,
             _lock: lock,
+            storage,
             highwater,
             seg_first_seq,
             file_len,
@@ -256,11 +259,9 @@ impl Writer {
         let first_seq = self.next_seq;
         let created_ns = create_segment(&self.shared.dir, self.shared.id, first_seq)?;
         let path = segment_path(&self.shared.dir, first_seq);
-        self.file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .custom_flags(libc::O_CLOEXEC | libc::O_NOFOLLOW)
-            .open(&path)
+        self.file = self
+            .storage
+            .open_segment(&path)
             .map_err(io(&path, "open new segment"))?;
         self.seg_first_seq = first_seq;
         self.file_len = SEGMENT_HEADER_LEN as u64;

@@ -251,72 +251,79 @@ fn track(socket: &Path, dir: &Path, add: bool) -> Result<i32> {
 
 fn status(socket: &Path, json: bool) -> Result<i32> {
     let mut client = connect(socket)?;
-    let s = client.status()?;
+    let s = serde_json::Value::Object(client.status()?);
     let mut out = std::io::stdout().lock();
     if json {
-        writeln!(out, "{}", serde_json::Value::Object(s))?;
-        return Ok(EXIT_COMPLETE);
+        writeln!(out, "{s}")?;
+    } else {
+        status_daemon(&mut out, &s)?;
+        status_reconcile(&mut out, &s["reconcile"])?;
+        status_gaps(&mut out, &s["gaps"])?;
+        status_roots(&mut out, &s["roots"])?;
     }
-    let g = |path: &[&str]| -> serde_json::Value {
-        let mut v = serde_json::Value::Object(s.clone());
-        for p in path {
-            v = v.get(*p).cloned().unwrap_or(serde_json::Value::Null);
-        }
-        v
-    };
+    out.flush()?;
+    Ok(EXIT_COMPLETE)
+}
+
+fn status_daemon(out: &mut impl Write, s: &serde_json::Value) -> Result<()> {
     writeln!(
         out,
         "daemon      pid {} up {}s, socket {}",
-        g(&["pid"]),
-        g(&["uptime_s"]),
-        g(&["socket"]).as_str().unwrap_or("")
+        s["pid"],
+        s["uptime_s"],
+        s["socket"].as_str().unwrap_or("")
     )?;
+    let j = &s["journal"];
     writeln!(
         out,
         "journal     {} seq {}..{} ({} segments, {} bytes)",
-        g(&["journal", "id"]).as_str().unwrap_or(""),
-        g(&["journal", "first_seq"]),
-        g(&["journal", "last_seq"]),
-        g(&["journal", "segments"]),
-        g(&["journal", "disk_bytes"])
+        j["id"].as_str().unwrap_or(""),
+        j["first_seq"],
+        j["last_seq"],
+        j["segments"],
+        j["disk_bytes"]
     )?;
-    if let Some(problem) = g(&["journal", "problem"]).as_str() {
+    if let Some(problem) = j["problem"].as_str() {
         writeln!(out, "            STOPPED: {problem}")?;
     }
+    let c = &s["commit"];
     writeln!(
         out,
         "commit lag  p50 {} us, p99 {} us, max {} us over the last commits",
-        g(&["commit", "latency_us_p50"]),
-        g(&["commit", "latency_us_p99"]),
-        g(&["commit", "latency_us_max"])
+        c["latency_us_p50"], c["latency_us_p99"], c["latency_us_max"]
     )?;
+    let c = &s["capture"];
     writeln!(
         out,
         "capture     {} events -> {} records; {} outside roots, {} unresolved, {} overflows",
-        g(&["capture", "events"]),
-        g(&["capture", "records"]),
-        g(&["capture", "dropped_outside_roots"]),
-        g(&["capture", "unresolved_objects"]),
-        g(&["capture", "overflows"])
+        c["events"],
+        c["records"],
+        c["dropped_outside_roots"],
+        c["unresolved_objects"],
+        c["overflows"]
     )?;
+    Ok(())
+}
+
+fn status_reconcile(out: &mut impl Write, r: &serde_json::Value) -> Result<()> {
     writeln!(
         out,
         "reconcile   {}, {} passes, {} reconciled records, last by {} in {} ms{}",
-        if g(&["reconcile", "busy"]).as_bool().unwrap_or(false) {
+        if r["busy"].as_bool().unwrap_or(false) {
             "busy"
         } else {
             "idle"
         },
-        g(&["reconcile", "walks"]),
-        g(&["reconcile", "reconciled_records"]),
-        g(&["reconcile", "last_method"]).as_str().unwrap_or("-"),
-        g(&["reconcile", "last_resolve_ms"]),
-        g(&["reconcile", "last_error"])
+        r["walks"],
+        r["reconciled_records"],
+        r["last_method"].as_str().unwrap_or("-"),
+        r["last_resolve_ms"],
+        r["last_error"]
             .as_str()
             .map(|e| format!(", last error: {e}"))
             .unwrap_or_default()
     )?;
-    let retry = g(&["reconcile", "retry"]);
+    let retry = &r["retry"];
     if let Some(root) = retry["root"].as_str() {
         writeln!(
             out,
@@ -325,23 +332,26 @@ fn status(socket: &Path, json: bool) -> Result<i32> {
             retry["in_ms"].as_u64().unwrap_or(0).div_ceil(1000)
         )?;
     }
-    let gaps = g(&["gaps"]);
+    Ok(())
+}
+
+/// A byte path from a status object (`F` or `F_b64`), escaped for text.
+fn status_path(obj: &serde_json::Value, stem: &str) -> Option<String> {
+    let obj = obj.as_object()?;
+    let p = cj_types::protocol::get_path(obj, stem).ok().flatten()?;
+    Some(escape_path(&p))
+}
+
+fn status_gaps(out: &mut impl Write, gaps: &serde_json::Value) -> Result<()> {
     for (i, gap) in gaps.as_array().into_iter().flatten().enumerate() {
-        let obj = gap.as_object().cloned().unwrap_or_default();
-        let scope = cj_types::protocol::get_path(&obj, "scope")
-            .ok()
-            .flatten()
+        let scope = status_path(gap, "scope")
             .filter(|p| !p.is_empty())
-            .map(|p| escape_path(&p))
             .unwrap_or_else(|| "every root".into());
-        let resolved: Vec<String> = obj
-            .get("resolved_for")
-            .and_then(|v| v.as_array())
+        let resolved: Vec<String> = gap["resolved_for"]
+            .as_array()
             .into_iter()
             .flatten()
-            .filter_map(|v| v.as_object())
-            .filter_map(|o| cj_types::protocol::get_path(o, "path").ok().flatten())
-            .map(|p| escape_path(&p))
+            .filter_map(|o| status_path(o, "path"))
             .collect();
         writeln!(
             out,
@@ -351,8 +361,8 @@ fn status(socket: &Path, json: bool) -> Result<i32> {
             } else {
                 "            "
             },
-            obj.get("seq").cloned().unwrap_or_default(),
-            obj.get("reason").and_then(|v| v.as_str()).unwrap_or("?"),
+            gap["seq"],
+            gap["reason"].as_str().unwrap_or("?"),
             if resolved.is_empty() {
                 "open".to_string()
             } else {
@@ -360,28 +370,24 @@ fn status(socket: &Path, json: bool) -> Result<i32> {
             }
         )?;
     }
-    let roots = g(&["roots"]);
+    Ok(())
+}
+
+fn status_roots(out: &mut impl Write, roots: &serde_json::Value) -> Result<()> {
     let roots = roots.as_array().cloned().unwrap_or_default();
     if roots.is_empty() {
         writeln!(out, "roots       none (add one with `cj track DIR`)")?;
     }
     for r in roots {
-        let obj = r.as_object().cloned().unwrap_or_default();
-        let path = cj_types::protocol::get_path(&obj, "path")
-            .ok()
-            .flatten()
-            .unwrap_or_default();
-        let fs = obj
-            .get("filesystem")
-            .and_then(|f| f.as_str())
-            .unwrap_or("?");
-        let state = match obj.get("problem").and_then(|p| p.as_str()) {
+        let path = status_path(&r, "path").unwrap_or_default();
+        let fs = r["filesystem"].as_str().unwrap_or("?");
+        let state = match r["problem"].as_str() {
             Some(p) => format!("NOT CAPTURED: {p}"),
             None => "captured".into(),
         };
-        writeln!(out, "root        {} ({fs}) {state}", escape_path(&path))?;
+        writeln!(out, "root        {path} ({fs}) {state}")?;
     }
-    Ok(EXIT_COMPLETE)
+    Ok(())
 }
 
 fn cursor(socket: &Path, path: Option<&Path>) -> Result<i32> {

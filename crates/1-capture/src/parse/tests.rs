@@ -63,17 +63,47 @@ fn unaligned_buffers_parse_the_same() {
     assert_eq!(all(&shifted[3..]), all(TMPFS));
 }
 
+/// Offsets where the fixture's events end (from each header's event_len).
+fn boundaries(buf: &[u8]) -> Vec<usize> {
+    let mut out = Vec::new();
+    let mut at = 0;
+    while at + 4 <= buf.len() {
+        let len = u32::from_le_bytes(buf[at..at + 4].try_into().unwrap()) as usize;
+        assert!(len >= METADATA_LEN, "fixture event length");
+        at += len;
+        out.push(at);
+    }
+    assert_eq!(at, buf.len(), "fixture ends on an event boundary");
+    out
+}
+
 #[test]
 fn every_truncation_is_an_error_not_a_panic() {
+    let full = all(TMPFS);
+    let ends = boundaries(TMPFS);
+    assert_eq!(ends.len(), full.len());
     for cut in 0..TMPFS.len() {
         let results: Vec<_> = parse(&TMPFS[..cut]).collect();
-        let complete = results.iter().filter(|r| r.is_ok()).count();
-        assert!(complete <= 13);
-        if cut > 0 && results.iter().all(|r| r.is_ok()) {
-            // Only when the cut falls exactly on an event boundary.
-            let consumed: usize = all(TMPFS).iter().take(complete).count();
-            assert_eq!(consumed, complete);
+        let ok: Vec<_> = results.iter().map_while(|r| r.as_ref().ok()).collect();
+        // What parses is exactly the events wholly inside the cut, in order.
+        let whole = ends.iter().filter(|&&e| e <= cut).count();
+        assert_eq!(ok.len(), whole, "cut at {cut}");
+        for (got, want) in ok.iter().zip(&full) {
+            assert_eq!(*got, want, "cut at {cut}");
         }
+        // A cut inside an event ends in exactly one error; a cut on a
+        // boundary in none.
+        let on_boundary = cut == 0 || ends.contains(&cut);
+        assert_eq!(
+            results.len(),
+            whole + usize::from(!on_boundary),
+            "cut at {cut}"
+        );
+        assert_eq!(
+            results.last().is_some_and(|r| r.is_err()),
+            !on_boundary,
+            "cut at {cut}"
+        );
     }
 }
 
