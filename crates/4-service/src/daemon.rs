@@ -96,6 +96,7 @@ impl Daemon {
             started: Instant::now(),
             roots_lock: Mutex::new(()),
             slots: conn::Slots::default(),
+            admin_uid: 0,
         });
         Ok(Daemon {
             config,

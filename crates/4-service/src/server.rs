@@ -53,6 +53,8 @@ pub struct Context {
     /// Serialises track/untrack so roots.json matches the pipeline.
     pub roots_lock: Mutex<()>,
     pub slots: conn::Slots,
+    /// The uid answered (root; tests that run as another user set theirs).
+    pub admin_uid: u32,
 }
 
 pub(crate) struct Failure {
@@ -121,7 +123,7 @@ pub fn serve(listener: UnixListener, ctx: Arc<Context>, shutdown: &AtomicBool) {
             return;
         }
         let Ok(stream) = stream else { continue };
-        let root = peer_uid(&stream) == Some(0);
+        let root = peer_uid(&stream) == Some(ctx.admin_uid);
         let id = match ctx.slots.admit(&stream, root) {
             Ok(id) => id,
             Err(conn::Refused::Busy) => {
@@ -168,7 +170,7 @@ fn peer_uid(stream: &UnixStream) -> Option<u32> {
 
 fn connection(stream: UnixStream, ctx: &Context, slot: u64) -> std::io::Result<()> {
     let mut out = BufWriter::new(conn::DeadlineWriter::new(stream.try_clone()?));
-    if peer_uid(&stream) != Some(0) {
+    if peer_uid(&stream) != Some(ctx.admin_uid) {
         writeln!(
             out,
             "{}",
@@ -649,3 +651,6 @@ fn reconcile_status(ctx: &Context) -> Value {
     }
     Value::Object(m)
 }
+
+#[cfg(test)]
+mod tests;
