@@ -6,6 +6,7 @@
 //! `cj-journal` (see `docs/design.md`); the types here are what flows between
 //! the stages: capture -> normalisation -> journal -> service -> client.
 
+pub mod bytes;
 mod cursor;
 pub mod fsutil;
 pub mod path;

@@ -32,6 +32,61 @@ pub fn now_ns() -> u64 {
         .unwrap_or(0)
 }
 
+/// The filesystems cj names, by `statfs` magic: the one table of cj.
+pub mod fs_magic {
+    pub const EXT4: u64 = 0xef53;
+    pub const XFS: u64 = 0x5846_5342;
+    pub const BTRFS: u64 = 0x9123_683e;
+    pub const TMPFS: u64 = 0x0102_1994;
+    pub const OVERLAYFS: u64 = 0x794c_7630;
+    pub const FUSE: u64 = 0x6573_5546;
+    pub const NFS: u64 = 0x6969;
+
+    /// A name for people (`cj status`, errors).
+    pub fn name(magic: u64) -> String {
+        match magic {
+            EXT4 => "ext4".into(),
+            XFS => "xfs".into(),
+            BTRFS => "btrfs".into(),
+            TMPFS => "tmpfs".into(),
+            OVERLAYFS => "overlayfs".into(),
+            FUSE => "FUSE".into(),
+            NFS => "NFS".into(),
+            other => format!("type {other:#x}"),
+        }
+    }
+}
+
+/// `statx(dir, name, flags, mask)`: the one statx wrapper of cj. Callers
+/// pass `AT_SYMLINK_NOFOLLOW` (or `AT_EMPTY_PATH` with an empty name): no
+/// caller of cj follows a symlink here.
+pub fn statx(
+    dir: RawFd,
+    name: &std::ffi::CStr,
+    flags: libc::c_int,
+    mask: libc::c_uint,
+) -> io::Result<libc::statx> {
+    // SAFETY: statx is plain old data; the call fills it.
+    let mut st: libc::statx = unsafe { std::mem::zeroed() };
+    // SAFETY: a valid descriptor (or AT_FDCWD), C string and output buffer.
+    if unsafe { libc::statx(dir, name.as_ptr(), flags, mask, &mut st) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(st)
+}
+
+/// The `statfs` magic of the filesystem holding `fd`.
+pub fn fs_magic_of(fd: RawFd) -> io::Result<u64> {
+    // SAFETY: statfs is plain old data; fstatfs fills it.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: a valid descriptor and output pointer.
+    if unsafe { libc::fstatfs(fd, &mut st) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    #[allow(clippy::unnecessary_cast)]
+    Ok(st.f_type as u64)
+}
+
 fn one_openat2(dir: RawFd, path: &[u8], flags: libc::c_int, resolve: u64) -> io::Result<OwnedFd> {
     let c = CString::new(path).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
     // SAFETY: open_how is plain old data.

@@ -213,24 +213,16 @@ fn parse_dir_entry(body: &[u8]) -> Result<DirEntry<'_>, &'static str> {
     Ok(DirEntry { dir, name })
 }
 
+// Kernel structures, native byte order; every length is checked before a
+// read, and a field past the end reads as 0 (cj_types::bytes).
 fn u16_at(b: &[u8], at: usize) -> u16 {
-    b.get(at..at + 2)
-        .map(|s| u16::from_ne_bytes([s[0], s[1]]))
-        .unwrap_or(0)
+    cj_types::bytes::ne_u16(b, at).unwrap_or(0)
 }
 fn u32_at(b: &[u8], at: usize) -> u32 {
-    b.get(at..at + 4)
-        .map(|s| u32::from_ne_bytes([s[0], s[1], s[2], s[3]]))
-        .unwrap_or(0)
+    cj_types::bytes::ne_u32(b, at).unwrap_or(0)
 }
 fn u64_at(b: &[u8], at: usize) -> u64 {
-    b.get(at..at + 8)
-        .map(|s| {
-            let mut a = [0u8; 8];
-            a.copy_from_slice(s);
-            u64::from_ne_bytes(a)
-        })
-        .unwrap_or(0)
+    cj_types::bytes::ne_u64(b, at).unwrap_or(0)
 }
 
 #[cfg(test)]

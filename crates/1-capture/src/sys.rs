@@ -302,17 +302,7 @@ pub fn fsid_of(fd: RawFd) -> io::Result<u64> {
 }
 
 fn fs_type_name(fd: RawFd) -> String {
-    let Ok(st) = statfs_fd(fd) else {
-        return "unknown".into();
-    };
-    match st.f_type as u64 {
-        0x6573_5546 => "FUSE".into(),
-        0x794c_7630 => "overlayfs".into(),
-        0x9123_683e => "btrfs".into(),
-        0xef53 => "ext4".into(),
-        0x5846_5342 => "xfs".into(),
-        0x0102_1994 => "tmpfs".into(),
-        0x6969 => "NFS".into(),
-        other => format!("type {other:#x}"),
-    }
+    cj_types::sys::fs_magic_of(fd)
+        .map(cj_types::sys::fs_magic::name)
+        .unwrap_or_else(|_| "unknown".into())
 }

@@ -77,36 +77,27 @@ pub fn stat_fd(fd: RawFd) -> io::Result<Option<Stat>> {
 }
 
 fn stat_at_c(dir: RawFd, name: &std::ffi::CStr, flags: libc::c_int) -> io::Result<Option<Stat>> {
-    // SAFETY: statx is plain old data.
-    let mut st: libc::statx = unsafe { std::mem::zeroed() };
-    // SAFETY: valid C string and output buffer.
-    let rc = unsafe {
-        libc::statx(
-            dir,
-            name.as_ptr(),
-            flags,
-            // Asking for ctime also makes the kernel give the next change
-            // of this inode a distinct (fine-grained) ctime, so the stat
-            // journaled here tells any later change apart.
-            libc::STATX_TYPE
-                | libc::STATX_MODE
-                | libc::STATX_NLINK
-                | libc::STATX_UID
-                | libc::STATX_GID
-                | libc::STATX_INO
-                | libc::STATX_SIZE
-                | libc::STATX_MTIME
-                | libc::STATX_CTIME,
-            &mut st,
-        )
+    // Asking for ctime also makes the kernel give the next change of this
+    // inode a distinct (fine-grained) ctime, so the stat journaled here
+    // tells any later change apart.
+    let mask = libc::STATX_TYPE
+        | libc::STATX_MODE
+        | libc::STATX_NLINK
+        | libc::STATX_UID
+        | libc::STATX_GID
+        | libc::STATX_INO
+        | libc::STATX_SIZE
+        | libc::STATX_MTIME
+        | libc::STATX_CTIME;
+    let st = match cj_types::sys::statx(dir, name, flags, mask) {
+        Ok(st) => st,
+        Err(e) => {
+            return match e.raw_os_error() {
+                Some(libc::ENOENT) | Some(libc::ENOTDIR) | Some(libc::ESTALE) => Ok(None),
+                _ => Err(e),
+            }
+        }
     };
-    if rc < 0 {
-        let e = io::Error::last_os_error();
-        return match e.raw_os_error() {
-            Some(libc::ENOENT) | Some(libc::ENOTDIR) | Some(libc::ESTALE) => Ok(None),
-            _ => Err(e),
-        };
-    }
     Ok(Some(Stat {
         kind: ObjectKind::from_mode(st.stx_mode as u32),
         nlink: st.stx_nlink,

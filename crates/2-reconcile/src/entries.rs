@@ -16,15 +16,13 @@ use cj_types::Stat;
 /// Fixed-size part of an encoded entry after its path.
 pub(crate) const ENTRY_FIXED_LEN: usize = 48;
 
+// Offsets were checked by `Snapshot::decode` (or written here); a field past
+// the end reads as 0 instead of panicking (cj_types::bytes).
 fn u32_at(b: &[u8], at: usize) -> u32 {
-    let mut x = [0u8; 4];
-    x.copy_from_slice(&b[at..at + 4]);
-    u32::from_le_bytes(x)
+    cj_types::bytes::le_u32(b, at).unwrap_or(0)
 }
 fn u64_at(b: &[u8], at: usize) -> u64 {
-    let mut x = [0u8; 8];
-    x.copy_from_slice(&b[at..at + 8]);
-    u64::from_le_bytes(x)
+    cj_types::bytes::le_u64(b, at).unwrap_or(0)
 }
 
 /// Encodes one entry: `path length u32`, path, then the 48 fixed bytes.

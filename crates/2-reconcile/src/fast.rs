@@ -23,9 +23,6 @@ pub const CTIME_MARGIN_NS: u64 = 2_000_000_000;
 /// is as good when this much changed).
 pub const CHANGED_INODES_MAX: usize = 2_000_000;
 
-const XFS_SUPER_MAGIC: i64 = 0x5846_5342;
-const BTRFS_SUPER_MAGIC: i64 = 0x9123_683e;
-
 const XFS_IOC_BULKSTAT: libc::c_ulong = 0x8040_587f;
 const XFS_BULK_IREQ_LEN: usize = 64;
 const XFS_BULKSTAT_LEN: usize = 192;
@@ -114,22 +111,12 @@ pub fn boot_id() -> [u8; 16] {
     out
 }
 
-fn statfs_type(fd: RawFd) -> Option<i64> {
-    // SAFETY: statfs is plain old data; fstatfs fills it.
-    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
-    // SAFETY: valid descriptor and output pointer.
-    if unsafe { libc::fstatfs(fd, &mut st) } != 0 {
-        return None;
-    }
-    #[allow(clippy::unnecessary_cast)]
-    Some(st.f_type as i64)
-}
-
 /// The fast method the filesystem of `fd` offers, if any.
 pub fn probe(fd: RawFd) -> Method {
-    match statfs_type(fd) {
-        Some(XFS_SUPER_MAGIC) => Method::Xfs,
-        Some(BTRFS_SUPER_MAGIC) => Method::Btrfs,
+    use cj_types::sys::fs_magic;
+    match cj_types::sys::fs_magic_of(fd) {
+        Ok(fs_magic::XFS) => Method::Xfs,
+        Ok(fs_magic::BTRFS) => Method::Btrfs,
         _ => Method::Walk,
     }
 }
@@ -154,12 +141,8 @@ fn bytes_mut(buf: &mut [u64]) -> &mut [u8] {
     unsafe { std::slice::from_raw_parts_mut(buf.as_mut_ptr().cast::<u8>(), buf.len() * 8) }
 }
 
-fn u64_at(b: &[u8], at: usize) -> Option<u64> {
-    Some(u64::from_le_bytes(b.get(at..at + 8)?.try_into().ok()?))
-}
-fn u32_at(b: &[u8], at: usize) -> Option<u32> {
-    Some(u32::from_le_bytes(b.get(at..at + 4)?.try_into().ok()?))
-}
+use cj_types::bytes::le_u32 as u32_at;
+use cj_types::bytes::le_u64 as u64_at;
 
 fn btrfs_fs_info(fd: RawFd) -> std::io::Result<([u8; 16], Option<u64>)> {
     let mut args = vec![0u64; 1024 / 8];

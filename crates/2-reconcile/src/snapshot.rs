@@ -88,12 +88,8 @@ fn fnv64(b: &[u8]) -> u64 {
     h
 }
 
-fn u32_at(b: &[u8], at: usize) -> Option<u32> {
-    Some(u32::from_le_bytes(b.get(at..at + 4)?.try_into().ok()?))
-}
-fn u64_at(b: &[u8], at: usize) -> Option<u64> {
-    Some(u64::from_le_bytes(b.get(at..at + 8)?.try_into().ok()?))
-}
+use cj_types::bytes::le_u32 as u32_at;
+use cj_types::bytes::le_u64 as u64_at;
 
 impl Snapshot {
     pub fn new(root: Vec<u8>) -> Snapshot {

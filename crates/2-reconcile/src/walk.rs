@@ -65,22 +65,8 @@ pub(crate) fn statx_at(
     name: &CString,
     flags: libc::c_int,
 ) -> std::io::Result<(Stat, u64)> {
-    // SAFETY: statx is plain old data; the call fills it.
-    let mut st: libc::statx = unsafe { std::mem::zeroed() };
     let mask = libc::STATX_BASIC_STATS | libc::STATX_MNT_ID;
-    // SAFETY: valid descriptor, C string and output buffer.
-    let rc = unsafe {
-        libc::statx(
-            dir,
-            name.as_ptr(),
-            flags | libc::AT_STATX_SYNC_AS_STAT,
-            mask,
-            &mut st,
-        )
-    };
-    if rc != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
+    let st = cj_types::sys::statx(dir, name, flags | libc::AT_STATX_SYNC_AS_STAT, mask)?;
     Ok((Stat::from_statx(&st), st.stx_mnt_id))
 }
 

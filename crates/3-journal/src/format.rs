@@ -496,29 +496,19 @@ fn decode_root(p: &[u8]) -> Result<RootRecord, DecodeError> {
     })
 }
 
-// Unaligned little-endian reads. Callers check lengths first; the `get`
-// fallbacks keep a logic slip from turning into a panic on bad input.
+// Callers check lengths first: a field past the end reads as 0 here, so a
+// logic slip cannot turn bad input into a panic (cj_types::bytes).
 pub(crate) fn u16_at(b: &[u8], at: usize) -> u16 {
-    b.get(at..at + 2)
-        .map(|s| u16::from_le_bytes([s[0], s[1]]))
-        .unwrap_or(0)
+    cj_types::bytes::le_u16(b, at).unwrap_or(0)
 }
 pub(crate) fn u32_at(b: &[u8], at: usize) -> u32 {
-    b.get(at..at + 4)
-        .map(|s| u32::from_le_bytes([s[0], s[1], s[2], s[3]]))
-        .unwrap_or(0)
+    cj_types::bytes::le_u32(b, at).unwrap_or(0)
 }
 pub(crate) fn i32_at(b: &[u8], at: usize) -> i32 {
-    u32_at(b, at) as i32
+    cj_types::bytes::le_i32(b, at).unwrap_or(0)
 }
 pub(crate) fn u64_at(b: &[u8], at: usize) -> u64 {
-    b.get(at..at + 8)
-        .map(|s| {
-            let mut a = [0u8; 8];
-            a.copy_from_slice(s);
-            u64::from_le_bytes(a)
-        })
-        .unwrap_or(0)
+    cj_types::bytes::le_u64(b, at).unwrap_or(0)
 }
 
 #[cfg(test)]

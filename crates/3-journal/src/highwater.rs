@@ -47,11 +47,11 @@ pub(crate) fn decode(b: &[u8], id: JournalId) -> Option<u64> {
     if b.len() != HIGHWATER_BYTES || b[0..16] != id.0 {
         return None;
     }
-    let u32_at = |at: usize| u32::from_le_bytes(b[at..at + 4].try_into().unwrap_or([0; 4]));
+    let u32_at = |at: usize| cj_types::bytes::le_u32(b, at).unwrap_or(0);
     if u32_at(24) != HIGHWATER_VERSION || u32_at(28) != crc32c::crc32c(&b[0..28]) {
         return None;
     }
-    Some(u64::from_le_bytes(b[16..24].try_into().unwrap_or([0; 8])))
+    cj_types::bytes::le_u64(b, 16)
 }
 
 pub(crate) fn read(dir: &Path, id: JournalId) -> Option<u64> {

@@ -280,18 +280,9 @@ fn dev_of(path: &[u8]) -> Option<u64> {
 }
 
 fn fs_type_of(fd: &OwnedFd) -> String {
-    // SAFETY: fstatfs into a zeroed buffer.
-    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
-    if unsafe { libc::fstatfs(fd.as_raw_fd(), &mut st) } != 0 {
-        return "unknown".into();
-    }
-    match st.f_type as u64 {
-        0xef53 => "ext4".into(),
-        0x5846_5342 => "xfs".into(),
-        0x9123_683e => "btrfs".into(),
-        0x0102_1994 => "tmpfs".into(),
-        other => format!("{other:#x}"),
-    }
+    cj_types::sys::fs_magic_of(fd.as_raw_fd())
+        .map(cj_types::sys::fs_magic::name)
+        .unwrap_or_else(|_| "unknown".into())
 }
 
 impl Capture {

@@ -12,7 +12,8 @@
 use std::collections::BTreeMap;
 
 use cj_journal::{Item, Reader};
-use cj_normalize::{is_at_or_below, sys as nsys};
+use cj_normalize::sys as nsys;
+use cj_types::path::is_at_or_below;
 use cj_types::{Changes, Cursor, ObjectKind, RecordBody, EVENT_FLAG_PATH_UNKNOWN};
 
 use crate::shared::RootState;

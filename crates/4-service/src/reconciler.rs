@@ -20,12 +20,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use cj_journal::Item;
-use cj_normalize::is_at_or_below;
 use cj_reconcile::fast::{self, FsMarks, Method};
 use cj_reconcile::fold::{Fold, Step, TOUCHED_PATHS_MAX};
 use cj_reconcile::{
     changed_by_paths, diff, diff_transitions, open_root, refresh, walk, Snapshot, Touched,
 };
+use cj_types::path::is_at_or_below;
 use cj_types::{RecordBody, ResolvedRecord};
 use std::collections::{HashMap, HashSet};
 

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use cj_capture::Waker;
 use cj_journal::Reader;
-use cj_normalize::is_at_or_below;
+use cj_types::path::is_at_or_below;
 use cj_types::protocol::{
     decode_request, put_path, Op, Request, PROTOCOL_VERSION, REQUEST_BYTES_MAX,
 };

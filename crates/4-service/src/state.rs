@@ -122,7 +122,7 @@ pub fn take_clean_stop(state_dir: &Path) -> Result<Option<CleanStop>, Error> {
 }
 
 fn parse_clean_stop(b: &[u8]) -> Option<CleanStop> {
-    let u32_at = |at: usize| u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]]);
+    let u32_at = |at: usize| cj_types::bytes::le_u32(b, at).unwrap_or(0);
     let body = match b.len() {
         12 | 16 => &b[..b.len() - 4],
         _ => return None,
