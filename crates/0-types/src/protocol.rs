@@ -6,7 +6,7 @@
 
 use serde_json::{Map, Value};
 
-use crate::PathText;
+use crate::{Changes, GapReason, PathText};
 
 /// Protocol revision, sent in `status` and checked by clients.
 pub const PROTOCOL_VERSION: u32 = 1;
@@ -18,6 +18,155 @@ pub const EXIT_COMPLETE: i32 = 0;
 pub const EXIT_ERROR: i32 = 1;
 pub const EXIT_USAGE: i32 = 2;
 pub const EXIT_INCOMPLETE: i32 = 3;
+
+/// One kind of change an answer names for a path (`changes` in an entry).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[non_exhaustive]
+pub enum ChangeKind {
+    Created,
+    Deleted,
+    Modified,
+    Attrib,
+    RenamedFrom,
+    RenamedTo,
+    CloseWrite,
+    Replaced,
+    Reconciled,
+}
+
+impl ChangeKind {
+    const ALL: [(ChangeKind, Changes); 9] = [
+        (ChangeKind::Created, Changes::CREATED),
+        (ChangeKind::Deleted, Changes::DELETED),
+        (ChangeKind::Modified, Changes::MODIFIED),
+        (ChangeKind::Attrib, Changes::ATTRIB),
+        (ChangeKind::RenamedFrom, Changes::RENAMED_FROM),
+        (ChangeKind::RenamedTo, Changes::RENAMED_TO),
+        (ChangeKind::CloseWrite, Changes::CLOSE_WRITE),
+        (ChangeKind::Replaced, Changes::REPLACED),
+        (ChangeKind::Reconciled, Changes::RECONCILED),
+    ];
+
+    /// The kinds a change-bit set holds, in the order answers list them.
+    pub fn of(changes: Changes) -> impl Iterator<Item = ChangeKind> {
+        ChangeKind::ALL
+            .into_iter()
+            .filter(move |(_, bit)| changes.contains(*bit))
+            .map(|(k, _)| k)
+    }
+
+    pub fn bit(self) -> Changes {
+        ChangeKind::ALL
+            .iter()
+            .find(|(k, _)| *k == self)
+            .map_or(Changes::default(), |(_, b)| *b)
+    }
+
+    /// The wire name (`docs/protocol.md`).
+    pub fn as_str(self) -> &'static str {
+        Changes::NAMES
+            .iter()
+            .find(|(bit, _)| *bit == self.bit())
+            .map_or("?", |(_, name)| name)
+    }
+
+    pub fn parse(name: &str) -> Option<ChangeKind> {
+        ChangeKind::ALL
+            .into_iter()
+            .map(|(k, _)| k)
+            .find(|k| k.as_str() == name)
+    }
+}
+
+/// Why an answer asks for a rescan of a scope. On the wire a scope's
+/// reasons are one string, joined with commas (`docs/protocol.md`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum RescanReason {
+    /// A gap in history of this reason (`daemon_down`, `queue_overflow`, ...).
+    Gap(GapReason),
+    /// A change to an object whose path could not be named.
+    UnresolvedObject,
+    TrackingStarted,
+    Untracked,
+    TooManyChanges,
+    /// The root is not captured right now, and why.
+    RootUnavailable(String),
+    ForeignCursor,
+    UnknownCursor,
+    CursorExpired,
+    MalformedCursor,
+    /// The state filesystem is full: changes since are not journaled yet.
+    StateDiskFull,
+    /// A reason this version does not know (a newer daemon).
+    Other(String),
+}
+
+impl RescanReason {
+    pub fn as_str(&self) -> std::borrow::Cow<'static, str> {
+        use std::borrow::Cow;
+        Cow::Borrowed(match self {
+            RescanReason::Gap(g) => g.as_str(),
+            RescanReason::UnresolvedObject => "unresolved_object",
+            RescanReason::TrackingStarted => "tracking_started",
+            RescanReason::Untracked => "untracked",
+            RescanReason::TooManyChanges => "too_many_changes",
+            RescanReason::RootUnavailable(why) => {
+                return Cow::Owned(format!("root_unavailable: {why}"))
+            }
+            RescanReason::ForeignCursor => "foreign_cursor",
+            RescanReason::UnknownCursor => "unknown_cursor",
+            RescanReason::CursorExpired => "cursor_expired",
+            RescanReason::MalformedCursor => "malformed_cursor",
+            RescanReason::StateDiskFull => "state_disk_full",
+            RescanReason::Other(s) => return Cow::Owned(s.clone()),
+        })
+    }
+
+    pub fn parse(text: &str) -> RescanReason {
+        if let Some(why) = text.strip_prefix("root_unavailable: ") {
+            return RescanReason::RootUnavailable(why.to_string());
+        }
+        match text {
+            "unresolved_object" => RescanReason::UnresolvedObject,
+            "tracking_started" => RescanReason::TrackingStarted,
+            "untracked" => RescanReason::Untracked,
+            "too_many_changes" => RescanReason::TooManyChanges,
+            "foreign_cursor" => RescanReason::ForeignCursor,
+            "unknown_cursor" => RescanReason::UnknownCursor,
+            "cursor_expired" => RescanReason::CursorExpired,
+            "malformed_cursor" => RescanReason::MalformedCursor,
+            "state_disk_full" => RescanReason::StateDiskFull,
+            other => (1..=u8::MAX)
+                .filter_map(GapReason::from_u8)
+                .find(|g| g.as_str() == other)
+                .map_or_else(|| RescanReason::Other(other.to_string()), RescanReason::Gap),
+        }
+    }
+
+    /// The reasons of one wire `reason` string.
+    pub fn parse_list(text: &str) -> Vec<RescanReason> {
+        text.split(',')
+            .filter(|s| !s.is_empty())
+            .map(RescanReason::parse)
+            .collect()
+    }
+
+    /// The wire `reason` string of a scope's reasons.
+    pub fn join(reasons: &[RescanReason]) -> String {
+        reasons
+            .iter()
+            .map(|r| r.as_str())
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+}
+
+impl std::fmt::Display for RescanReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.as_str())
+    }
+}
 
 /// What a client asks.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -144,6 +293,38 @@ fn wrong_type(field: &str, want: &str, got: &Value) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn change_kinds_and_rescan_reasons_round_trip_their_wire_names() {
+        for (bit, name) in Changes::NAMES {
+            let k = ChangeKind::parse(name).unwrap();
+            assert_eq!((k.as_str(), k.bit()), (name, bit));
+        }
+        let all = Changes::NAMES
+            .iter()
+            .fold(Changes::default(), |a, (b, _)| a | *b);
+        assert_eq!(ChangeKind::of(all).count(), 9);
+        for text in [
+            "daemon_down",
+            "queue_overflow",
+            "journal_damaged",
+            "state_disk_full",
+            "unresolved_object",
+            "tracking_started",
+            "cursor_expired",
+            "root_unavailable: unmounted",
+            "something_new",
+        ] {
+            assert_eq!(RescanReason::parse(text).as_str(), text);
+        }
+        assert_eq!(
+            RescanReason::parse("clock_step"),
+            RescanReason::Gap(GapReason::ClockStep)
+        );
+        let list = RescanReason::parse_list("journal_damaged,unclean_stop");
+        assert_eq!(list.len(), 2);
+        assert_eq!(RescanReason::join(&list), "journal_damaged,unclean_stop");
+    }
 
     #[test]
     fn fields_of_the_wrong_type_are_named() {

@@ -61,6 +61,19 @@ impl ObjectKind {
         }
     }
 
+    /// From the wire name; `Unknown` for anything else.
+    pub fn parse(name: &str) -> ObjectKind {
+        [
+            ObjectKind::File,
+            ObjectKind::Dir,
+            ObjectKind::Symlink,
+            ObjectKind::Other,
+        ]
+        .into_iter()
+        .find(|k| k.as_str() == name)
+        .unwrap_or(ObjectKind::Unknown)
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             ObjectKind::Unknown => "unknown",

@@ -14,7 +14,8 @@ use std::collections::BTreeMap;
 use cj_journal::{Item, Reader};
 use cj_normalize::sys as nsys;
 use cj_types::path::is_at_or_below;
-use cj_types::{Changes, Cursor, ObjectKind, RecordBody, EVENT_FLAG_PATH_UNKNOWN};
+use cj_types::protocol::RescanReason;
+use cj_types::{Changes, Cursor, GapReason, ObjectKind, RecordBody, EVENT_FLAG_PATH_UNKNOWN};
 
 use crate::shared::RootState;
 
@@ -36,7 +37,7 @@ const SCAN_BATCH_MAX: usize = 65_536;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Rescan {
     pub path: Vec<u8>,
-    pub reason: String,
+    pub reasons: Vec<RescanReason>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -90,7 +91,7 @@ struct Builder<'a> {
     rescans: Vec<Rescan>,
     overflowed: bool,
     /// (seq, scope, reason) of gaps and unknown-path records.
-    pending: Vec<(u64, Vec<u8>, String)>,
+    pending: Vec<(u64, Vec<u8>, RescanReason)>,
     /// (after_seq, through_seq, scope) of resolution records.
     resolutions: Vec<(u64, u64, Vec<u8>)>,
 }
@@ -104,7 +105,7 @@ impl Builder<'_> {
             && self.roots.iter().any(|r| is_at_or_below(path, &r.path))
     }
 
-    fn rescan(&mut self, path: &[u8], reason: &str) {
+    fn rescan(&mut self, path: &[u8], reason: RescanReason) {
         let clipped = match self.scope {
             Some(s) => intersect(path, s),
             None => Some(path.to_vec()),
@@ -112,7 +113,7 @@ impl Builder<'_> {
         if let Some(path) = clipped {
             self.rescans.push(Rescan {
                 path,
-                reason: reason.to_owned(),
+                reasons: vec![reason],
             });
         }
     }
@@ -133,13 +134,19 @@ impl Builder<'_> {
     }
 
     /// A hole that reconciliation may close later in the range.
-    fn resolvable(&mut self, seq: u64, scope: Option<&[u8]>, fsid: Option<u64>, reason: &str) {
+    fn resolvable(
+        &mut self,
+        seq: u64,
+        scope: Option<&[u8]>,
+        fsid: Option<u64>,
+        reason: RescanReason,
+    ) {
         let targets = match scope {
             Some(s) => vec![s.to_vec()],
             None => self.targets(fsid),
         };
         for t in targets {
-            self.pending.push((seq, t, reason.to_owned()));
+            self.pending.push((seq, t, reason.clone()));
         }
     }
 
@@ -153,16 +160,16 @@ impl Builder<'_> {
             });
             if !closed {
                 open = open.max(Some(seq));
-                self.rescan(&path, &reason);
+                self.rescan(&path, reason);
             }
         }
         open
     }
 
     /// Every tracked root in scope (or those on `fsid`, when given and known).
-    fn rescan_roots(&mut self, fsid: Option<u64>, reason: &str) {
+    fn rescan_roots(&mut self, fsid: Option<u64>, reason: RescanReason) {
         for t in self.targets(fsid) {
-            self.rescan(&t, reason);
+            self.rescan(&t, reason.clone());
         }
         if self.roots.is_empty() {
             if let Some(s) = self.scope {
@@ -213,7 +220,7 @@ impl Builder<'_> {
             Item::Record(r) => match r.body {
                 RecordBody::Event(e) => {
                     if e.flags & EVENT_FLAG_PATH_UNKNOWN != 0 {
-                        self.resolvable(r.seq, None, Some(e.fsid), "unresolved_object");
+                        self.resolvable(r.seq, None, Some(e.fsid), RescanReason::UnresolvedObject);
                         return;
                     }
                     if e.changes.intersects(ENTRY_CHANGES) {
@@ -274,18 +281,20 @@ impl Builder<'_> {
                 }
                 RecordBody::Gap(g) => {
                     let scope = (!g.scope.is_empty()).then_some(g.scope.as_slice());
-                    self.resolvable(r.seq, scope, None, g.reason.as_str());
+                    self.resolvable(r.seq, scope, None, RescanReason::Gap(g.reason));
                 }
                 RecordBody::Resolved(res) => {
                     self.resolutions
                         .push((res.after_seq, res.through_seq, res.scope))
                 }
-                RecordBody::Track(t) => self.rescan(&t.path, "tracking_started"),
-                RecordBody::Untrack(t) => self.rescan(&t.path, "untracked"),
+                RecordBody::Track(t) => self.rescan(&t.path, RescanReason::TrackingStarted),
+                RecordBody::Untrack(t) => self.rescan(&t.path, RescanReason::Untracked),
                 // Only reconciliation reads drain marks.
                 RecordBody::Mark(_) => {}
             },
-            Item::Damaged { .. } => self.rescan_roots(None, "journal_damaged"),
+            Item::Damaged { .. } => {
+                self.rescan_roots(None, RescanReason::Gap(GapReason::JournalDamaged))
+            }
         }
     }
 }
@@ -341,9 +350,10 @@ pub fn dedupe(mut rescans: Vec<Rescan>) -> Vec<Rescan> {
     for r in rescans {
         if let Some(last) = out.last_mut() {
             if last.path == r.path {
-                if !last.reason.split(',').any(|x| x == r.reason) {
-                    last.reason.push(',');
-                    last.reason.push_str(&r.reason);
+                for reason in r.reasons {
+                    if !last.reasons.contains(&reason) {
+                        last.reasons.push(reason);
+                    }
                 }
                 continue;
             }
@@ -362,7 +372,7 @@ pub fn dedupe(mut rescans: Vec<Rescan>) -> Vec<Rescan> {
 pub fn answer(
     reader: &Reader,
     roots: &[RootState],
-    since: Result<Cursor, String>,
+    since: Result<Cursor, RescanReason>,
     scope: Option<&[u8]>,
     end: u64,
 ) -> Result<Answer, cj_journal::Error> {
@@ -388,18 +398,17 @@ pub fn answer(
         flush(&mut items, &mut b);
         // A segment deleted by retention while we scanned.
         if c.seq + 1 < reader.first_seq() {
-            b.rescan_roots(None, "cursor_expired");
+            b.rescan_roots(None, RescanReason::CursorExpired);
         }
     }
     let open_seq = b.settle();
     if b.overflowed {
-        b.rescan_roots(None, "too_many_changes");
+        b.rescan_roots(None, RescanReason::TooManyChanges);
     }
     for r in roots {
         if let Some(why) = &r.unavailable {
-            let reason = format!("root_unavailable: {why}");
             let path = r.path.clone();
-            b.rescan(&path, &reason);
+            b.rescan(&path, RescanReason::RootUnavailable(why.clone()));
         }
     }
     let rescans = dedupe(std::mem::take(&mut b.rescans));
@@ -416,18 +425,18 @@ pub fn answer(
 /// journal; otherwise the reason is a rescan of every root.
 fn usable_cursor(
     reader: &Reader,
-    since: Result<Cursor, String>,
+    since: Result<Cursor, RescanReason>,
     end: u64,
     b: &mut Builder<'_>,
 ) -> Option<Cursor> {
     let why = match since {
         Err(reason) => reason,
-        Ok(c) if c.journal_id != reader.journal_id() => "foreign_cursor".into(),
-        Ok(c) if c.seq > end => "unknown_cursor".into(),
-        Ok(c) if c.seq + 1 < reader.first_seq() => "cursor_expired".into(),
+        Ok(c) if c.journal_id != reader.journal_id() => RescanReason::ForeignCursor,
+        Ok(c) if c.seq > end => RescanReason::UnknownCursor,
+        Ok(c) if c.seq + 1 < reader.first_seq() => RescanReason::CursorExpired,
         Ok(c) => return Some(c),
     };
-    b.rescan_roots(None, &why);
+    b.rescan_roots(None, why);
     None
 }
 
@@ -548,7 +557,10 @@ mod tests {
         });
         let open = ask(vec![gap.clone()]);
         assert_eq!(open.rescans.len(), 1);
-        assert_eq!(open.rescans[0].reason, "daemon_down");
+        assert_eq!(
+            open.rescans[0].reasons,
+            vec![RescanReason::Gap(GapReason::DaemonDown)]
+        );
         assert_eq!(open.rescans[0].path, ROOT);
         // The gap is seq 2 (after the cursor's record): through 1 is too low.
         let low = ask(vec![
@@ -654,17 +666,17 @@ mod tests {
             seq: 0,
         };
         let a = answer(&r, &roots(), Ok(foreign), None, end).unwrap();
-        assert_eq!(a.rescans[0].reason, "foreign_cursor");
+        assert_eq!(a.rescans[0].reasons, vec![RescanReason::ForeignCursor]);
         let future = Cursor {
             journal_id: r.journal_id(),
             seq: end + 10,
         };
         assert_eq!(
-            answer(&r, &roots(), Ok(future), None, end).unwrap().rescans[0].reason,
-            "unknown_cursor"
+            answer(&r, &roots(), Ok(future), None, end).unwrap().rescans[0].reasons,
+            vec![RescanReason::UnknownCursor]
         );
-        let bad = answer(&r, &roots(), Err("malformed_cursor".into()), None, end).unwrap();
-        assert_eq!(bad.rescans[0].reason, "malformed_cursor");
+        let bad = answer(&r, &roots(), Err(RescanReason::MalformedCursor), None, end).unwrap();
+        assert_eq!(bad.rescans[0].reasons, vec![RescanReason::MalformedCursor]);
         assert_eq!(
             bad.cursor.seq, end,
             "a fresh cursor comes with every answer"
@@ -675,7 +687,7 @@ mod tests {
     fn dedupe_keeps_outermost_scopes() {
         let r = |p: &str, why: &str| Rescan {
             path: p.as_bytes().to_vec(),
-            reason: why.into(),
+            reasons: RescanReason::parse_list(why),
         };
         let out = dedupe(vec![
             r("/a/b", "x"),

@@ -18,7 +18,8 @@ use cj_capture::Waker;
 use cj_journal::Reader;
 use cj_types::path::is_at_or_below;
 use cj_types::protocol::{
-    decode_request, put_path, Op, Request, PROTOCOL_VERSION, REQUEST_BYTES_MAX,
+    decode_request, put_path, ChangeKind, Op, Request, RescanReason, PROTOCOL_VERSION,
+    REQUEST_BYTES_MAX,
 };
 use cj_types::Cursor;
 use serde_json::{json, Map, Value};
@@ -347,7 +348,7 @@ fn changes(
         check_tracked(ctx, p)?;
     }
     // The CLI prints the parse error itself; the answer carries a short reason.
-    let since = Cursor::parse(since_text).map_err(|_| "malformed_cursor".to_string());
+    let since = Cursor::parse(since_text).map_err(|_| RescanReason::MalformedCursor);
     let wait = Duration::from_millis(req.wait_ms.unwrap_or(0).min(WAIT_MAX_MS));
     let deadline = Instant::now() + wait;
     // An answer holds a building permit until its encoded bytes are counted
@@ -374,7 +375,7 @@ fn changes(
 /// reconciler has nothing left to do, or `deadline` has passed.
 fn answer_when_ready(
     ctx: &Context,
-    since: Result<Cursor, String>,
+    since: Result<Cursor, RescanReason>,
     scope: Option<&[u8]>,
     deadline: Instant,
 ) -> Result<(query::Answer, conn::Permit<'static>), Failure> {
@@ -406,7 +407,7 @@ fn answer_when_ready(
                 if let Some(path) = path {
                     answer.rescans.push(query::Rescan {
                         path,
-                        reason: "state_disk_full".into(),
+                        reasons: vec![RescanReason::StateDiskFull],
                     });
                 }
             }
@@ -441,7 +442,9 @@ fn encode_answer(answer: &query::Answer) -> Vec<u8> {
         put_path(&mut m, "path", &e.path);
         m.insert("kind".into(), Value::from(e.kind.as_str()));
         m.insert("exists".into(), Value::from(e.exists));
-        let names: Vec<Value> = e.changes.names().map(Value::from).collect();
+        let names: Vec<Value> = ChangeKind::of(e.changes)
+            .map(|k| Value::from(k.as_str()))
+            .collect();
         m.insert("changes".into(), Value::Array(names));
         if let Some(f) = &e.renamed_from {
             if !f.is_empty() {
@@ -465,7 +468,7 @@ fn encode_answer(answer: &query::Answer) -> Vec<u8> {
         .map(|r| {
             let mut m = Map::new();
             put_path(&mut m, "path", &r.path);
-            m.insert("reason".into(), Value::from(r.reason.clone()));
+            m.insert("reason".into(), Value::from(RescanReason::join(&r.reasons)));
             Value::Object(m)
         })
         .collect();

@@ -21,6 +21,8 @@ use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 
 use cj_types::protocol::{get_path, put_path};
+pub use cj_types::protocol::{ChangeKind, RescanReason};
+pub use cj_types::ObjectKind;
 use serde_json::{json, Map, Value};
 
 pub use cj_types::protocol::{EXIT_COMPLETE, EXIT_ERROR, EXIT_INCOMPLETE, EXIT_USAGE};
@@ -87,13 +89,12 @@ impl From<std::io::Error> for Error {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Change {
     pub path: Vec<u8>,
-    /// "file", "dir", "symlink", "other" or "unknown".
-    pub kind: String,
+    /// What is at the path (or was, if it is gone).
+    pub kind: ObjectKind,
     /// Whether the path exists now (when the answer was made).
     pub exists: bool,
-    /// What happened: "created", "deleted", "modified", "attrib",
-    /// "renamed_from", "renamed_to", "close_write", "replaced".
-    pub changes: Vec<String>,
+    /// What happened, in the order the protocol lists it.
+    pub changes: Vec<ChangeKind>,
     pub renamed_from: Option<Vec<u8>>,
     pub renamed_to: Option<Vec<u8>>,
     /// A directory was created, deleted or renamed at this path in the
@@ -108,7 +109,7 @@ pub struct Change {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Rescan {
     pub path: Vec<u8>,
-    pub reason: String,
+    pub reasons: Vec<RescanReason>,
 }
 
 /// The answer to `changes since`.
@@ -301,18 +302,15 @@ pub fn parse_change(m: &Map<String, Value>) -> Result<Change, Error> {
     let path = need_path(m, "path")?.ok_or_else(|| Error::Protocol("entry without path".into()))?;
     Ok(Change {
         path,
-        kind: m
-            .get("kind")
-            .and_then(|k| k.as_str())
-            .unwrap_or("unknown")
-            .to_string(),
+        kind: ObjectKind::parse(m.get("kind").and_then(|k| k.as_str()).unwrap_or("")),
         exists: m.get("exists").and_then(|e| e.as_bool()).unwrap_or(false),
+        // A change this version does not know (a newer daemon) is left out.
         changes: m
             .get("changes")
             .and_then(|c| c.as_array())
             .map(|a| {
                 a.iter()
-                    .filter_map(|x| x.as_str().map(str::to_owned))
+                    .filter_map(|x| x.as_str().and_then(ChangeKind::parse))
                     .collect()
             })
             .unwrap_or_default(),
@@ -338,12 +336,9 @@ pub fn parse_final(m: &Map<String, Value>, entries: Vec<Change>) -> Result<Answe
     {
         let Some(obj) = r.as_object() else { continue };
         let path = need_path(obj, "path")?.unwrap_or_default();
-        let reason = obj
-            .get("reason")
-            .and_then(|x| x.as_str())
-            .unwrap_or("")
-            .to_string();
-        rescan.push(Rescan { path, reason });
+        let reasons =
+            RescanReason::parse_list(obj.get("reason").and_then(|x| x.as_str()).unwrap_or(""));
+        rescan.push(Rescan { path, reasons });
     }
     Ok(Answer {
         entries,

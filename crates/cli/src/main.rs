@@ -555,8 +555,12 @@ fn changes(
             write!(
                 out,
                 "{}\t{}\t{}\t{}",
-                e.changes.join(","),
-                e.kind,
+                e.changes
+                    .iter()
+                    .map(|c| c.as_str())
+                    .collect::<Vec<_>>()
+                    .join(","),
+                e.kind.as_str(),
                 state,
                 escape_path(&e.path)
             )?;
@@ -572,7 +576,12 @@ fn changes(
             writeln!(out)?;
         }
         for r in &answer.rescan {
-            writeln!(out, "rescan\t{}\t{}", r.reason, escape_path(&r.path))?;
+            writeln!(
+                out,
+                "rescan\t{}\t{}",
+                cj_client::RescanReason::join(&r.reasons),
+                escape_path(&r.path)
+            )?;
         }
         writeln!(out, "cursor\t{}", answer.cursor)?;
     }
@@ -591,7 +600,7 @@ fn changes(
                     .as_os_str()
                     .as_bytes()
             ),
-            r.reason
+            cj_client::RescanReason::join(&r.reasons)
         );
     }
     Ok(EXIT_INCOMPLETE)
