@@ -19,6 +19,7 @@
 //! the reverse. `docs/design.md` ("Normalisation") argues each case.
 
 mod cache;
+pub mod fs;
 mod links;
 pub mod sys;
 
@@ -80,6 +81,8 @@ pub struct Normalizer {
     /// Multiply-linked names from the baselines (published by the
     /// reconciler).
     links: Arc<LinkIndex>,
+    /// Every question asked of the filesystem goes through here.
+    fs: Box<dyn fs::Fs>,
     pub stats: Stats,
 }
 
@@ -162,8 +165,15 @@ impl Normalizer {
             batch_no: 0,
             pending: Vec::new(),
             links: Arc::default(),
+            fs: Box::new(fs::RealFs),
             stats: Stats::default(),
         }
+    }
+
+    /// Asks `fs` instead of the kernel (tests).
+    pub fn with_fs(mut self, fs: Box<dyn fs::Fs>) -> Normalizer {
+        self.fs = fs;
+        self
     }
 
     /// Takes the names of multiply-linked files from `links` too.
@@ -289,7 +299,11 @@ impl Normalizer {
         // subvolumes with the top-level fsid): find a root whose descriptor
         // decodes this handle, and remember it.
         for r in &self.roots {
-            if sys::open_by_handle(r.mount.as_raw_fd(), fid.handle_type, fid.handle).is_ok() {
+            if self
+                .fs
+                .open_by_handle(r.mount.as_raw_fd(), fid.handle_type, fid.handle)
+                .is_ok()
+            {
                 let m = r.mount.clone();
                 let fd = m.as_raw_fd();
                 self.mounts.insert(fid.fsid, m);
@@ -306,8 +320,11 @@ impl Normalizer {
             return Some(d.path.clone());
         }
         let mount = self.mount_fd(fid)?;
-        let fd = sys::open_by_handle(mount, fid.handle_type, fid.handle).ok()?;
-        let path = sys::fd_path(fd.as_raw_fd()).ok().flatten()?;
+        let fd = self
+            .fs
+            .open_by_handle(mount, fid.handle_type, fid.handle)
+            .ok()?;
+        let path = self.fs.fd_path(fd.as_raw_fd()).ok().flatten()?;
         key_into(&mut self.key, fid.fsid, fid.handle_type, fid.handle);
         let key = std::mem::take(&mut self.key);
         self.dirs.insert(&key, path.clone(), Some(fd));
@@ -323,7 +340,10 @@ impl Normalizer {
             Some(true) => {}
             Some(false) => {
                 let mount = self.mount_fd(fid)?;
-                let fd = sys::open_by_handle(mount, fid.handle_type, fid.handle).ok()?;
+                let fd = self
+                    .fs
+                    .open_by_handle(mount, fid.handle_type, fid.handle)
+                    .ok()?;
                 key_into(&mut self.key, fid.fsid, fid.handle_type, fid.handle);
                 self.dirs.get_mut(&self.key)?.fd = Some(fd);
             }
@@ -355,13 +375,13 @@ impl Normalizer {
         let Some(fd) = self.dir_fd(dir) else {
             return none;
         };
-        let Ok(Some(st)) = sys::stat_at(fd, name) else {
+        let Ok(Some(st)) = self.fs.stat_at(fd, name) else {
             return none; // absent: no handle to compare
         };
         let mut flags = EVENT_FLAG_VERIFIED_PRESENT;
         let same = match (compare, object) {
             (true, Some(obj)) => matches!(
-                sys::handle_at(fd, name),
+                self.fs.handle_at(fd, name),
                 Ok(Some(h)) if h.handle_type == obj.handle_type && h.bytes == obj.handle
             ),
             // Not asked to compare: a modify/attrib event on an existing name.
@@ -549,7 +569,7 @@ impl Normalizer {
         }
         for path in candidates {
             // Names outside every root count towards nlink but are not reported.
-            if !proven.contains(&path) && name_is(&path, &fid) {
+            if !proven.contains(&path) && name_is(self.fs.as_ref(), &path, &fid) {
                 proven.push(path);
             }
         }
@@ -609,16 +629,16 @@ impl Normalizer {
             let Some(mount) = self.mount_fd(&fid) else {
                 continue;
             };
-            let Ok(fd) = sys::open_by_handle(mount, fid.handle_type, fid.handle) else {
+            let Ok(fd) = self.fs.open_by_handle(mount, fid.handle_type, fid.handle) else {
                 continue; // gone: every name's removal is an event of its own
             };
-            let Ok(Some(st)) = sys::stat_fd(fd.as_raw_fd()) else {
+            let Ok(Some(st)) = self.fs.stat_fd(fd.as_raw_fd()) else {
                 continue;
             };
             let candidates = self.candidates(&fid, st.ino);
             let proven: Vec<Vec<u8>> = candidates
                 .into_iter()
-                .filter(|c| name_is(c, &fid))
+                .filter(|c| name_is(self.fs.as_ref(), c, &fid))
                 .collect();
             if (proven.len() as u64) < u64::from(st.nlink) {
                 if last {
@@ -881,22 +901,24 @@ impl Normalizer {
         let Some(mount) = self.mount_fd(&fid) else {
             return;
         };
-        let fd = match sys::open_by_handle(mount, fid.handle_type, fid.handle) {
+        let fd = match self.fs.open_by_handle(mount, fid.handle_type, fid.handle) {
             Ok(fd) => fd,
             Err(_) => return, // gone since: its DELETE names it
         };
-        let Ok(Some(st)) = sys::stat_fd(fd.as_raw_fd()) else {
+        let Ok(Some(st)) = self.fs.stat_fd(fd.as_raw_fd()) else {
             return;
         };
         if st.nlink == 0 {
             return;
         }
         // The descriptor's own path is one name, if the dentry is connected.
-        let own = sys::fd_path(fd.as_raw_fd())
+        let own = self
+            .fs
+            .fd_path(fd.as_raw_fd())
             .ok()
             .flatten()
             .filter(|p| p.as_slice() != b"/" && self.in_roots(p))
-            .filter(|p| name_is(p, &fid));
+            .filter(|p| name_is(self.fs.as_ref(), p, &fid));
         let changes = changes_of(event.mask) | Changes::ATTRIB;
         match own {
             Some(p) => {
@@ -917,15 +939,15 @@ impl Normalizer {
 }
 
 /// True if `path` names the object `fid` right now (no symlink followed).
-fn name_is(path: &[u8], fid: &Fid<'_>) -> bool {
+fn name_is(fs: &dyn fs::Fs, path: &[u8], fid: &Fid<'_>) -> bool {
     let Some((parent, name)) = sys::split_parent(path) else {
         return false;
     };
-    let Ok(dir) = sys::open_dir_nofollow(parent) else {
+    let Ok(dir) = fs.open_dir(parent) else {
         return false;
     };
     matches!(
-        sys::handle_at(dir.as_raw_fd(), name),
+        fs.handle_at(dir.as_raw_fd(), name),
         Ok(Some(h)) if h.handle_type == fid.handle_type && h.bytes == fid.handle
     )
 }
@@ -935,3 +957,6 @@ fn fid_from(h: &FileHandle) -> FileHandle {
 }
 
 use cj_types::sys::now_ns;
+
+#[cfg(test)]
+mod tests;
