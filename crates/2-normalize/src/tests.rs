@@ -207,7 +207,7 @@ fn fid_info(kind: u8, ino: u64, name: Option<&str>) -> Vec<u8> {
     if let Some(n) = name {
         body.extend_from_slice(n.as_bytes());
         body.push(0);
-        while (body.len() + 4) % 4 != 0 {
+        while !(body.len() + 4).is_multiple_of(4) {
             body.push(0);
         }
     }
@@ -445,4 +445,22 @@ fn an_overflow_is_a_gap_for_every_root() {
         [RecordBody::Gap(g)] if g.reason == cj_types::GapReason::QueueOverflow && g.scope.is_empty()
     ));
     assert_eq!(n.stats.overflows, 1);
+}
+
+#[test]
+fn a_deleted_name_is_reported_deleted_and_absent() {
+    let (fs, mut n) = setup();
+    fs.file(SUB, "f", 10, 1);
+    run(
+        &mut n,
+        Events::default().entry(mask::CREATE, SUB, "f", Some(10)),
+    );
+    fs.remove(SUB, "f");
+    let recs = run(
+        &mut n,
+        Events::default().entry(mask::DELETE, SUB, "f", Some(10)),
+    );
+    assert_eq!(paths(&recs), vec!["/r/sub/f"]);
+    assert!(recs[0].changes.contains(Changes::DELETED));
+    assert_eq!(recs[0].flags & EVENT_FLAG_VERIFIED_PRESENT, 0);
 }
