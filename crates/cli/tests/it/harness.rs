@@ -309,10 +309,18 @@ impl Daemon {
                 entries.push(v);
             }
         }
+        // The same lines through the client library's parsers: the one
+        // reading of the wire format (issue 10).
+        let changes: Vec<cj_client::Change> = entries
+            .iter()
+            .map(|e| cj_client::parse_change(e.as_object().unwrap()).unwrap())
+            .collect();
+        let typed = cj_client::parse_final(last.as_object().unwrap(), changes).unwrap();
         Answer {
             entries,
             last,
             code,
+            typed,
         }
     }
 }
@@ -324,51 +332,50 @@ impl Drop for Daemon {
 }
 
 pub struct Answer {
+    /// The raw JSON lines (for what a test checks of the wire itself).
     pub entries: Vec<Value>,
     pub last: Value,
     pub code: i32,
+    /// The answer as the client library reads it.
+    pub typed: cj_client::Answer,
 }
 
 impl Answer {
     pub fn path_bytes(v: &Value, stem: &str) -> Option<Vec<u8>> {
-        cj_types_path(v.as_object()?, stem)
+        cj_types::protocol::get_path(v.as_object()?, stem)
+            .ok()
+            .flatten()
     }
 
     /// The entry for `path`, if any.
     pub fn get(&self, path: &Path) -> Option<&Value> {
         use std::os::unix::ffi::OsStrExt;
         let want = path.as_os_str().as_bytes();
-        self.entries
-            .iter()
-            .find(|e| Answer::path_bytes(e, "path").as_deref() == Some(want))
+        let i = self.typed.entries.iter().position(|e| e.path == want)?;
+        self.entries.get(i)
     }
 
     pub fn changes_of(&self, path: &Path) -> Vec<String> {
-        self.get(path)
-            .and_then(|e| e["changes"].as_array().cloned())
-            .unwrap_or_default()
+        use std::os::unix::ffi::OsStrExt;
+        let want = path.as_os_str().as_bytes();
+        self.typed
+            .entries
             .iter()
-            .map(|c| c.as_str().unwrap().to_string())
-            .collect()
+            .find(|e| e.path == want)
+            .map(|e| e.changes.iter().map(|c| c.as_str().to_string()).collect())
+            .unwrap_or_default()
     }
 
     pub fn rescans(&self) -> Vec<(Vec<u8>, String)> {
-        self.last["rescan"]
-            .as_array()
-            .cloned()
-            .unwrap_or_default()
+        self.typed
+            .rescan
             .iter()
-            .map(|r| {
-                (
-                    Answer::path_bytes(r, "path").unwrap_or_default(),
-                    r["reason"].as_str().unwrap_or("").to_string(),
-                )
-            })
+            .map(|r| (r.path.clone(), cj_client::RescanReason::join(&r.reasons)))
             .collect()
     }
 
     pub fn cursor(&self) -> String {
-        self.last["cursor"].as_str().unwrap().to_string()
+        self.typed.cursor.clone()
     }
 
     pub fn dump(&self) -> String {
@@ -380,13 +387,4 @@ impl Answer {
         s.push_str(&self.last.to_string());
         s
     }
-}
-
-fn cj_types_path(obj: &serde_json::Map<String, Value>, stem: &str) -> Option<Vec<u8>> {
-    use base64::Engine;
-    if let Some(s) = obj.get(stem).and_then(|v| v.as_str()) {
-        return Some(s.as_bytes().to_vec());
-    }
-    let b = obj.get(&format!("{stem}_b64"))?.as_str()?;
-    base64::engine::general_purpose::STANDARD.decode(b).ok()
 }
