@@ -400,14 +400,36 @@ impl Normalizer {
 
     fn push_event(&mut self, out: &mut Vec<RecordBody>, record: EventRecord) {
         // The journal refuses records past its bounds (an assertion on the
-        // write path); a path or name that long becomes an unknown-path
-        // record instead, which asks clients to rescan.
-        if record.path.len() > PATH_BYTES_MAX
-            || record.old_path.len() > PATH_BYTES_MAX
-            || record.name.len() > NAME_BYTES_MAX
-            || record.old_name.len() > NAME_BYTES_MAX
-        {
+        // write path). A path that long is journaled as its nearest
+        // ancestor that fits, as a directory created and deleted: every
+        // answer then covers that ancestor's subtree, the nearest scope
+        // that can be named (issue 9, defect 1). Names longer than a name
+        // can be (never from the kernel) become an unknown-path record.
+        if record.name.len() > NAME_BYTES_MAX || record.old_name.len() > NAME_BYTES_MAX {
             self.unknown(out, record.fsid, fid_from(&record.object));
+            return;
+        }
+        let too_long = |p: &[u8]| p.len() > PATH_BYTES_MAX;
+        if too_long(&record.path) || too_long(&record.old_path) {
+            for p in [&record.path, &record.old_path] {
+                if p.is_empty() {
+                    continue;
+                }
+                let Some(scope) = nearest_ancestor_within(p, PATH_BYTES_MAX) else {
+                    self.unknown(out, record.fsid, fid_from(&record.object));
+                    continue;
+                };
+                out.push(RecordBody::Event(EventRecord {
+                    changes: Changes::CREATED | Changes::DELETED,
+                    kind: ObjectKind::Dir,
+                    fsid: record.fsid,
+                    name: sys::split_parent(&scope)
+                        .map(|(_, n)| n.to_vec())
+                        .unwrap_or_default(),
+                    path: scope,
+                    ..Default::default()
+                }));
+            }
             return;
         }
         out.push(RecordBody::Event(record));
@@ -939,6 +961,20 @@ impl Normalizer {
 }
 
 /// True if `path` names the object `fid` right now (no symlink followed).
+/// `path` itself if it fits in `max` bytes, else its nearest ancestor
+/// that does (`None` only for a path with no slash in reach).
+fn nearest_ancestor_within(path: &[u8], max: usize) -> Option<Vec<u8>> {
+    if path.len() <= max {
+        return Some(path.to_vec());
+    }
+    let cut = path[..=max].iter().rposition(|&b| b == b'/')?;
+    Some(if cut == 0 {
+        b"/".to_vec()
+    } else {
+        path[..cut].to_vec()
+    })
+}
+
 fn name_is(fs: &dyn fs::Fs, path: &[u8], fid: &Fid<'_>) -> bool {
     let Some((parent, name)) = sys::split_parent(path) else {
         return false;

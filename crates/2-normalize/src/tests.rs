@@ -464,3 +464,45 @@ fn a_deleted_name_is_reported_deleted_and_absent() {
     assert!(recs[0].changes.contains(Changes::DELETED));
     assert_eq!(recs[0].flags & EVENT_FLAG_VERIFIED_PRESENT, 0);
 }
+
+/// Issue 9, defect 1: a path longer than the journal's bound is journaled
+/// as its nearest ancestor that fits, covering its subtree.
+#[test]
+fn a_path_past_the_journal_bound_is_named_by_its_nearest_ancestor() {
+    let (fs, mut n) = setup();
+    let long = "d".repeat(200);
+    let mut parent = SUB;
+    let mut ino = 100;
+    let mut path = b"/r/sub".to_vec();
+    while path.len() <= cj_types::PATH_BYTES_MAX {
+        fs.mkdir(parent, &long, ino);
+        path.push(b'/');
+        path.extend_from_slice(long.as_bytes());
+        parent = ino;
+        ino += 1;
+    }
+    fs.file(parent, "f", 9999, 1);
+    let recs = run(
+        &mut n,
+        Events::default().entry(mask::CREATE, parent, "f", Some(9999)),
+    );
+    assert_eq!(recs.len(), 1);
+    let r = &recs[0];
+    assert!(r.path.len() <= cj_types::PATH_BYTES_MAX);
+    assert!(path.starts_with(&r.path) && path[r.path.len()] == b'/');
+    assert_eq!(r.kind, ObjectKind::Dir);
+    assert!(r.changes.contains(Changes::CREATED | Changes::DELETED));
+    assert_eq!(r.flags & EVENT_FLAG_PATH_UNKNOWN, 0);
+}
+
+#[test]
+fn nearest_ancestor_within_a_bound() {
+    assert_eq!(
+        nearest_ancestor_within(b"/a/bb/ccc", 20).unwrap(),
+        b"/a/bb/ccc"
+    );
+    assert_eq!(nearest_ancestor_within(b"/a/bb/ccc", 6).unwrap(), b"/a/bb");
+    assert_eq!(nearest_ancestor_within(b"/a/bb/ccc", 5).unwrap(), b"/a/bb");
+    assert_eq!(nearest_ancestor_within(b"/a/bb/ccc", 4).unwrap(), b"/a");
+    assert_eq!(nearest_ancestor_within(b"/aaaa", 2).unwrap(), b"/");
+}
