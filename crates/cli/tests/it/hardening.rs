@@ -540,10 +540,11 @@ fn issue9_clients_that_never_read_do_not_exhaust_memory() {
     assert_eq!(a.entries.len(), 20_001, "{}", a.last);
     let after = rss_kib(pid);
     eprintln!("daemon RSS {before} KiB before, {after} KiB with 40 stuck clients");
-    // 40 answers of about 5 MB each would be 200 MB; the budget keeps it
-    // to a few at a time.
+    // 40 answers of about 6 MB each, held until their writers time out,
+    // were gigabytes before the bounds (4.7 GB with 64 clients); the
+    // budget keeps them to a few at a time (about 100 MB measured here).
     assert!(
-        after < before + 150 * 1024,
+        after < before + 200 * 1024,
         "RSS grew from {before} KiB to {after} KiB"
     );
     drop(stuck);
