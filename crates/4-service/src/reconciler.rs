@@ -25,7 +25,7 @@ use cj_reconcile::fold::{Fold, Step, TOUCHED_PATHS_MAX};
 use cj_reconcile::{
     changed_by_paths, diff, diff_transitions, open_root, refresh, walk, Snapshot, Touched,
 };
-use cj_types::path::is_at_or_below;
+use cj_types::path::{is_at_or_below, overlaps};
 use cj_types::{RecordBody, ResolvedRecord};
 use std::collections::{HashMap, HashSet};
 
@@ -271,7 +271,7 @@ impl Reconciler {
             let mut hit = None;
             for req in batch {
                 let covers = match (&req.scope, req.fsid) {
-                    (Some(s), _) => is_at_or_below(&r.path, s) || is_at_or_below(s, &r.path),
+                    (Some(s), _) => overlaps(&r.path, s),
                     (None, Some(f)) => r.fsid == f || !roots.iter().any(|x| x.fsid == f),
                     (None, None) => true,
                 };
@@ -295,7 +295,7 @@ impl Reconciler {
         q.iter().any(|r| {
             !r.baseline
                 && match &r.scope {
-                    Some(s) => is_at_or_below(root, s) || is_at_or_below(s, root),
+                    Some(s) => overlaps(root, s),
                     None => true,
                 }
         })
@@ -387,11 +387,7 @@ impl Reconciler {
         let scanned = self.reader.scan(after, upto, |item| {
             match item {
                 Item::Record(r) => match r.body {
-                    RecordBody::Gap(g) => {
-                        bad = g.scope.is_empty()
-                            || is_at_or_below(root, &g.scope)
-                            || is_at_or_below(&g.scope, root)
-                    }
+                    RecordBody::Gap(g) => bad = g.scope.is_empty() || overlaps(root, &g.scope),
                     RecordBody::Event(e) => {
                         bad = e.flags & cj_types::EVENT_FLAG_PATH_UNKNOWN != 0;
                         if collect && !too_many {

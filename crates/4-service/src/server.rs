@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use cj_capture::Waker;
 use cj_journal::Reader;
-use cj_types::path::is_at_or_below;
+use cj_types::path::overlaps;
 use cj_types::protocol::{
     decode_request, put_path, ChangeKind, Op, Request, RescanReason, PROTOCOL_VERSION,
     REQUEST_BYTES_MAX,
@@ -262,9 +262,7 @@ fn dispatch(req: Request, ctx: &Context, out: &mut impl Write) -> Result<(), Fai
 
 fn check_tracked(ctx: &Context, path: &[u8]) -> Result<(), Failure> {
     let roots = ctx.roots();
-    let covered = roots
-        .iter()
-        .any(|r| is_at_or_below(path, &r.path) || is_at_or_below(&r.path, path));
+    let covered = roots.iter().any(|r| overlaps(path, &r.path));
     if covered {
         return Ok(());
     }
