@@ -215,70 +215,69 @@ impl Builder<'_> {
         }
     }
 
+    /// One event record: its path (both sides of a rename) and parents.
+    fn add_event(&mut self, seq: u64, e: cj_types::EventRecord) {
+        if e.flags & EVENT_FLAG_PATH_UNKNOWN != 0 {
+            self.resolvable(seq, None, Some(e.fsid), RescanReason::UnresolvedObject);
+            return;
+        }
+        if e.changes.intersects(ENTRY_CHANGES) {
+            self.parent_modified(&e.path);
+            self.parent_modified(&e.old_path);
+        }
+        let rename = e
+            .changes
+            .contains(Changes::RENAMED_FROM | Changes::RENAMED_TO)
+            && !e.old_path.is_empty();
+        if rename {
+            if self.in_scope(&e.old_path) {
+                let to = (!e.path.is_empty()).then(|| e.path.clone());
+                if let Some(en) = self.entry(&e.old_path) {
+                    if en.changes.is_empty() {
+                        en.first = Changes::RENAMED_FROM;
+                    }
+                    en.changes |= Changes::RENAMED_FROM | (e.changes & Changes::RECONCILED);
+                    en.renamed_to = to;
+                    merge_kind(en, e.kind);
+                    note_gap(en, e.gap_seq);
+                }
+            }
+            if self.in_scope(&e.path) {
+                let from = e.old_path.clone();
+                if let Some(en) = self.entry(&e.path) {
+                    if en.changes.is_empty() {
+                        en.first = Changes::RENAMED_TO;
+                    }
+                    // A reconciled rename also carries what
+                    // happened to the object meanwhile.
+                    en.changes |= Changes::RENAMED_TO
+                        | (e.changes & (Changes::RECONCILED | Changes::MODIFIED | Changes::ATTRIB));
+                    en.renamed_from = Some(from);
+                    merge_kind(en, e.kind);
+                    note_gap(en, e.gap_seq);
+                }
+            }
+        } else if self.in_scope(&e.path) {
+            let changes = if e.old_path.is_empty() && e.path.is_empty() {
+                return;
+            } else {
+                e.changes
+            };
+            if let Some(en) = self.entry(&e.path) {
+                if en.changes.is_empty() {
+                    en.first = changes;
+                }
+                en.changes |= changes;
+                merge_kind(en, e.kind);
+                note_gap(en, e.gap_seq);
+            }
+        }
+    }
+
     fn add(&mut self, item: Item) {
         match item {
             Item::Record(r) => match r.body {
-                RecordBody::Event(e) => {
-                    if e.flags & EVENT_FLAG_PATH_UNKNOWN != 0 {
-                        self.resolvable(r.seq, None, Some(e.fsid), RescanReason::UnresolvedObject);
-                        return;
-                    }
-                    if e.changes.intersects(ENTRY_CHANGES) {
-                        self.parent_modified(&e.path);
-                        self.parent_modified(&e.old_path);
-                    }
-                    let rename = e
-                        .changes
-                        .contains(Changes::RENAMED_FROM | Changes::RENAMED_TO)
-                        && !e.old_path.is_empty();
-                    if rename {
-                        if self.in_scope(&e.old_path) {
-                            let to = (!e.path.is_empty()).then(|| e.path.clone());
-                            if let Some(en) = self.entry(&e.old_path) {
-                                if en.changes.is_empty() {
-                                    en.first = Changes::RENAMED_FROM;
-                                }
-                                en.changes |=
-                                    Changes::RENAMED_FROM | (e.changes & Changes::RECONCILED);
-                                en.renamed_to = to;
-                                merge_kind(en, e.kind);
-                                note_gap(en, e.gap_seq);
-                            }
-                        }
-                        if self.in_scope(&e.path) {
-                            let from = e.old_path.clone();
-                            if let Some(en) = self.entry(&e.path) {
-                                if en.changes.is_empty() {
-                                    en.first = Changes::RENAMED_TO;
-                                }
-                                // A reconciled rename also carries what
-                                // happened to the object meanwhile.
-                                en.changes |= Changes::RENAMED_TO
-                                    | (e.changes
-                                        & (Changes::RECONCILED
-                                            | Changes::MODIFIED
-                                            | Changes::ATTRIB));
-                                en.renamed_from = Some(from);
-                                merge_kind(en, e.kind);
-                                note_gap(en, e.gap_seq);
-                            }
-                        }
-                    } else if self.in_scope(&e.path) {
-                        let changes = if e.old_path.is_empty() && e.path.is_empty() {
-                            return;
-                        } else {
-                            e.changes
-                        };
-                        if let Some(en) = self.entry(&e.path) {
-                            if en.changes.is_empty() {
-                                en.first = changes;
-                            }
-                            en.changes |= changes;
-                            merge_kind(en, e.kind);
-                            note_gap(en, e.gap_seq);
-                        }
-                    }
-                }
+                RecordBody::Event(e) => self.add_event(r.seq, e),
                 RecordBody::Gap(g) => {
                     let scope = (!g.scope.is_empty()).then_some(g.scope.as_slice());
                     self.resolvable(r.seq, scope, None, RescanReason::Gap(g.reason));
