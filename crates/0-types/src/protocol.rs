@@ -6,7 +6,7 @@
 
 use serde_json::{Map, Value};
 
-use crate::{Changes, GapReason, PathText};
+use crate::{Changes, GapReason, ObjectKind, PathText};
 
 /// Protocol revision, sent in `status` and checked by clients.
 pub const PROTOCOL_VERSION: u32 = 1;
@@ -168,6 +168,142 @@ impl std::fmt::Display for RescanReason {
     }
 }
 
+/// One changed path of a `changes` answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Change {
+    pub path: Vec<u8>,
+    /// What is at the path (or was, if it is gone).
+    pub kind: ObjectKind,
+    /// Whether the path exists now (when the answer was made).
+    pub exists: bool,
+    /// What happened, in the order the protocol lists it.
+    pub changes: Vec<ChangeKind>,
+    pub renamed_from: Option<Vec<u8>>,
+    pub renamed_to: Option<Vec<u8>>,
+    /// A directory was created, deleted or renamed at this path in the
+    /// range: treat everything below it as changed.
+    pub subtree: bool,
+    /// For a change found by reconciliation (`changes` holds "reconciled"):
+    /// the seq of the gap record it closes (see `cj status`).
+    pub gap: Option<u64>,
+}
+
+/// A directory whose whole subtree must be rescanned, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rescan {
+    pub path: Vec<u8>,
+    pub reasons: Vec<RescanReason>,
+}
+
+/// The answer to `changes since`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Answer {
+    pub entries: Vec<Change>,
+    /// Pass this to the next call.
+    pub cursor: String,
+    /// True when `entries` holds every change; false when `rescan` is not empty.
+    pub complete: bool,
+    pub rescan: Vec<Rescan>,
+}
+
+impl Change {
+    /// The entry line's object (`docs/protocol.md`).
+    pub fn to_json(&self) -> Map<String, Value> {
+        let mut m = Map::new();
+        put_path(&mut m, "path", &self.path);
+        m.insert("kind".into(), Value::from(self.kind.as_str()));
+        m.insert("exists".into(), Value::from(self.exists));
+        let names = self.changes.iter().map(|k| Value::from(k.as_str()));
+        m.insert("changes".into(), Value::Array(names.collect()));
+        if let Some(f) = self.renamed_from.as_ref().filter(|f| !f.is_empty()) {
+            put_path(&mut m, "renamed_from", f);
+        }
+        if let Some(t) = &self.renamed_to {
+            put_path(&mut m, "renamed_to", t);
+        }
+        if self.subtree {
+            m.insert("subtree".into(), Value::from(true));
+        }
+        if let Some(g) = self.gap {
+            m.insert("gap".into(), Value::from(g));
+        }
+        m
+    }
+
+    /// Reads an entry line's object. A change kind this version does not
+    /// know (a newer daemon) is left out.
+    pub fn from_json(m: &Map<String, Value>) -> Result<Change, String> {
+        let path = get_path(m, "path")?.ok_or("entry without path")?;
+        let changes = m
+            .get("changes")
+            .and_then(|c| c.as_array())
+            .map(|a| {
+                a.iter()
+                    .filter_map(|x| x.as_str().and_then(ChangeKind::parse))
+                    .collect()
+            })
+            .unwrap_or_default();
+        Ok(Change {
+            path,
+            kind: ObjectKind::parse(m.get("kind").and_then(|k| k.as_str()).unwrap_or("")),
+            exists: m.get("exists").and_then(|e| e.as_bool()).unwrap_or(false),
+            changes,
+            renamed_from: get_path(m, "renamed_from")?,
+            renamed_to: get_path(m, "renamed_to")?,
+            subtree: m.get("subtree").and_then(|v| v.as_bool()).unwrap_or(false),
+            gap: m.get("gap").and_then(|v| v.as_u64()),
+        })
+    }
+}
+
+impl Answer {
+    /// The final line's object (`cursor`, `complete`, `rescan`).
+    pub fn final_json(&self) -> Map<String, Value> {
+        let rescan = self.rescan.iter().map(|r| {
+            let mut m = Map::new();
+            put_path(&mut m, "path", &r.path);
+            m.insert("reason".into(), Value::from(RescanReason::join(&r.reasons)));
+            Value::Object(m)
+        });
+        let mut m = Map::new();
+        m.insert("cursor".into(), Value::from(self.cursor.clone()));
+        m.insert("complete".into(), Value::from(self.complete));
+        m.insert("rescan".into(), Value::Array(rescan.collect()));
+        m
+    }
+
+    /// Reads the final line's object, with the entries read before it.
+    pub fn from_final_json(m: &Map<String, Value>, entries: Vec<Change>) -> Result<Answer, String> {
+        let cursor = m
+            .get("cursor")
+            .and_then(|c| c.as_str())
+            .ok_or("no cursor")?
+            .to_string();
+        let mut rescan = Vec::new();
+        for r in m
+            .get("rescan")
+            .and_then(|r| r.as_array())
+            .into_iter()
+            .flatten()
+        {
+            let Some(obj) = r.as_object() else { continue };
+            rescan.push(Rescan {
+                path: get_path(obj, "path")?.unwrap_or_default(),
+                reasons: RescanReason::parse_list(
+                    obj.get("reason").and_then(|x| x.as_str()).unwrap_or(""),
+                ),
+            });
+        }
+        let complete = m.get("complete").and_then(|c| c.as_bool()).unwrap_or(false);
+        Ok(Answer {
+            entries,
+            cursor,
+            complete: rescan.is_empty() && complete,
+            rescan,
+        })
+    }
+}
+
 /// What a client asks.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[non_exhaustive]
@@ -293,6 +429,36 @@ fn wrong_type(field: &str, want: &str, got: &Value) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn answers_round_trip_through_their_json_lines() {
+        let change = Change {
+            path: b"/r/a\n\xff".to_vec(),
+            kind: ObjectKind::Dir,
+            exists: false,
+            changes: vec![ChangeKind::RenamedFrom, ChangeKind::Reconciled],
+            renamed_from: None,
+            renamed_to: Some(b"/r/b".to_vec()),
+            subtree: true,
+            gap: Some(9),
+        };
+        let back = Change::from_json(&change.to_json()).unwrap();
+        assert_eq!(back, change);
+        let answer = Answer {
+            entries: vec![change],
+            cursor: "cj1.x".into(),
+            complete: false,
+            rescan: vec![Rescan {
+                path: b"/r".to_vec(),
+                reasons: vec![
+                    RescanReason::Gap(GapReason::UncleanStop),
+                    RescanReason::UnresolvedObject,
+                ],
+            }],
+        };
+        let back = Answer::from_final_json(&answer.final_json(), answer.entries.clone()).unwrap();
+        assert_eq!(back, answer);
+    }
 
     #[test]
     fn change_kinds_and_rescan_reasons_round_trip_their_wire_names() {

@@ -18,8 +18,8 @@ use cj_capture::Waker;
 use cj_journal::Reader;
 use cj_types::path::overlaps;
 use cj_types::protocol::{
-    decode_request, put_path, ChangeKind, Op, Request, RescanReason, PROTOCOL_VERSION,
-    REQUEST_BYTES_MAX,
+    self, decode_request, put_path, Change, ChangeKind, Op, Request, Rescan, RescanReason,
+    PROTOCOL_VERSION, REQUEST_BYTES_MAX,
 };
 use cj_types::Cursor;
 use serde_json::{json, Map, Value};
@@ -436,49 +436,32 @@ fn answer_when_ready(
 fn encode_answer(answer: &query::Answer) -> Vec<u8> {
     let mut out = Vec::new();
     for e in &answer.entries {
-        let mut m = Map::new();
-        put_path(&mut m, "path", &e.path);
-        m.insert("kind".into(), Value::from(e.kind.as_str()));
-        m.insert("exists".into(), Value::from(e.exists));
-        let names: Vec<Value> = ChangeKind::of(e.changes)
-            .map(|k| Value::from(k.as_str()))
-            .collect();
-        m.insert("changes".into(), Value::Array(names));
-        if let Some(f) = &e.renamed_from {
-            if !f.is_empty() {
-                put_path(&mut m, "renamed_from", f);
-            }
-        }
-        if let Some(t) = &e.renamed_to {
-            put_path(&mut m, "renamed_to", t);
-        }
-        if e.subtree {
-            m.insert("subtree".into(), Value::from(true));
-        }
-        if let Some(g) = e.gap {
-            m.insert("gap".into(), Value::from(g));
-        }
-        let _ = writeln!(out, "{}", Value::Object(m));
+        let change = Change {
+            path: e.path.clone(),
+            kind: e.kind,
+            exists: e.exists,
+            changes: ChangeKind::of(e.changes).collect(),
+            renamed_from: e.renamed_from.clone(),
+            renamed_to: e.renamed_to.clone(),
+            subtree: e.subtree,
+            gap: e.gap,
+        };
+        let _ = writeln!(out, "{}", Value::Object(change.to_json()));
     }
-    let rescans: Vec<Value> = answer
-        .rescans
-        .iter()
-        .map(|r| {
-            let mut m = Map::new();
-            put_path(&mut m, "path", &r.path);
-            m.insert("reason".into(), Value::from(RescanReason::join(&r.reasons)));
-            Value::Object(m)
-        })
-        .collect();
-    let _ = writeln!(
-        out,
-        "{}",
-        json!({
-            "cursor": answer.cursor.encode(),
-            "complete": rescans.is_empty(),
-            "rescan": rescans,
-        })
-    );
+    let last = protocol::Answer {
+        entries: Vec::new(),
+        cursor: answer.cursor.encode(),
+        complete: answer.rescans.is_empty(),
+        rescan: answer
+            .rescans
+            .iter()
+            .map(|r| Rescan {
+                path: r.path.clone(),
+                reasons: r.reasons.clone(),
+            })
+            .collect(),
+    };
+    let _ = writeln!(out, "{}", Value::Object(last.final_json()));
     out
 }
 

@@ -20,8 +20,8 @@ use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 
-use cj_types::protocol::{get_path, put_path};
-pub use cj_types::protocol::{ChangeKind, RescanReason};
+use cj_types::protocol::put_path;
+pub use cj_types::protocol::{Answer, Change, ChangeKind, Rescan, RescanReason};
 pub use cj_types::ObjectKind;
 use serde_json::{json, Map, Value};
 
@@ -83,44 +83,6 @@ impl From<std::io::Error> for Error {
     fn from(e: std::io::Error) -> Self {
         Error::Io(e)
     }
-}
-
-/// One changed path.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Change {
-    pub path: Vec<u8>,
-    /// What is at the path (or was, if it is gone).
-    pub kind: ObjectKind,
-    /// Whether the path exists now (when the answer was made).
-    pub exists: bool,
-    /// What happened, in the order the protocol lists it.
-    pub changes: Vec<ChangeKind>,
-    pub renamed_from: Option<Vec<u8>>,
-    pub renamed_to: Option<Vec<u8>>,
-    /// A directory was created, deleted or renamed at this path in the
-    /// range: treat everything below it as changed.
-    pub subtree: bool,
-    /// For a change found by reconciliation (`changes` holds "reconciled"):
-    /// the seq of the gap record it closes (see `cj status`).
-    pub gap: Option<u64>,
-}
-
-/// A directory whose whole subtree must be rescanned, and why.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Rescan {
-    pub path: Vec<u8>,
-    pub reasons: Vec<RescanReason>,
-}
-
-/// The answer to `changes since`.
-#[derive(Debug, Clone)]
-pub struct Answer {
-    pub entries: Vec<Change>,
-    /// Pass this to the next call.
-    pub cursor: String,
-    /// True when `entries` holds every change; false when `rescan` is not empty.
-    pub complete: bool,
-    pub rescan: Vec<Rescan>,
 }
 
 pub struct Client {
@@ -294,56 +256,10 @@ impl Client {
     }
 }
 
-fn need_path(m: &Map<String, Value>, stem: &str) -> Result<Option<Vec<u8>>, Error> {
-    get_path(m, stem).map_err(Error::Protocol)
-}
-
 pub fn parse_change(m: &Map<String, Value>) -> Result<Change, Error> {
-    let path = need_path(m, "path")?.ok_or_else(|| Error::Protocol("entry without path".into()))?;
-    Ok(Change {
-        path,
-        kind: ObjectKind::parse(m.get("kind").and_then(|k| k.as_str()).unwrap_or("")),
-        exists: m.get("exists").and_then(|e| e.as_bool()).unwrap_or(false),
-        // A change this version does not know (a newer daemon) is left out.
-        changes: m
-            .get("changes")
-            .and_then(|c| c.as_array())
-            .map(|a| {
-                a.iter()
-                    .filter_map(|x| x.as_str().and_then(ChangeKind::parse))
-                    .collect()
-            })
-            .unwrap_or_default(),
-        renamed_from: need_path(m, "renamed_from")?,
-        renamed_to: need_path(m, "renamed_to")?,
-        subtree: m.get("subtree").and_then(|v| v.as_bool()).unwrap_or(false),
-        gap: m.get("gap").and_then(|v| v.as_u64()),
-    })
+    Change::from_json(m).map_err(Error::Protocol)
 }
 
 pub fn parse_final(m: &Map<String, Value>, entries: Vec<Change>) -> Result<Answer, Error> {
-    let cursor = m
-        .get("cursor")
-        .and_then(|c| c.as_str())
-        .ok_or_else(|| Error::Protocol("no cursor".into()))?
-        .to_string();
-    let mut rescan = Vec::new();
-    for r in m
-        .get("rescan")
-        .and_then(|r| r.as_array())
-        .into_iter()
-        .flatten()
-    {
-        let Some(obj) = r.as_object() else { continue };
-        let path = need_path(obj, "path")?.unwrap_or_default();
-        let reasons =
-            RescanReason::parse_list(obj.get("reason").and_then(|x| x.as_str()).unwrap_or(""));
-        rescan.push(Rescan { path, reasons });
-    }
-    Ok(Answer {
-        entries,
-        cursor,
-        complete: rescan.is_empty() && m.get("complete").and_then(|c| c.as_bool()).unwrap_or(false),
-        rescan,
-    })
+    Answer::from_final_json(m, entries).map_err(Error::Protocol)
 }
