@@ -34,11 +34,8 @@ pub const QUERY_PATHS_MAX: usize = 2_000_000;
 /// Journal items read before they are folded into the answer.
 const SCAN_BATCH_MAX: usize = 65_536;
 
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Rescan {
-    pub path: Vec<u8>,
-    pub reasons: Vec<RescanReason>,
-}
+/// A scope to rescan: the protocol's own type.
+pub use cj_types::protocol::Rescan;
 
 #[derive(Debug, Clone, Default)]
 pub struct Entry {

@@ -18,7 +18,7 @@ use cj_capture::Waker;
 use cj_journal::Reader;
 use cj_types::path::overlaps;
 use cj_types::protocol::{
-    self, decode_request, put_path, Change, ChangeKind, Op, Request, Rescan, RescanReason,
+    self, decode_request, put_path, Change, ChangeKind, Op, Request, RescanReason,
     PROTOCOL_VERSION, REQUEST_BYTES_MAX,
 };
 use cj_types::Cursor;
@@ -353,8 +353,7 @@ fn changes(
     // in the budget of bytes being sent: memory for all clients stays
     // bounded whatever they do (conn.rs).
     let (answer, building) = answer_when_ready(ctx, since, scope.as_deref(), deadline)?;
-    let encoded = encode_answer(&answer);
-    drop(answer);
+    let encoded = encode_answer(answer);
     let _held = ANSWER_BYTES
         .take(encoded.len())
         .ok_or_else(|| fail("busy", "the daemon is sending other large answers; retry"))?;
@@ -433,16 +432,16 @@ fn answer_when_ready(
 }
 
 /// The answer as the JSON lines `docs/protocol.md` describes.
-fn encode_answer(answer: &query::Answer) -> Vec<u8> {
+fn encode_answer(answer: query::Answer) -> Vec<u8> {
     let mut out = Vec::new();
-    for e in &answer.entries {
+    for e in answer.entries {
         let change = Change {
-            path: e.path.clone(),
+            changes: ChangeKind::of(e.changes).collect(),
+            path: e.path,
             kind: e.kind,
             exists: e.exists,
-            changes: ChangeKind::of(e.changes).collect(),
-            renamed_from: e.renamed_from.clone(),
-            renamed_to: e.renamed_to.clone(),
+            renamed_from: e.renamed_from,
+            renamed_to: e.renamed_to,
             subtree: e.subtree,
             gap: e.gap,
         };
@@ -452,14 +451,7 @@ fn encode_answer(answer: &query::Answer) -> Vec<u8> {
         entries: Vec::new(),
         cursor: answer.cursor.encode(),
         complete: answer.rescans.is_empty(),
-        rescan: answer
-            .rescans
-            .iter()
-            .map(|r| Rescan {
-                path: r.path.clone(),
-                reasons: r.reasons.clone(),
-            })
-            .collect(),
+        rescan: answer.rescans,
     };
     let _ = writeln!(out, "{}", Value::Object(last.final_json()));
     out
