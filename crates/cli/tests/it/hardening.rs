@@ -6,23 +6,10 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
 use crate::harness::{Answer, Daemon, Fs, Mount};
-
-fn reasons(a: &Answer) -> Vec<String> {
-    a.rescans().into_iter().map(|(_, r)| r).collect()
-}
+use crate::restarts::{reasons, segments};
 
 fn damaged(a: &Answer) -> bool {
     a.code == 3 && reasons(a).iter().any(|r| r.contains("journal_damaged"))
-}
-
-fn segments(state: &Path) -> Vec<PathBuf> {
-    let mut v: Vec<_> = fs::read_dir(state.join("journal"))
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|e| e == "cjseg"))
-        .collect();
-    v.sort();
-    v
 }
 
 /// Defect 3: records at or before a handed-out cursor are lost (the last

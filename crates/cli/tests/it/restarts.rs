@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use crate::harness::{Daemon, Fs, Mount};
 
-fn reasons(a: &crate::harness::Answer) -> Vec<String> {
+pub(crate) fn reasons(a: &crate::harness::Answer) -> Vec<String> {
     a.rescans().into_iter().map(|(_, r)| r).collect()
 }
 
@@ -163,7 +163,7 @@ fn kill9_during_write_storm_loses_no_acknowledged_change_xfs() {
     kill9_during_storm(Fs::Xfs);
 }
 
-fn segments(state: &Path) -> Vec<std::path::PathBuf> {
+pub(crate) fn segments(state: &Path) -> Vec<std::path::PathBuf> {
     let mut v: Vec<_> = fs::read_dir(state.join("journal"))
         .unwrap()
         .map(|e| e.unwrap().path())
