@@ -55,6 +55,9 @@ pub(crate) struct WriterThread {
     /// A write failed for good: every later barrier gets this error.
     failed: Option<String>,
     last_commit: Instant,
+    /// Wall clock of the last successful commit (a full disk's gap starts
+    /// there).
+    last_durable_ns: u64,
     last_retention: Instant,
     full: DiskFull,
 }
@@ -77,6 +80,7 @@ impl WriterThread {
             shutdown: false,
             failed: None,
             last_commit: Instant::now(),
+            last_durable_ns: now_ns(),
             last_retention: Instant::now(),
             full: DiskFull::default(),
         }
@@ -212,7 +216,13 @@ impl WriterThread {
         };
         match &result {
             Ok(_) => self.committed(batch, started),
-            Err(e) if self.full.enter(&mut self.writer, &self.shared, e) => self.failed = None,
+            Err(e)
+                if self
+                    .full
+                    .enter(&mut self.writer, &self.shared, e, self.last_durable_ns) =>
+            {
+                self.failed = None
+            }
             Err(e) => {
                 self.failed = Some(e.clone());
                 let _ = self
@@ -230,6 +240,7 @@ impl WriterThread {
     }
 
     fn committed(&mut self, batch: Batch, started: Instant) {
+        self.last_durable_ns = now_ns();
         if !batch.triggers.is_empty() {
             self.shared.reconcile.push(batch.triggers);
         }
@@ -264,7 +275,8 @@ fn reconcile_trigger(seq: u64, r: &RecordBody) -> Option<Request> {
 /// The writer's state while the state filesystem is full (design 6a).
 #[derive(Default)]
 struct DiskFull {
-    /// Wall-clock ns when the first commit failed for lack of space.
+    /// Wall-clock ns of the last successful commit before the first one
+    /// that failed for lack of space (where the gap starts).
     since: Option<u64>,
     /// Records dropped since.
     dropped: u64,
@@ -276,7 +288,16 @@ impl DiskFull {
     /// After a failed commit: if it failed for lack of space and the
     /// segment could be cut back to what is durable, waits the disk out
     /// instead of stopping the daemon. True if so.
-    fn enter(&mut self, writer: &mut Writer, shared: &Shared, error: &str) -> bool {
+    /// `last_durable_ns`: when the last commit succeeded; the dropped
+    /// records (and the changes they stood for) all came after it, so the
+    /// gap starts there.
+    fn enter(
+        &mut self,
+        writer: &mut Writer,
+        shared: &Shared,
+        error: &str,
+        last_durable_ns: u64,
+    ) -> bool {
         if !self.last_error_no_space {
             return false;
         }
@@ -286,7 +307,7 @@ impl DiskFull {
         }
         if self.since.is_none() {
             let now = now_ns();
-            self.since = Some(now);
+            self.since = Some(last_durable_ns);
             self.message = crate::shared::disk_full_message(&shared.state_dir);
             *shared.disk_full.lock().unwrap_or_else(|e| e.into_inner()) = Some(now);
             eprintln!(
