@@ -8,6 +8,7 @@
 
 pub mod bytes;
 mod cursor;
+pub mod follow;
 pub mod fsutil;
 pub mod path;
 pub mod protocol;

@@ -314,6 +314,12 @@ pub enum Op {
     Track,
     Untrack,
     Status,
+    Hello,
+    Follow,
+    ConsumerAdd,
+    ConsumerList,
+    ConsumerAck,
+    ConsumerRemove,
 }
 
 impl Op {
@@ -325,6 +331,12 @@ impl Op {
             "track" => Op::Track,
             "untrack" => Op::Untrack,
             "status" => Op::Status,
+            "hello" => Op::Hello,
+            "follow" => Op::Follow,
+            "consumer_add" => Op::ConsumerAdd,
+            "consumer_list" => Op::ConsumerList,
+            "consumer_ack" => Op::ConsumerAck,
+            "consumer_remove" => Op::ConsumerRemove,
             _ => return None,
         })
     }
@@ -343,6 +355,12 @@ pub struct Request {
     pub since: Option<String>,
     /// `changes`: how long to wait for reconciliation.
     pub wait_ms: Option<u64>,
+    /// `changes`, `follow` and the consumer ops: a durable consumer's name.
+    pub consumer: Option<String>,
+    /// `consumer_ack`: the cursor acknowledged.
+    pub cursor: Option<String>,
+    /// `follow`: how often a quiet stream sends a heartbeat line.
+    pub heartbeat_ms: Option<u64>,
 }
 
 /// Decodes one request line (without or with its newline). The error says
@@ -367,6 +385,9 @@ pub fn decode_request(line: &[u8]) -> Result<Request, String> {
         path,
         since: get_str(&map, "since")?.map(str::to_owned),
         wait_ms: get_u64(&map, "wait_ms")?,
+        consumer: get_str(&map, "consumer")?.map(str::to_owned),
+        cursor: get_str(&map, "cursor")?.map(str::to_owned),
+        heartbeat_ms: get_u64(&map, "heartbeat_ms")?,
     })
 }
 

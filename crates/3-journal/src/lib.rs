@@ -122,6 +122,7 @@ pub fn open_with(
         }),
         durable_lock: Mutex::new(durable_seq),
         durable_cv: Condvar::new(),
+        pin: std::sync::atomic::AtomicU64::new(u64::MAX),
     });
     let writer = Writer::new(
         shared.clone(),

@@ -87,6 +87,15 @@ impl Reader {
             .len()
     }
 
+    /// Keeps the records above `after` (a durable consumer's acknowledged
+    /// seq) past the usual retention limits, up to
+    /// `Options::pinned_cap_bytes`. `None` releases the pin.
+    pub fn set_pin(&self, after: Option<u64>) {
+        self.shared
+            .pin
+            .store(after.unwrap_or(u64::MAX), std::sync::atomic::Ordering::SeqCst);
+    }
+
     /// Waits until `seq` is durable. False on timeout.
     pub fn wait_durable(&self, seq: u64, timeout: Duration) -> bool {
         let deadline = Instant::now() + timeout;

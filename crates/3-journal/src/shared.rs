@@ -3,6 +3,7 @@
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicU64;
 use std::sync::{Condvar, Mutex, RwLock};
 use std::time::Duration;
 
@@ -25,6 +26,10 @@ pub struct Options {
     /// continue (design 7 step 5a): records lost below it are reported as
     /// damaged, never renumbered.
     pub seq_floor: u64,
+    /// Records a durable consumer has not acknowledged (above the pin, see
+    /// [`crate::Reader::set_pin`]) are kept past `retain_bytes` and
+    /// `retain_age`, until the journal reaches this size.
+    pub pinned_cap_bytes: u64,
 }
 
 impl Default for Options {
@@ -34,6 +39,7 @@ impl Default for Options {
             retain_bytes: 2 << 30,
             retain_age: Duration::from_secs(30 * 24 * 3600),
             seq_floor: 0,
+            pinned_cap_bytes: 8 << 30,
         }
     }
 }
@@ -59,6 +65,9 @@ pub(crate) struct Shared {
     pub state: RwLock<State>,
     pub durable_lock: Mutex<u64>,
     pub durable_cv: Condvar,
+    /// Retention keeps every record above this seq while it can
+    /// (`u64::MAX`: nothing pinned).
+    pub pin: AtomicU64,
 }
 
 pub(crate) const SEGMENT_SUFFIX: &str = ".cjseg";

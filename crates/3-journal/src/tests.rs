@@ -20,6 +20,7 @@ fn small() -> Options {
         retain_bytes: u64::MAX,
         retain_age: Duration::from_secs(3600),
         seq_floor: 0,
+        pinned_cap_bytes: u64::MAX,
     }
 }
 
@@ -233,6 +234,7 @@ fn retention_by_size_drops_oldest_segments() {
         retain_bytes: 16 * 1024,
         retain_age: Duration::from_secs(3600),
         seq_floor: 0,
+        pinned_cap_bytes: u64::MAX,
     };
     let (mut w, r, _) = open(dir.path(), opts.clone()).unwrap();
     write_n(&mut w, 2000);
@@ -260,6 +262,37 @@ fn retention_by_age() {
         .unwrap();
     assert_eq!(removed, before - 1, "all but the active segment");
     assert_eq!(r.segment_count(), 1);
+}
+
+#[test]
+fn a_pin_holds_records_past_the_budget_until_the_cap() {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = Options {
+        segment_bytes: 4096,
+        retain_bytes: 16 * 1024,
+        retain_age: Duration::from_secs(3600),
+        seq_floor: 0,
+        pinned_cap_bytes: 64 * 1024,
+    };
+    let (mut w, r, _) = open(dir.path(), opts).unwrap();
+    r.set_pin(Some(10));
+    write_n(&mut w, 300);
+    // Over the 16 KiB budget, under the cap: nothing above seq 10 goes.
+    assert!(r.disk_bytes() > 16 * 1024);
+    assert!(r.first_seq() <= 11, "first {}", r.first_seq());
+    // Past the cap the oldest records go even though they are pinned.
+    write_n(&mut w, 3000);
+    assert!(r.disk_bytes() <= 64 * 1024 + 4096);
+    assert!(r.first_seq() > 11);
+    // Released, the usual budget applies again at the next roll-over.
+    r.set_pin(None);
+    w.enforce_retention(now_ns()).unwrap();
+    assert!(r.disk_bytes() <= 16 * 1024 + 4096);
+    // An age limit does not drop pinned records either.
+    let first = r.first_seq();
+    r.set_pin(Some(first - 1));
+    w.enforce_retention(now_ns() + 7200 * 1_000_000_000).unwrap();
+    assert_eq!(r.first_seq(), first);
 }
 
 /// Marks every segment as written by format version 1 (same layout for

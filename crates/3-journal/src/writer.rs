@@ -6,6 +6,7 @@
 use std::fs::{self, File, OpenOptions};
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::Path;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -294,8 +295,15 @@ impl Writer {
                     // segment's creation.
                     let newest_ns = state.segments[1].created_ns;
                     let too_old = newest_ns != 0 && now_ns.saturating_sub(newest_ns) > age_ns;
-                    (total > self.options.retain_bytes || too_old)
-                        .then(|| state.segments[0].path.clone())
+                    // Records a consumer still needs go only past the cap.
+                    let last_seq = state.segments[1].first_seq - 1;
+                    let pinned = last_seq > self.shared.pin.load(Ordering::SeqCst);
+                    let over = if pinned {
+                        total > self.options.pinned_cap_bytes.max(self.options.retain_bytes)
+                    } else {
+                        total > self.options.retain_bytes || too_old
+                    };
+                    over.then(|| state.segments[0].path.clone())
                 }
             };
             let Some(path) = victim else { break };

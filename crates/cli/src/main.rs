@@ -177,6 +177,7 @@ fn daemon(socket: PathBuf, a: DaemonArgs) -> Result<i32> {
                 .unwrap_or(cj_journal::Options::default().segment_bytes),
             // Set by the service from its own durable marks.
             seq_floor: 0,
+            pinned_cap_bytes: a.consumer_cap_mib.saturating_mul(1 << 20),
         },
         commit_interval: std::time::Duration::from_millis(a.commit_interval_ms),
         reconcile_walk_only: a.reconcile == "walk",
