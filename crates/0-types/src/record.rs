@@ -151,6 +151,14 @@ impl std::ops::BitAnd for Changes {
     }
 }
 
+/// The changes of `self` that are not in `rhs`.
+impl std::ops::Sub for Changes {
+    type Output = Changes;
+    fn sub(self, rhs: Changes) -> Changes {
+        Changes(self.0 & !rhs.0)
+    }
+}
+
 impl std::ops::BitOrAssign for Changes {
     fn bitor_assign(&mut self, rhs: Changes) {
         self.0 |= rhs.0;

@@ -14,6 +14,8 @@ pub const DEFAULT_SOCKET: &str = "/run/cj/cj.sock";
 pub const STOP_REFRESH_WAIT: Duration = Duration::from_secs(20);
 /// Default for how often idle baselines are refreshed.
 pub const BASELINE_REFRESH_DEFAULT_SECS: u64 = 600;
+/// Default: a durable consumer unused this many days stops pinning.
+pub const CONSUMER_IDLE_DEFAULT_DAYS: u64 = 30;
 
 #[derive(Clone, Debug)]
 pub struct Config {
@@ -30,6 +32,11 @@ pub struct Config {
     /// How often idle baselines are refreshed quietly
     /// (`None`: never).
     pub baseline_refresh: Option<Duration>,
+    /// A follower that takes no byte for this long is cut off.
+    pub follow_stall: Duration,
+    /// A durable consumer not used for this long stops pinning the journal
+    /// (`None`: never).
+    pub consumer_idle: Option<Duration>,
 }
 
 impl Default for Config {
@@ -42,6 +49,8 @@ impl Default for Config {
             commit_interval: Duration::from_millis(pipeline::COMMIT_INTERVAL_DEFAULT_MS),
             reconcile_walk_only: false,
             baseline_refresh: Some(Duration::from_secs(BASELINE_REFRESH_DEFAULT_SECS)),
+            follow_stall: crate::server::FOLLOW_STALL_DEFAULT,
+            consumer_idle: Some(Duration::from_secs(CONSUMER_IDLE_DEFAULT_DAYS * 86_400)),
         }
     }
 }

@@ -199,6 +199,10 @@ impl DeadlineWriter {
         }
     }
 
+    pub fn stream(&self) -> &UnixStream {
+        &self.stream
+    }
+
     /// Starts the clock for the next answer.
     pub fn restart(&mut self) {
         self.deadline = Instant::now() + ANSWER_DEADLINE;
@@ -261,6 +265,21 @@ impl Budget {
                 .wait_timeout(used, deadline - now)
                 .unwrap_or_else(|e| e.into_inner())
                 .0;
+        }
+        *used += units;
+        Some(Permit {
+            budget: self,
+            units,
+        })
+    }
+}
+
+impl Budget {
+    /// Takes `units` now, or `None` if they are not free.
+    pub fn try_take(&self, units: usize) -> Option<Permit<'_>> {
+        let mut used = self.used.lock().unwrap_or_else(|e| e.into_inner());
+        if *used + units > self.capacity {
+            return None;
         }
         *used += units;
         Some(Permit {

@@ -27,6 +27,8 @@ use crate::{conn, inbox, pipeline, reconciler, server, state};
 
 /// Messages the exit channel holds (signals and fatal errors).
 const EXIT_QUEUE_MAX: usize = 16;
+/// How often the consumers' retention pin is recomputed (idle policy).
+const PIN_REFRESH_INTERVAL: std::time::Duration = std::time::Duration::from_secs(60);
 
 pub struct Daemon {
     config: Config,
@@ -85,6 +87,11 @@ impl Daemon {
         journal_start_gaps(&pipeline, &facts)?;
         start_reconciler(&config, &state_dir, &pipeline, &reader, exit_tx.clone())?;
         request_missing_baselines(&pipeline, &snapshots, &roots);
+        let consumers = Arc::new(crate::consumers::Consumers::load(
+            &state_dir,
+            config.consumer_idle,
+        )?);
+        let shutdown = Arc::new(AtomicBool::new(false));
         let ctx = Arc::new(server::Context {
             reader,
             ctl: pipeline.ctl.clone(),
@@ -97,7 +104,16 @@ impl Daemon {
             roots_lock: Mutex::new(()),
             slots: conn::Slots::default(),
             admin_uid: 0,
+            consumers,
+            stopping: shutdown.clone(),
+            follow_stall: config.follow_stall,
+            consumer_cap_bytes: config
+                .journal
+                .pinned_cap_bytes
+                .max(config.journal.retain_bytes),
+            consumer_idle: config.consumer_idle,
         });
+        server::refresh_pin(&ctx);
         Ok(Daemon {
             config,
             state_dir,
@@ -106,7 +122,7 @@ impl Daemon {
             exit_tx,
             exit_rx,
             roots: roots.len(),
-            shutdown: Arc::new(AtomicBool::new(false)),
+            shutdown,
         })
     }
 
@@ -119,6 +135,17 @@ impl Daemon {
             .name("cj-accept".into())
             .spawn(move || server::serve(listener, ctx, &shutdown))
             .map_err(io(&self.config.socket, "start server thread"))?;
+        // Idle consumers stop pinning without anyone asking.
+        let ctx = self.ctx.clone();
+        std::thread::Builder::new()
+            .name("cj-consumers".into())
+            .spawn(move || {
+                while !ctx.stopping.load(Ordering::SeqCst) {
+                    server::refresh_pin(&ctx);
+                    std::thread::sleep(PIN_REFRESH_INTERVAL);
+                }
+            })
+            .map_err(io(&self.config.socket, "start consumer thread"))?;
         log(format!(
             "ready: journal {} at seq {}, socket {}, {} root(s)",
             self.ctx.reader.journal_id(),

@@ -14,6 +14,7 @@
 mod clock;
 pub mod config;
 pub mod conn;
+pub mod consumers;
 pub mod daemon;
 mod error;
 pub mod inbox;

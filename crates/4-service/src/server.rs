@@ -56,14 +56,30 @@ pub struct Context {
     pub slots: conn::Slots,
     /// The uid answered (root; tests that run as another user set theirs).
     pub admin_uid: u32,
+    /// Durable consumers (issue 11).
+    pub consumers: Arc<crate::consumers::Consumers>,
+    /// Set when the daemon stops: followers say so and end.
+    pub stopping: Arc<AtomicBool>,
+    /// A follower that takes no byte for this long is cut off.
+    pub follow_stall: Duration,
+    /// Shown by `consumer_list`: the journal's `pinned_cap_bytes` and the
+    /// idle policy.
+    pub consumer_cap_bytes: u64,
+    pub consumer_idle: Option<Duration>,
 }
+
+mod consumer_ops;
+mod follow;
+
+pub(crate) use consumer_ops::refresh_pin;
+pub use follow::{FOLLOWERS_MAX, FOLLOW_BUFFER_BYTES, FOLLOW_STALL_DEFAULT, HEARTBEAT_DEFAULT};
 
 pub(crate) struct Failure {
     code: &'static str,
     message: String,
 }
 
-fn fail(code: &'static str, message: impl Into<String>) -> Failure {
+pub(crate) fn fail(code: &'static str, message: impl Into<String>) -> Failure {
     Failure {
         code,
         message: message.into(),
@@ -204,6 +220,17 @@ fn connection(stream: UnixStream, ctx: &Context, slot: u64) -> std::io::Result<(
             conn::Request::Line => {}
         }
         let result = match decode_request(&line) {
+            Ok(req) if req.op == Op::Follow => {
+                // The stream is the rest of this connection.
+                out.flush()?;
+                return match follow::serve(out.get_ref().stream(), &req, ctx) {
+                    Ok(()) => Ok(()),
+                    Err(f) => {
+                        writeln!(out, "{}", json!({"error": f.message, "code": f.code}))?;
+                        out.flush()
+                    }
+                };
+            }
             Ok(req) => dispatch(req, ctx, &mut out),
             Err(e) => Err(fail("bad_request", e)),
         };
@@ -253,6 +280,14 @@ fn dispatch(req: Request, ctx: &Context, out: &mut impl Write) -> Result<(), Fai
             w(out, status(ctx));
             Ok(())
         }
+        Op::Hello => {
+            w(out, consumer_ops::hello());
+            Ok(())
+        }
+        Op::ConsumerAdd | Op::ConsumerList | Op::ConsumerAck | Op::ConsumerRemove => {
+            w(out, consumer_ops::handle(&req, ctx)?);
+            Ok(())
+        }
         _ => Err(fail(
             "bad_request",
             "this daemon does not implement that op",
@@ -260,7 +295,7 @@ fn dispatch(req: Request, ctx: &Context, out: &mut impl Write) -> Result<(), Fai
     }
 }
 
-fn check_tracked(ctx: &Context, path: &[u8]) -> Result<(), Failure> {
+pub(crate) fn check_tracked(ctx: &Context, path: &[u8]) -> Result<(), Failure> {
     let roots = ctx.roots();
     let covered = roots.iter().any(|r| overlaps(path, &r.path));
     if covered {
@@ -338,10 +373,16 @@ fn changes(
     ctx: &Context,
     out: &mut impl Write,
 ) -> Result<(), Failure> {
-    let since_text = req
-        .since
-        .as_deref()
-        .ok_or_else(|| fail("bad_request", "changes needs \"since\" (a cursor)"))?;
+    let (since_text, scope) = match &req.consumer {
+        Some(name) => consumer_start(ctx, name, req.since.as_deref(), scope)?,
+        None => (
+            req.since
+                .clone()
+                .ok_or_else(|| fail("bad_request", "changes needs \"since\" (a cursor)"))?,
+            scope,
+        ),
+    };
+    let since_text = since_text.as_str();
     if let Some(p) = &scope {
         check_tracked(ctx, p)?;
     }
@@ -366,6 +407,35 @@ fn changes(
     }
     // A client that does not take its answer loses its connection.
     result.map_err(|e| fail("failed", format!("writing the answer: {e}")))
+}
+
+/// A consumer's starting cursor (unless `since` is given) and its scope
+/// narrowed to `path`.
+pub(crate) fn consumer_start(
+    ctx: &Context,
+    name: &str,
+    since: Option<&str>,
+    path: Option<Vec<u8>>,
+) -> Result<(String, Option<Vec<u8>>), Failure> {
+    let c = ctx
+        .consumers
+        .use_(name)
+        .map_err(|e| fail(e.code(), e.to_string()))?;
+    let scope = match (path, c.scope) {
+        (Some(p), Some(s)) => Some(query::intersect(&p, &s).ok_or_else(|| {
+            fail(
+                "bad_request",
+                format!(
+                    "{} is outside consumer {name:?}'s scope {}",
+                    cj_types::log_path(&p),
+                    cj_types::log_path(&s)
+                ),
+            )
+        })?),
+        (p, s) => p.or(s),
+    };
+    let since = since.map(str::to_owned).unwrap_or_else(|| c.cursor.encode());
+    Ok((since, scope))
 }
 
 /// The answer for `(since, now]`, once the gaps in range are closed, the

@@ -25,7 +25,13 @@ pub use cj_types::protocol::{Answer, Change, ChangeKind, Rescan, RescanReason};
 pub use cj_types::ObjectKind;
 use serde_json::{json, Map, Value};
 
+pub use cj_types::follow::FollowLine;
 pub use cj_types::protocol::{EXIT_COMPLETE, EXIT_ERROR, EXIT_INCOMPLETE, EXIT_USAGE};
+
+#[cfg(feature = "async")]
+pub mod r#async;
+mod follow;
+pub use follow::{Follow, FollowOptions};
 
 /// Where the daemon listens unless `CJ_SOCKET` says otherwise.
 pub const DEFAULT_SOCKET: &str = "/run/cj/cj.sock";
@@ -121,7 +127,7 @@ impl Client {
         })
     }
 
-    fn request(&mut self, req: Value) -> Result<(), Error> {
+    pub(crate) fn request(&mut self, req: Value) -> Result<(), Error> {
         let mut line = serde_json::to_vec(&req).map_err(|e| Error::Protocol(e.to_string()))?;
         line.push(b'\n');
         if let Err(e) = self.writer.write_all(&line) {
@@ -136,7 +142,7 @@ impl Client {
     }
 
     /// Reads one answer line; daemon errors become `Err`.
-    fn line(&mut self) -> Result<Map<String, Value>, Error> {
+    pub(crate) fn line(&mut self) -> Result<Map<String, Value>, Error> {
         let mut buf = Vec::new();
         let n = std::io::Read::take(&mut self.reader, RESPONSE_LINE_BYTES_MAX as u64)
             .read_until(b'\n', &mut buf)?;
@@ -167,13 +173,93 @@ impl Client {
         Ok(m)
     }
 
-    fn with_path(op: &str, path: Option<&[u8]>) -> Map<String, Value> {
+    pub(crate) fn with_path(op: &str, path: Option<&[u8]>) -> Map<String, Value> {
         let mut m = Map::new();
         m.insert("op".into(), Value::from(op));
         if let Some(p) = path {
             put_path(&mut m, "path", p);
         }
         m
+    }
+
+    /// The handshake: the daemon's protocol version, name and
+    /// capabilities (`docs/protocol.md`).
+    pub fn hello(&mut self) -> Result<Hello, Error> {
+        self.request(json!({"op": "hello", "protocol": cj_types::protocol::PROTOCOL_VERSION}))?;
+        let m = self.line()?;
+        Ok(Hello {
+            protocol: m.get("protocol").and_then(Value::as_u64).unwrap_or(0),
+            server: m
+                .get("server")
+                .and_then(Value::as_str)
+                .unwrap_or("")
+                .to_string(),
+            capabilities: m
+                .get("capabilities")
+                .and_then(Value::as_array)
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|c| c.as_str().map(str::to_owned))
+                        .collect()
+                })
+                .unwrap_or_default(),
+        })
+    }
+
+    /// Adds a durable consumer, starting now (or at `since`), optionally
+    /// limited to `path`. Returns its starting cursor.
+    pub fn consumer_add(
+        &mut self,
+        name: &str,
+        path: Option<&[u8]>,
+        since: Option<&str>,
+    ) -> Result<String, Error> {
+        let mut req = Client::with_path("consumer_add", path);
+        req.insert("consumer".into(), Value::from(name));
+        if let Some(c) = since {
+            req.insert("cursor".into(), Value::from(c));
+        }
+        self.request(Value::Object(req))?;
+        let m = self.line()?;
+        Ok(m.get("cursor")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string())
+    }
+
+    /// Records that the consumer has processed everything up to `cursor`
+    /// (durably: retention may now drop what came before).
+    pub fn consumer_ack(&mut self, name: &str, cursor: &str) -> Result<(), Error> {
+        self.request(json!({"op": "consumer_ack", "consumer": name, "cursor": cursor}))?;
+        self.line().map(|_| ())
+    }
+
+    pub fn consumer_remove(&mut self, name: &str) -> Result<(), Error> {
+        self.request(json!({"op": "consumer_remove", "consumer": name}))?;
+        self.line().map(|_| ())
+    }
+
+    /// The consumers and their places (`consumer_list` in the protocol).
+    pub fn consumers(&mut self) -> Result<Map<String, Value>, Error> {
+        self.request(json!({"op": "consumer_list"}))?;
+        self.line()
+    }
+
+    /// Every change since the consumer's acknowledged cursor, in its scope
+    /// (narrowed to `path`). Acknowledge the answer's cursor once the
+    /// changes are processed.
+    pub fn consumer_changes(
+        &mut self,
+        name: &str,
+        path: Option<&[u8]>,
+        wait: Option<std::time::Duration>,
+    ) -> Result<Answer, Error> {
+        let mut entries = Vec::new();
+        let last = self.changes_raw(Since::Consumer(name), path, wait, |m| {
+            entries.push(parse_change(m)?);
+            Ok(())
+        })?;
+        parse_final(&last, entries)
     }
 
     pub fn ping(&mut self) -> Result<(), Error> {
@@ -199,13 +285,16 @@ impl Client {
     /// spanning a restart or an overflow can still be complete.
     pub fn changes_raw(
         &mut self,
-        since: &str,
+        from: Since<'_>,
         path: Option<&[u8]>,
         wait: Option<std::time::Duration>,
         mut f: impl FnMut(&Map<String, Value>) -> Result<(), Error>,
     ) -> Result<Map<String, Value>, Error> {
         let mut req = Client::with_path("changes", path);
-        req.insert("since".into(), Value::from(since));
+        match from {
+            Since::Cursor(since) => req.insert("since".into(), Value::from(since)),
+            Since::Consumer(name) => req.insert("consumer".into(), Value::from(name)),
+        };
         if let Some(w) = wait {
             req.insert("wait_ms".into(), Value::from(w.as_millis() as u64));
         }
@@ -232,7 +321,7 @@ impl Client {
         wait: Option<std::time::Duration>,
     ) -> Result<Answer, Error> {
         let mut entries = Vec::new();
-        let last = self.changes_raw(since, path, wait, |m| {
+        let last = self.changes_raw(Since::Cursor(since), path, wait, |m| {
             entries.push(parse_change(m)?);
             Ok(())
         })?;
@@ -253,6 +342,31 @@ impl Client {
     pub fn status(&mut self) -> Result<Map<String, Value>, Error> {
         self.request(json!({"op": "status"}))?;
         self.line()
+    }
+}
+
+/// Where a `changes` answer starts.
+#[derive(Debug, Clone, Copy)]
+pub enum Since<'a> {
+    /// After this cursor.
+    Cursor(&'a str),
+    /// After the durable consumer's acknowledged cursor, in its scope.
+    Consumer(&'a str),
+}
+
+/// The answer to `hello`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Hello {
+    pub protocol: u64,
+    /// `cj <version>`.
+    pub server: String,
+    /// Named features (`follow`, `consumers`, ...).
+    pub capabilities: Vec<String>,
+}
+
+impl Hello {
+    pub fn can(&self, capability: &str) -> bool {
+        self.capabilities.iter().any(|c| c == capability)
     }
 }
 

@@ -12,6 +12,8 @@ use cj_client::{Client, EXIT_COMPLETE, EXIT_ERROR, EXIT_INCOMPLETE};
 use cj_types::{escape_path, Cursor};
 use clap::{Parser, Subcommand};
 
+mod stream;
+
 #[derive(Parser)]
 #[command(
     name = "cj",
@@ -51,6 +53,19 @@ struct DaemonArgs {
     /// re-reports fewer already journaled changes. 0 turns it off.
     #[arg(long, value_name = "SECS", default_value_t = cj_service::BASELINE_REFRESH_DEFAULT_SECS)]
     baseline_refresh_secs: u64,
+    /// Durable consumers hold records past --retain-mib/--retain-days until
+    /// the journal reaches this size; then the oldest go anyway and those
+    /// consumers are told `cursor_expired`.
+    #[arg(long, value_name = "MIB", default_value_t = 8192)]
+    consumer_cap_mib: u64,
+    /// A durable consumer not used (ack, follow, changes) for this many days
+    /// stops holding records back. 0: never.
+    #[arg(long, value_name = "DAYS", default_value_t = cj_service::config::CONSUMER_IDLE_DEFAULT_DAYS)]
+    consumer_idle_days: u64,
+    /// A follower that takes no byte for this long is cut off (it is told
+    /// so, and resumes from its cursor).
+    #[arg(long, value_name = "MS", default_value_t = cj_service::server::FOLLOW_STALL_DEFAULT.as_millis() as u64)]
+    follow_stall_ms: u64,
     /// Testing only: use the kernel's bounded event queue so that
     /// overflows can be forced.
     #[arg(long, hide = true)]
@@ -82,8 +97,16 @@ enum Command {
     /// output names the directories to rescan and why.
     Changes {
         /// A cursor from `cj cursor` or an earlier `cj changes`.
-        #[arg(long, value_name = "CURSOR")]
-        since: String,
+        #[arg(long, value_name = "CURSOR", required_unless_present = "consumer")]
+        since: Option<String>,
+        /// Start after this durable consumer's acknowledged cursor, in its
+        /// scope (acknowledge with `cj consumer ack`, or use --ack).
+        #[arg(long, value_name = "NAME", conflicts_with = "since")]
+        consumer: Option<String>,
+        /// With --consumer: acknowledge the answer's cursor once it is
+        /// printed (only when the answer is complete).
+        #[arg(long, requires = "consumer")]
+        ack: bool,
         /// Only changes at or below this path.
         path: Option<PathBuf>,
         /// JSON lines: one object per path, then {"cursor": ...}.
@@ -101,6 +124,16 @@ enum Command {
         #[arg(long, value_name = "SECS", num_args = 0..=1, default_missing_value = "300")]
         wait: Option<u64>,
     },
+    /// Print changes as they become durable: first those since CURSOR (or
+    /// the consumer's cursor), then a `history_done` marker, then live.
+    ///
+    /// Reconnects and resumes when the daemon restarts. Runs until
+    /// interrupted.
+    Follow(stream::FollowArgs),
+    /// Durable consumers: named places in the journal that survive
+    /// restarts and hold back retention until acknowledged.
+    #[command(subcommand)]
+    Consumer(stream::ConsumerCommand),
     /// Show reconciliation progress; with --wait, follow it until idle.
     Reconcile {
         #[arg(long)]
@@ -139,19 +172,31 @@ fn run(cli: Cli) -> Result<i32> {
         Command::Cursor { path } => cursor(&socket, path.as_deref()),
         Command::Changes {
             since,
+            consumer,
+            ack,
             path,
             json,
             null,
             cursor_file,
             wait,
-        } => changes(
-            &socket,
-            &since,
-            path.as_deref(),
-            Output { json, null },
-            cursor_file.as_deref(),
-            wait.map(std::time::Duration::from_secs),
-        ),
+        } => {
+            let from = match (&since, &consumer) {
+                (_, Some(name)) => cj_client::Since::Consumer(name),
+                (Some(c), None) => cj_client::Since::Cursor(c),
+                (None, None) => bail!("give --since CURSOR or --consumer NAME"),
+            };
+            changes(
+                &socket,
+                from,
+                path.as_deref(),
+                Output { json, null },
+                cursor_file.as_deref(),
+                wait.map(std::time::Duration::from_secs),
+                ack,
+            )
+        }
+        Command::Follow(args) => stream::follow(&socket, args),
+        Command::Consumer(c) => stream::consumer(&socket, c),
         Command::Reconcile { wait } => reconcile(&socket, wait),
     }
 }
@@ -183,6 +228,9 @@ fn daemon(socket: PathBuf, a: DaemonArgs) -> Result<i32> {
         reconcile_walk_only: a.reconcile == "walk",
         baseline_refresh: (a.baseline_refresh_secs > 0)
             .then(|| std::time::Duration::from_secs(a.baseline_refresh_secs)),
+        follow_stall: std::time::Duration::from_millis(a.follow_stall_ms.max(1)),
+        consumer_idle: (a.consumer_idle_days > 0)
+            .then(|| std::time::Duration::from_secs(a.consumer_idle_days.saturating_mul(86_400))),
     };
     cj_service::run(config)?;
     Ok(EXIT_COMPLETE)
@@ -190,7 +238,7 @@ fn daemon(socket: PathBuf, a: DaemonArgs) -> Result<i32> {
 
 /// An absolute, normalised path without resolving symlinks in the last part
 /// when it does not exist (so a deleted directory can still be asked about).
-fn absolute(path: &Path) -> Result<Vec<u8>> {
+pub(crate) fn absolute(path: &Path) -> Result<Vec<u8>> {
     if let Ok(p) = std::fs::canonicalize(path) {
         return Ok(p.into_os_string().into_vec());
     }
@@ -216,14 +264,14 @@ fn absolute(path: &Path) -> Result<Vec<u8>> {
 
 /// Prints one line on stdout. Unlike `println!`, a full disk or a closed
 /// pipe is an error the caller reports (issue 9, defect 9), never a panic.
-fn say(line: std::fmt::Arguments<'_>) -> Result<()> {
+pub(crate) fn say(line: std::fmt::Arguments<'_>) -> Result<()> {
     let mut out = std::io::stdout().lock();
     writeln!(out, "{line}")
         .and_then(|()| out.flush())
         .context("cannot write the output")
 }
 
-fn connect(socket: &Path) -> Result<Client> {
+pub(crate) fn connect(socket: &Path) -> Result<Client> {
     Ok(Client::connect(socket)?)
 }
 
@@ -399,7 +447,7 @@ fn cursor(socket: &Path, path: Option<&Path>) -> Result<i32> {
     Ok(EXIT_COMPLETE)
 }
 
-fn write_cursor_file(file: &Path, cursor: &str) -> Result<()> {
+pub(crate) fn write_cursor_file(file: &Path, cursor: &str) -> Result<()> {
     let tmp = {
         let mut name = OsString::from(file.as_os_str());
         name.push(".tmp");
@@ -498,17 +546,21 @@ fn reconcile(socket: &Path, wait: bool) -> Result<i32> {
     }
 }
 
+// long: one answer in three output formats
 fn changes(
     socket: &Path,
-    since: &str,
+    from: cj_client::Since<'_>,
     path: Option<&Path>,
     output: Output,
     cursor_file: Option<&Path>,
     wait: Option<std::time::Duration>,
+    ack: bool,
 ) -> Result<i32> {
     let Output { json, null } = output;
-    if let Err(e) = Cursor::parse(since) {
-        eprintln!("cj: {e}; answering with a rescan of the whole scope");
+    if let cj_client::Since::Cursor(since) = from {
+        if let Err(e) = Cursor::parse(since) {
+            eprintln!("cj: {e}; answering with a rescan of the whole scope");
+        }
     }
     let path = path.map(absolute).transpose()?;
     let mut client = connect(socket)?;
@@ -516,7 +568,7 @@ fn changes(
     let mut out = std::io::BufWriter::new(stdout.lock());
     let mut entries = Vec::new();
     let mut io_error: Option<std::io::Error> = None;
-    let last = client.changes_raw(since, path.as_deref(), wait, |m| {
+    let last = client.changes_raw(from, path.as_deref(), wait, |m| {
         if json {
             if let Err(e) = writeln!(out, "{}", serde_json::Value::Object(m.clone())) {
                 io_error.get_or_insert(e);
@@ -591,6 +643,9 @@ fn changes(
         write_cursor_file(f, &answer.cursor)?;
     }
     if answer.complete {
+        if let (true, cj_client::Since::Consumer(name)) = (ack, from) {
+            client.consumer_ack(name, &answer.cursor)?;
+        }
         return Ok(EXIT_COMPLETE);
     }
     for r in &answer.rescan {

@@ -70,6 +70,11 @@ fn start() -> Fixture {
         slots: conn::Slots::default(),
         // SAFETY: getuid has no preconditions.
         admin_uid: unsafe { libc::getuid() },
+        consumers: Arc::new(crate::consumers::Consumers::load(dir.path(), None).unwrap()),
+        stopping: Arc::new(AtomicBool::new(false)),
+        follow_stall: Duration::from_millis(300),
+        consumer_cap_bytes: 1 << 30,
+        consumer_idle: None,
     });
     let listener = UnixListener::bind(&socket).unwrap();
     let shutdown = Arc::new(AtomicBool::new(false));

@@ -1,0 +1,149 @@
+//! `hello` and the durable consumer requests (`docs/protocol.md`).
+
+use cj_types::protocol::{put_path, Op, Request, PROTOCOL_VERSION};
+use cj_types::Cursor;
+use serde_json::{json, Map, Value};
+
+use super::{check_tracked, fail, Context, Failure};
+use crate::consumers::{check_name, Consumer};
+
+/// What this daemon can do, for clients to check before relying on it.
+pub const CAPABILITIES: &[&str] = &[
+    "changes",
+    "changes_wait",
+    "cursor",
+    "track",
+    "status",
+    "follow",
+    "follow_heartbeat",
+    "consumers",
+    "paths_b64",
+];
+
+pub(super) fn hello() -> Value {
+    json!({
+        "ok": true,
+        "protocol": PROTOCOL_VERSION,
+        "server": format!("cj {}", env!("CARGO_PKG_VERSION")),
+        "capabilities": CAPABILITIES,
+        "limits": {
+            "connections": crate::conn::CONNECTIONS_MAX,
+            "followers": super::FOLLOWERS_MAX,
+            "request_bytes": cj_types::protocol::REQUEST_BYTES_MAX,
+            "consumers": crate::consumers::CONSUMERS_MAX,
+        },
+    })
+}
+
+pub(super) fn handle(req: &Request, ctx: &Context) -> Result<Value, Failure> {
+    let name = req
+        .consumer
+        .as_deref()
+        .ok_or_else(|| fail("bad_request", "this request needs \"consumer\" (a name)"));
+    let refused = |e: crate::consumers::Refusal| fail(e.code(), e.to_string());
+    let answer = match req.op {
+        Op::ConsumerAdd => {
+            let name = name?;
+            check_name(name).map_err(refused)?;
+            if let Some(p) = &req.path {
+                check_tracked(ctx, p)?;
+            }
+            let at = match &req.cursor {
+                Some(text) => acceptable(ctx, text)?,
+                None => Cursor {
+                    journal_id: ctx.reader.journal_id(),
+                    seq: ctx.sync()?,
+                },
+            };
+            ctx.consumers
+                .add(name, req.path.clone(), at)
+                .map_err(refused)?;
+            json!({"ok": true, "cursor": at.encode()})
+        }
+        Op::ConsumerAck => {
+            let name = name?;
+            let text = req.cursor.as_deref().ok_or_else(|| {
+                fail("bad_request", "consumer_ack needs \"cursor\" (the cursor to acknowledge)")
+            })?;
+            let at = acceptable(ctx, text)?;
+            ctx.consumers.ack(name, at).map_err(refused)?;
+            json!({"ok": true})
+        }
+        Op::ConsumerRemove => {
+            ctx.consumers.remove(name?).map_err(refused)?;
+            json!({"ok": true})
+        }
+        _ => list(ctx),
+    };
+    refresh_pin(ctx);
+    Ok(answer)
+}
+
+/// A cursor a consumer may be moved to: of this journal and not past
+/// what is durable.
+fn acceptable(ctx: &Context, text: &str) -> Result<Cursor, Failure> {
+    let c = Cursor::parse(text).map_err(|e| fail("bad_request", e.to_string()))?;
+    if c.journal_id != ctx.reader.journal_id() {
+        return Err(fail(
+            "bad_request",
+            "that cursor is from another journal (another machine, or a state directory that \
+             was reset); give a cursor from this daemon",
+        ));
+    }
+    if c.seq > ctx.reader.durable_seq() {
+        return Err(fail(
+            "bad_request",
+            "that cursor is ahead of the journal; give a cursor this daemon handed out",
+        ));
+    }
+    Ok(c)
+}
+
+/// Tells retention what the consumers in use still need.
+pub(crate) fn refresh_pin(ctx: &Context) {
+    let now = cj_types::sys::now_ns();
+    ctx.reader
+        .set_pin(ctx.consumers.pin(ctx.reader.journal_id(), now));
+}
+
+fn list(ctx: &Context) -> Value {
+    let now = cj_types::sys::now_ns();
+    let durable = ctx.reader.durable_seq();
+    let first = ctx.reader.first_seq();
+    let items: Vec<Value> = ctx
+        .consumers
+        .list()
+        .iter()
+        .map(|c| Value::Object(describe(ctx, c, now, durable, first)))
+        .collect();
+    json!({
+        "consumers": items,
+        "cap_bytes": ctx.consumer_cap_bytes,
+        "idle_expire_s": ctx.consumer_idle.map(|d| d.as_secs()),
+    })
+}
+
+fn describe(ctx: &Context, c: &Consumer, now: u64, durable: u64, first: u64) -> Map<String, Value> {
+    let mut m = Map::new();
+    m.insert("name".into(), Value::from(c.name.clone()));
+    if let Some(s) = &c.scope {
+        put_path(&mut m, "path", s);
+    }
+    let ours = c.cursor.journal_id == ctx.reader.journal_id();
+    m.insert("cursor".into(), Value::from(c.cursor.encode()));
+    m.insert("seq".into(), Value::from(c.cursor.seq));
+    m.insert(
+        "lag_records".into(),
+        Value::from(durable.saturating_sub(c.cursor.seq)),
+    );
+    let idle = ctx.consumers.idle(c, now);
+    m.insert("idle".into(), Value::from(idle));
+    m.insert("pinning".into(), Value::from(ours && !idle));
+    m.insert(
+        "expired".into(),
+        Value::from(!ours || c.cursor.seq + 1 < first),
+    );
+    m.insert("created_ns".into(), Value::from(c.created_ns));
+    m.insert("seen_ns".into(), Value::from(c.seen_ns));
+    m
+}
