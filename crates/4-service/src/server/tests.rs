@@ -57,6 +57,7 @@ fn start() -> Fixture {
         unavailable: None,
     });
     let socket = dir.path().join("cj.sock");
+    let shutdown = Arc::new(AtomicBool::new(false));
     let ctx = Arc::new(Context {
         reader,
         ctl: ctl.clone(),
@@ -71,13 +72,12 @@ fn start() -> Fixture {
         // SAFETY: getuid has no preconditions.
         admin_uid: unsafe { libc::getuid() },
         consumers: Arc::new(crate::consumers::Consumers::load(dir.path(), None).unwrap()),
-        stopping: Arc::new(AtomicBool::new(false)),
+        stopping: shutdown.clone(),
         follow_stall: Duration::from_millis(300),
         consumer_cap_bytes: 1 << 30,
         consumer_idle: None,
     });
     let listener = UnixListener::bind(&socket).unwrap();
-    let shutdown = Arc::new(AtomicBool::new(false));
     let stop = shutdown.clone();
     std::thread::spawn(move || serve(listener, ctx, &stop));
     Fixture {
@@ -226,3 +226,5 @@ fn bad_requests_are_refused_and_the_connection_survives() {
     assert_eq!(lines[0]["ok"], true);
     assert!(lines[1]["journal"]["id"].is_string(), "{:?}", lines[1]);
 }
+
+mod follow;
