@@ -73,6 +73,11 @@ struct DaemonArgs {
     /// Testing only: journal segment size in bytes.
     #[arg(long, hide = true)]
     test_segment_bytes: Option<u64>,
+    /// Testing only: the size budget and consumer cap in bytes.
+    #[arg(long, hide = true)]
+    test_retain_bytes: Option<u64>,
+    #[arg(long, hide = true)]
+    test_consumer_cap_bytes: Option<u64>,
 }
 
 #[derive(Subcommand)]
@@ -215,14 +220,18 @@ fn daemon(socket: PathBuf, a: DaemonArgs) -> Result<i32> {
             cj_capture::QueueLimit::Unlimited
         },
         journal: cj_journal::Options {
-            retain_bytes: a.retain_mib.saturating_mul(1 << 20),
+            retain_bytes: a
+                .test_retain_bytes
+                .unwrap_or(a.retain_mib.saturating_mul(1 << 20)),
             retain_age: std::time::Duration::from_secs(a.retain_days.saturating_mul(86_400)),
             segment_bytes: a
                 .test_segment_bytes
                 .unwrap_or(cj_journal::Options::default().segment_bytes),
             // Set by the service from its own durable marks.
             seq_floor: 0,
-            pinned_cap_bytes: a.consumer_cap_mib.saturating_mul(1 << 20),
+            pinned_cap_bytes: a
+                .test_consumer_cap_bytes
+                .unwrap_or(a.consumer_cap_mib.saturating_mul(1 << 20)),
         },
         commit_interval: std::time::Duration::from_millis(a.commit_interval_ms),
         reconcile_walk_only: a.reconcile == "walk",

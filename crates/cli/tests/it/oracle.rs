@@ -160,11 +160,11 @@ fn judge(d: &Daemon, c0: &str, before: &snapshot::Snapshot, after: &snapshot::Sn
     out
 }
 
-struct Setup {
-    m: Mount,
-    d: Daemon,
-    tree: PathBuf,
-    outside: PathBuf,
+pub(crate) struct Setup {
+    pub m: Mount,
+    pub d: Daemon,
+    pub tree: PathBuf,
+    pub outside: PathBuf,
 }
 
 /// Oracle daemons refresh idle baselines every second, so that quiet
@@ -176,7 +176,7 @@ const REFRESH: [&str; 2] = ["--baseline-refresh-secs", "1"];
 /// 11.7).
 const NO_REFRESH: [&str; 2] = ["--baseline-refresh-secs", "0"];
 
-fn setup(fs: Fs, extra: &[&str], state_outside: bool, seed: u64) -> Setup {
+pub(crate) fn setup(fs: Fs, extra: &[&str], state_outside: bool, seed: u64) -> Setup {
     let m = Mount::new(fs);
     let refresh = if seed % 2 == 1 { NO_REFRESH } else { REFRESH };
     let extra: Vec<&str> = extra.iter().copied().chain(refresh).collect();
@@ -207,7 +207,7 @@ fn setup(fs: Fs, extra: &[&str], state_outside: bool, seed: u64) -> Setup {
 }
 
 /// Makes an initial population (seen by the daemon) and per-worker models.
-fn populate(rng: &mut Rng, tree: &Path, outside: &Path, workers: usize) -> Vec<Model> {
+pub(crate) fn populate(rng: &mut Rng, tree: &Path, outside: &Path, workers: usize) -> Vec<Model> {
     let shared = tree.join("shared");
     std::fs::create_dir_all(&shared).unwrap();
     // The separate-process worker's directories.
@@ -232,7 +232,7 @@ fn populate(rng: &mut Rng, tree: &Path, outside: &Path, workers: usize) -> Vec<M
 /// Runs the workers concurrently for `ops` operations each: one thread per
 /// model, plus one more worker in a separate process (the test binary run
 /// again as `oracle_worker_process`) working in the tree's `proc` directory.
-fn run_workers(seed: u64, models: &mut [Model], ops: usize) -> Vec<Vec<Op>> {
+pub(crate) fn run_workers(seed: u64, models: &mut [Model], ops: usize) -> Vec<Vec<Op>> {
     let child = models.first().and_then(|m| {
         let tree = m.dirs.first()?.parent()?.to_path_buf();
         let outside = m.outside.first()?.parent()?.to_path_buf();
@@ -296,7 +296,7 @@ fn oracle_worker_process() {
     workload::run(&mut Rng(seed), &mut model, ops);
 }
 
-const WORKERS: usize = 3;
+pub(crate) const WORKERS: usize = 3;
 
 pub fn scenario(fs: Fs, scenario: Scenario, seed: u64, ops: usize) -> Outcome {
     if scenario == Scenario::CrashImage {
