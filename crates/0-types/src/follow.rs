@@ -235,7 +235,14 @@ mod tests {
 
     #[test]
     fn the_fast_change_writer_equals_the_typed_line() {
-        let cases: [(&[u8], Option<&[u8]>, Option<&[u8]>, bool, Option<u64>); 4] = [
+        type Case<'a> = (
+            &'a [u8],
+            Option<&'a [u8]>,
+            Option<&'a [u8]>,
+            bool,
+            Option<u64>,
+        );
+        let cases: [Case; 4] = [
             (b"/r/a \"q\"\n\t\\", None, None, false, None),
             (b"/r/\xff\xfe", Some(b"/r/old\x01"), None, true, Some(7)),
             (b"/r/gone", None, Some(b"/r/\xc3"), false, None),
@@ -293,8 +300,12 @@ mod tests {
                 through: 9,
                 cursor: "c2".into(),
             },
-            FollowLine::HistoryDone { cursor: "c3".into() },
-            FollowLine::Heartbeat { cursor: "c4".into() },
+            FollowLine::HistoryDone {
+                cursor: "c3".into(),
+            },
+            FollowLine::Heartbeat {
+                cursor: "c4".into(),
+            },
         ];
         for l in lines {
             let text = serde_json::to_vec(&Value::Object(l.to_json())).unwrap();

@@ -91,9 +91,10 @@ impl Reader {
     /// seq) past the usual retention limits, up to
     /// `Options::pinned_cap_bytes`. `None` releases the pin.
     pub fn set_pin(&self, after: Option<u64>) {
-        self.shared
-            .pin
-            .store(after.unwrap_or(u64::MAX), std::sync::atomic::Ordering::SeqCst);
+        self.shared.pin.store(
+            after.unwrap_or(u64::MAX),
+            std::sync::atomic::Ordering::SeqCst,
+        );
     }
 
     /// Waits until `seq` is durable. False on timeout.

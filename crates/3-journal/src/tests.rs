@@ -291,7 +291,8 @@ fn a_pin_holds_records_past_the_budget_until_the_cap() {
     // An age limit does not drop pinned records either.
     let first = r.first_seq();
     r.set_pin(Some(first - 1));
-    w.enforce_retention(now_ns() + 7200 * 1_000_000_000).unwrap();
+    w.enforce_retention(now_ns() + 7200 * 1_000_000_000)
+        .unwrap();
     assert_eq!(r.first_seq(), first);
 }
 

@@ -100,7 +100,9 @@ pub fn check_name(name: &str) -> Result<(), Refusal> {
     if ok {
         Ok(())
     } else {
-        Err(Refusal::BadName(name.chars().take(NAME_BYTES_MAX + 8).collect()))
+        Err(Refusal::BadName(
+            name.chars().take(NAME_BYTES_MAX + 8).collect(),
+        ))
     }
 }
 
@@ -318,7 +320,10 @@ mod tests {
             c.add("index", None, cursor(1)),
             Err(Refusal::Exists("index".into()))
         );
-        assert!(matches!(c.add("a/b", None, cursor(1)), Err(Refusal::BadName(_))));
+        assert!(matches!(
+            c.add("a/b", None, cursor(1)),
+            Err(Refusal::BadName(_))
+        ));
         assert_eq!(c.pin(JournalId([7; 16]), 0), Some(5));
         c.ack("backup", cursor(12)).unwrap();
         assert_eq!(c.pin(JournalId([7; 16]), 0), Some(9));
@@ -348,6 +353,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join(FILE), b"{\"version\":1,\"consumers\":[{}]}").unwrap();
         let e = Consumers::load(dir.path(), None).err().unwrap().to_string();
-        assert!(e.contains("consumers.json") && e.contains("removing it"), "{e}");
+        assert!(
+            e.contains("consumers.json") && e.contains("removing it"),
+            "{e}"
+        );
     }
 }

@@ -434,7 +434,9 @@ pub(crate) fn consumer_start(
         })?),
         (p, s) => p.or(s),
     };
-    let since = since.map(str::to_owned).unwrap_or_else(|| c.cursor.encode());
+    let since = since
+        .map(str::to_owned)
+        .unwrap_or_else(|| c.cursor.encode());
     Ok((since, scope))
 }
 
@@ -597,6 +599,7 @@ fn status(ctx: &Context) -> Value {
             "parse_errors": n.parse_errors,
         },
         "roots": roots,
+        "consumers": consumer_ops::summary(ctx),
         "gaps": gaps_status(ctx),
         "reconcile": reconcile_status(ctx),
     })

@@ -76,10 +76,7 @@ impl FollowStream {
         self.inner.as_ref().and_then(|i| i.cursor.as_deref())
     }
 
-    fn poll_next_line(
-        &mut self,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<FollowLine, Error>>> {
+    fn poll_next_line(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<FollowLine, Error>>> {
         if self.pending.is_none() {
             let Some(mut inner) = self.inner.take() else {
                 return Poll::Ready(None);
@@ -126,8 +123,8 @@ impl Inner {
                 },
             })?;
         let req = self.options.request(self.cursor.as_deref());
-        let mut line = serde_json::to_vec(&Value::Object(req))
-            .map_err(|e| Error::Protocol(e.to_string()))?;
+        let mut line =
+            serde_json::to_vec(&Value::Object(req)).map_err(|e| Error::Protocol(e.to_string()))?;
         line.push(b'\n');
         stream.write_all(&line).await?;
         self.reader = Some(BufReader::new(stream));

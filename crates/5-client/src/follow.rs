@@ -213,9 +213,7 @@ impl Follow {
                     self.notice = Some(format!("resumed after: {why}"));
                     return Ok(());
                 }
-                Err(e @ (Error::Daemon { .. } | Error::PermissionDenied { .. }))
-                    if !matches!(&e, Error::Daemon { code, .. } if resumable(code)) =>
-                {
+                Err(e @ (Error::Daemon { .. } | Error::PermissionDenied { .. })) if !matches!(&e, Error::Daemon { code, .. } if resumable(code)) => {
                     return Err(e)
                 }
                 Err(_) => wait = (wait * 2).min(RECONNECT_WAIT_MAX),

@@ -344,6 +344,30 @@ fn status_daemon(out: &mut impl Write, s: &serde_json::Value) -> Result<()> {
     if let Some(problem) = j["problem"].as_str() {
         writeln!(out, "            STOPPED: {problem}")?;
     }
+    let k = &s["consumers"];
+    if k["count"].as_u64().unwrap_or(0) > 0 {
+        let expired: Vec<&str> = k["expired"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|n| n.as_str())
+            .collect();
+        writeln!(
+            out,
+            "consumers   {}{}, records held until the journal reaches {} MiB{}",
+            k["count"],
+            k["pin_seq"]
+                .as_u64()
+                .map(|p| format!(" (holding records after seq {p})"))
+                .unwrap_or_default(),
+            k["cap_bytes"].as_u64().unwrap_or(0) >> 20,
+            if expired.is_empty() {
+                String::new()
+            } else {
+                format!("; EXPIRED: {}", expired.join(", "))
+            }
+        )?;
+    }
     let c = &s["commit"];
     writeln!(
         out,

@@ -63,7 +63,10 @@ pub(super) fn handle(req: &Request, ctx: &Context) -> Result<Value, Failure> {
         Op::ConsumerAck => {
             let name = name?;
             let text = req.cursor.as_deref().ok_or_else(|| {
-                fail("bad_request", "consumer_ack needs \"cursor\" (the cursor to acknowledge)")
+                fail(
+                    "bad_request",
+                    "consumer_ack needs \"cursor\" (the cursor to acknowledge)",
+                )
             })?;
             let at = acceptable(ctx, text)?;
             ctx.consumers.ack(name, at).map_err(refused)?;
@@ -104,6 +107,24 @@ pub(crate) fn refresh_pin(ctx: &Context) {
     let now = cj_types::sys::now_ns();
     ctx.reader
         .set_pin(ctx.consumers.pin(ctx.reader.journal_id(), now));
+}
+
+/// For `status`: how many consumers, what they hold back, and the cap.
+pub(super) fn summary(ctx: &Context) -> Value {
+    let now = cj_types::sys::now_ns();
+    let first = ctx.reader.first_seq();
+    let list = ctx.consumers.list();
+    let expired: Vec<&str> = list
+        .iter()
+        .filter(|c| c.cursor.journal_id != ctx.reader.journal_id() || c.cursor.seq + 1 < first)
+        .map(|c| c.name.as_str())
+        .collect();
+    json!({
+        "count": list.len(),
+        "pin_seq": ctx.consumers.pin(ctx.reader.journal_id(), now),
+        "cap_bytes": ctx.consumer_cap_bytes,
+        "expired": expired,
+    })
 }
 
 fn list(ctx: &Context) -> Value {

@@ -320,7 +320,9 @@ impl Follower<'_> {
             self.rescan(scopes, seq);
             return;
         }
-        let rename = e.changes.contains(Changes::RENAMED_FROM | Changes::RENAMED_TO)
+        let rename = e
+            .changes
+            .contains(Changes::RENAMED_FROM | Changes::RENAMED_TO)
             && !e.old_path.is_empty();
         let gap = (e.changes.contains(Changes::RECONCILED) && e.gap_seq != 0).then_some(e.gap_seq);
         let subtree = matches!(e.kind, ObjectKind::Dir | ObjectKind::Unknown)

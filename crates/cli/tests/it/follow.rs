@@ -45,7 +45,9 @@ impl CliFollower {
         std::thread::spawn(move || {
             for l in BufReader::new(out).split(b'\n') {
                 let Ok(l) = l else { return };
-                sink.lock().unwrap().push(serde_json::from_slice(&l).unwrap());
+                sink.lock()
+                    .unwrap()
+                    .push(serde_json::from_slice(&l).unwrap());
             }
         });
         CliFollower { child, lines }
@@ -81,7 +83,11 @@ impl Drop for CliFollower {
 
 fn parent(p: &[u8]) -> Option<Vec<u8>> {
     let i = p.iter().rposition(|b| *b == b'/')?;
-    Some(if i == 0 { b"/".to_vec() } else { p[..i].to_vec() })
+    Some(if i == 0 {
+        b"/".to_vec()
+    } else {
+        p[..i].to_vec()
+    })
 }
 
 /// What a consumer knows from a follow stream, as an answer the oracle can
@@ -118,7 +124,11 @@ fn as_answer(lines: &[Value]) -> Answer {
                         "created" | "deleted" | "renamed_from" | "renamed_to" | "replaced"
                     )
                 });
-                let names = [Some(change.path.clone()), change.renamed_from, change.renamed_to];
+                let names = [
+                    Some(change.path.clone()),
+                    change.renamed_from,
+                    change.renamed_to,
+                ];
                 for p in names.into_iter().flatten() {
                     if entry_change {
                         if let Some(dir) = parent(&p) {
@@ -315,9 +325,19 @@ fn consumers_hold_records_past_retention_until_the_cap_then_hear_cursor_expired(
     assert!(bytes > 262_144, "past the budget: {bytes}");
     // Held for the consumer: complete, from its place.
     let out = d.cj(&["changes", "--consumer", "slow", "-0"]);
-    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let a = d.changes(&plain, None);
-    assert_eq!(a.code, 0, "a plain cursor after it is kept too: {}", a.dump());
+    assert_eq!(
+        a.code,
+        0,
+        "a plain cursor after it is kept too: {}",
+        a.dump()
+    );
     // Past the cap the oldest records go; the consumer is told.
     make_files(&tree, "b", 12_000);
     let _ = d.cursor();
@@ -365,7 +385,11 @@ fn the_python_example_client_follows_and_acks() {
     std::fs::write(m.mnt.join("STOP"), b"x").unwrap();
     let out = wait_output(child, Duration::from_secs(60));
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{text}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     for want in ["/one", "/two\\nlines", "/three", "/bad-\\udcff", "/STOP"] {
         assert!(text.contains(want), "{want} missing from:\n{text}");
     }
@@ -423,7 +447,7 @@ fn sixteen_followers_two_slow_every_record_exactly_once() {
     let mut made = 0usize;
     while t0.elapsed() < Duration::from_secs(3) {
         let dir = tree.join(format!("d{}", made / 1000));
-        if made % 1000 == 0 {
+        if made.is_multiple_of(1000) {
             std::fs::create_dir(&dir).unwrap();
         }
         std::fs::write(dir.join(format!("f{made}")), b"x").unwrap();
@@ -437,7 +461,11 @@ fn sixteen_followers_two_slow_every_record_exactly_once() {
     let files: std::collections::BTreeSet<&PathBuf> = results[SLOW].1.iter().collect();
     for i in 0..made {
         let p = tree.join(format!("d{}", i / 1000)).join(format!("f{i}"));
-        assert!(files.contains(&p), "{} never reached a follower", p.display());
+        assert!(
+            files.contains(&p),
+            "{} never reached a follower",
+            p.display()
+        );
     }
     for (k, (seqs, _, cut)) in results.iter().enumerate() {
         assert_eq!(seqs, reference, "follower {k} saw another sequence");

@@ -32,7 +32,7 @@ fn collect(stream: &mut Follow, until: u64) -> (Vec<(u64, Vec<u8>)>, Vec<FollowL
 
 fn assert_exactly_once_in_order(changes: &[(u64, Vec<u8>)]) {
     for w in changes.windows(2) {
-        assert!(w[0].0 < w[1].0, "out of order or twice: {:?}", &w[..]);
+        assert!(w[0].0 < w[1].0, "out of order or twice: {:?}", w);
     }
 }
 
@@ -167,7 +167,10 @@ fn a_follower_that_stops_reading_is_cut_off_with_a_line_it_can_read_and_resumes(
     let resume = lines[got - 1]["cursor"].as_str().unwrap();
     let mut stream = Follow::start(&f.socket, FollowOptions::since(resume)).unwrap();
     let (changes, _) = collect(&mut stream, end);
-    let before: Vec<u64> = lines[..got].iter().filter_map(|l| l["seq"].as_u64()).collect();
+    let before: Vec<u64> = lines[..got]
+        .iter()
+        .filter_map(|l| l["seq"].as_u64())
+        .collect();
     let mut all: Vec<u64> = before;
     all.extend(changes.iter().map(|c| c.0));
     assert_eq!(all.len(), total);
@@ -206,10 +209,9 @@ fn the_async_stream_gives_the_same_lines() {
         .build()
         .unwrap();
     let got = rt.block_on(async {
-        let mut s =
-            cj_client::r#async::FollowStream::start(&f.socket, FollowOptions::since(&c0))
-                .await
-                .unwrap();
+        let mut s = cj_client::r#async::FollowStream::start(&f.socket, FollowOptions::since(&c0))
+            .await
+            .unwrap();
         let mut seqs = Vec::new();
         while let Some(line) = s.next_line().await {
             let line = line.unwrap();
