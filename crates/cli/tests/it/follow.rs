@@ -372,7 +372,7 @@ fn the_python_example_client_follows_and_acks() {
     bad.extend_from_slice(b"/bad-\xff");
     std::fs::write(std::ffi::OsStr::from_bytes(&bad), b"x").unwrap();
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/follow_and_ack.py");
-    let child = Command::new("python3")
+    let mut child = Command::new("python3")
         .arg(&script)
         .args(["--socket", d.socket.to_str().unwrap()])
         .args(["--consumer", "py", "--stop-name", "STOP"])
@@ -380,11 +380,24 @@ fn the_python_example_client_follows_and_acks() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    std::thread::sleep(Duration::from_millis(500));
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    let mut text = String::new();
     // Live, after the replay.
+    while !text.contains("history done") {
+        let mut line = String::new();
+        if stdout.read_line(&mut line).unwrap() == 0 {
+            break;
+        }
+        text += &line;
+    }
     std::fs::write(m.mnt.join("STOP"), b"x").unwrap();
+    let rest = std::thread::spawn(move || {
+        let mut rest = String::new();
+        let _ = std::io::Read::read_to_string(&mut stdout, &mut rest);
+        rest
+    });
     let out = wait_output(child, Duration::from_secs(60));
-    let text = String::from_utf8_lossy(&out.stdout);
+    text += &rest.join().unwrap();
     assert!(
         out.status.success(),
         "{text}\n{}",
@@ -393,7 +406,6 @@ fn the_python_example_client_follows_and_acks() {
     for want in ["/one", "/two\\nlines", "/three", "/bad-\\udcff", "/STOP"] {
         assert!(text.contains(want), "{want} missing from:\n{text}");
     }
-    assert!(text.contains("history done"), "{text}");
     // It acknowledged up to STOP: nothing but later changes remain.
     let out = d.cj(&["changes", "--consumer", "py", "-0"]);
     assert_eq!(out.status.code(), Some(0));
