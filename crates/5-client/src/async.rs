@@ -30,8 +30,9 @@ use serde_json::{Map, Value};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::UnixStream;
 
+use crate::client::{Error, RESPONSE_LINE_BYTES_MAX};
+use crate::follow::FollowOptions;
 use crate::follow::{resumable, RECONNECT_WAIT_MAX, RECONNECT_WAIT_MIN};
-use crate::{Error, FollowOptions, RESPONSE_LINE_BYTES_MAX};
 
 struct Inner {
     socket: PathBuf,

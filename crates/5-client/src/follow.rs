@@ -26,7 +26,7 @@ use std::time::Duration;
 use cj_types::follow::FollowLine;
 use serde_json::{Map, Value};
 
-use crate::{Client, Error, RESPONSE_LINE_BYTES_MAX};
+use crate::client::{Client, Error, RESPONSE_LINE_BYTES_MAX};
 
 /// First wait before reconnecting; doubled up to `RECONNECT_WAIT_MAX`.
 pub const RECONNECT_WAIT_MIN: Duration = Duration::from_millis(100);
