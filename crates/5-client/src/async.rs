@@ -26,13 +26,13 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use cj_types::follow::FollowLine;
-use serde_json::{Map, Value};
+use serde_json::Value;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::UnixStream;
 
 use crate::client::{Error, RESPONSE_LINE_BYTES_MAX};
 use crate::follow::FollowOptions;
-use crate::follow::{resumable, RECONNECT_WAIT_MAX, RECONNECT_WAIT_MIN};
+use crate::follow::{decode_line, is_final, RECONNECT_WAIT_MAX, RECONNECT_WAIT_MIN};
 
 struct Inner {
     socket: PathBuf,
@@ -132,51 +132,21 @@ impl Inner {
         Ok(())
     }
 
-    async fn read(&mut self) -> Result<Map<String, Value>, Error> {
+    async fn step(&mut self) -> Result<Option<FollowLine>, Error> {
         let reader = self
             .reader
             .as_mut()
             .ok_or_else(|| Error::Protocol("not connected".into()))?;
         let mut buf = Vec::new();
-        let n = reader
+        reader
             .take(RESPONSE_LINE_BYTES_MAX as u64)
             .read_until(b'\n', &mut buf)
             .await?;
-        if n == 0 || buf.last() != Some(&b'\n') {
-            return Err(Error::Protocol("the daemon closed the connection".into()));
-        }
-        match serde_json::from_slice(&buf) {
-            Ok(Value::Object(m)) => Ok(m),
-            Ok(_) => Err(Error::Protocol("a follow line is not an object".into())),
-            Err(e) => Err(Error::Protocol(e.to_string())),
-        }
-    }
-
-    async fn step(&mut self) -> Result<Option<FollowLine>, Error> {
-        let m = self.read().await?;
-        if let Some(msg) = m.get("error").and_then(Value::as_str) {
-            return Err(Error::Daemon {
-                code: m
-                    .get("code")
-                    .and_then(Value::as_str)
-                    .unwrap_or("")
-                    .to_string(),
-                message: msg.to_string(),
-            });
-        }
-        if let Some(c) = m.get("cursor").and_then(Value::as_str) {
-            self.cursor = Some(c.to_string());
-        }
-        FollowLine::from_json(&m).map_err(Error::Protocol)
+        decode_line(&buf, &mut self.cursor)
     }
 
     async fn resume(&mut self, why: Error) -> Result<(), Error> {
-        let final_error = match &why {
-            Error::Daemon { code, .. } => !resumable(code),
-            Error::PermissionDenied { .. } => true,
-            _ => false,
-        };
-        if final_error || !self.options.reconnect {
+        if is_final(&why) || !self.options.reconnect {
             return Err(why);
         }
         self.reader = None;

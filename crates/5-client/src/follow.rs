@@ -96,6 +96,48 @@ pub fn resumable(code: &str) -> bool {
     matches!(code, "shutting_down" | "slow_consumer" | "busy" | "timeout")
 }
 
+/// Errors after which resuming cannot help.
+pub(crate) fn is_final(e: &Error) -> bool {
+    match e {
+        Error::Daemon { code, .. } => !resumable(code),
+        Error::PermissionDenied { .. } => true,
+        _ => false,
+    }
+}
+
+/// One line as read (with its newline): the follow line, `Ok(None)` for a
+/// kind this version does not know, or why the stream ended (a daemon
+/// error line, the end of the connection, a line cut short). Keeps
+/// `cursor` at the last line's.
+pub(crate) fn decode_line(
+    line: &[u8],
+    cursor: &mut Option<String>,
+) -> Result<Option<FollowLine>, Error> {
+    if line.last() != Some(&b'\n') {
+        // A line cut short is not a line: it is read again on resume.
+        return Err(Error::Protocol("the daemon closed the connection".into()));
+    }
+    let m: Map<String, Value> = match serde_json::from_slice(line) {
+        Ok(Value::Object(m)) => m,
+        Ok(_) => return Err(Error::Protocol("a follow line is not an object".into())),
+        Err(e) => return Err(Error::Protocol(e.to_string())),
+    };
+    if let Some(msg) = m.get("error").and_then(Value::as_str) {
+        return Err(Error::Daemon {
+            code: m
+                .get("code")
+                .and_then(Value::as_str)
+                .unwrap_or("")
+                .to_string(),
+            message: msg.to_string(),
+        });
+    }
+    if let Some(c) = m.get("cursor").and_then(Value::as_str) {
+        *cursor = Some(c.to_string());
+    }
+    FollowLine::from_json(&m).map_err(Error::Protocol)
+}
+
 /// A follow stream. Iterate it for lines.
 pub struct Follow {
     socket: PathBuf,
@@ -152,56 +194,24 @@ impl Follow {
         Ok(())
     }
 
-    /// The next line's object, or why the connection ended.
-    fn read(&mut self) -> Result<Map<String, Value>, Error> {
+    /// One step: a line, or an error that may be resumed.
+    fn step(&mut self) -> Result<Option<FollowLine>, Error> {
         let reader = self
             .reader
             .as_mut()
             .ok_or_else(|| Error::Protocol("not connected".into()))?;
         self.line.clear();
-        let n = reader
+        reader
             .by_ref()
             .take(RESPONSE_LINE_BYTES_MAX as u64)
             .read_until(b'\n', &mut self.line)?;
-        if n == 0 || self.line.last() != Some(&b'\n') {
-            // A line cut short is not a line: it is read again on resume.
-            return Err(Error::Protocol("the daemon closed the connection".into()));
-        }
-        match serde_json::from_slice(&self.line) {
-            Ok(Value::Object(m)) => Ok(m),
-            Ok(_) => Err(Error::Protocol("a follow line is not an object".into())),
-            Err(e) => Err(Error::Protocol(e.to_string())),
-        }
-    }
-
-    /// One step: a line, or an error that may be resumed.
-    fn step(&mut self) -> Result<Option<FollowLine>, Error> {
-        let m = self.read()?;
-        if let Some(msg) = m.get("error").and_then(Value::as_str) {
-            return Err(Error::Daemon {
-                code: m
-                    .get("code")
-                    .and_then(Value::as_str)
-                    .unwrap_or("")
-                    .to_string(),
-                message: msg.to_string(),
-            });
-        }
-        if let Some(c) = m.get("cursor").and_then(Value::as_str) {
-            self.cursor = Some(c.to_string());
-        }
-        FollowLine::from_json(&m).map_err(Error::Protocol)
+        decode_line(&self.line, &mut self.cursor)
     }
 
     /// Reconnects until it works (waiting longer each time), unless the
     /// error is final.
     fn resume(&mut self, why: Error) -> Result<(), Error> {
-        let final_error = match &why {
-            Error::Daemon { code, .. } => !resumable(code),
-            Error::PermissionDenied { .. } => true,
-            _ => false,
-        };
-        if final_error || !self.options.reconnect {
+        if is_final(&why) || !self.options.reconnect {
             return Err(why);
         }
         self.reader = None;
@@ -240,5 +250,37 @@ impl Iterator for Follow {
             }
         }
         None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lines_cut_short_errors_and_unknown_kinds_are_told_apart() {
+        let mut cursor = None;
+        let whole = b"{\"history_done\":true,\"cursor\":\"c1\"}\n";
+        let got = decode_line(whole, &mut cursor).unwrap();
+        assert_eq!(
+            got,
+            Some(FollowLine::HistoryDone {
+                cursor: "c1".into()
+            })
+        );
+        assert_eq!(cursor.as_deref(), Some("c1"));
+        // Cut short: not a line, and the cursor stays.
+        assert!(decode_line(&whole[..10], &mut cursor).is_err());
+        assert!(decode_line(b"", &mut cursor).is_err());
+        assert_eq!(cursor.as_deref(), Some("c1"));
+        // A newer kind of line: skipped, its cursor kept.
+        let newer = b"{\"something_new\":1,\"cursor\":\"c2\"}\n";
+        assert_eq!(decode_line(newer, &mut cursor).unwrap(), None);
+        assert_eq!(cursor.as_deref(), Some("c2"));
+        let cut = b"{\"error\":\"slow\",\"code\":\"slow_consumer\"}\n";
+        let e = decode_line(cut, &mut cursor).unwrap_err();
+        assert!(!is_final(&e), "{e}");
+        let bad = b"{\"error\":\"who\",\"code\":\"unknown_consumer\"}\n";
+        assert!(is_final(&decode_line(bad, &mut cursor).unwrap_err()));
     }
 }
