@@ -145,22 +145,48 @@ impl Reader {
     /// for every damaged range overlapping it. `f` returns false to stop.
     /// Records below [`Reader::first_seq`] are silently absent: check expiry
     /// first.
-    pub fn scan(
+    pub fn scan(&self, after: u64, upto: u64, f: impl FnMut(Item) -> bool) -> Result<(), Error> {
+        self.scan_at(after, upto, &mut None, f)
+    }
+
+    /// [`Reader::scan`] that starts at `at` when it names the place right
+    /// after `after` (as left by the previous call), instead of reading its
+    /// segment from the start, and leaves in `at` where this scan stopped.
+    /// A reader tailing the journal (a follower) pays for what it reads,
+    /// not for the segment's size.
+    pub fn scan_at(
         &self,
         after: u64,
         upto: u64,
+        at: &mut Option<Position>,
         mut f: impl FnMut(Item) -> bool,
     ) -> Result<(), Error> {
         for view in self.views() {
             if view.last_seq <= after || view.first_seq > upto || view.last_seq < view.first_seq {
                 continue;
             }
-            if !scan_segment(&view, after, upto, &mut f)? {
+            let start = at.filter(|p| {
+                p.segment == view.first_seq
+                    && p.next_seq == after + 1
+                    && p.offset <= view.durable_len
+            });
+            let (go_on, next) = scan_segment(&view, after, upto, start, &mut f)?;
+            *at = next;
+            if !go_on {
                 break;
             }
         }
         Ok(())
     }
+}
+
+/// A place in a segment: the record `next_seq` starts at `offset` of the
+/// segment whose first seq is `segment`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Position {
+    segment: u64,
+    offset: u64,
+    next_seq: u64,
 }
 
 /// Sliding window over the durable prefix of one segment file.
@@ -198,12 +224,24 @@ impl Window {
     }
 }
 
+/// Scans one segment (from `start` when given: a place found by an earlier
+/// scan of this segment, whose header was checked then). Returns whether
+/// to go on with the next segment, and the place after the last record
+/// read (when the scan read records cleanly up to it).
 fn scan_segment(
     view: &SegView,
     after: u64,
     upto: u64,
+    start: Option<Position>,
     f: &mut impl FnMut(Item) -> bool,
-) -> Result<bool, Error> {
+) -> Result<(bool, Option<Position>), Error> {
+    let place = |off: u64, next_seq: u64| {
+        Some(Position {
+            segment: view.first_seq,
+            offset: off,
+            next_seq,
+        })
+    };
     let damaged_all = |f: &mut dyn FnMut(Item) -> bool, first: u64| {
         let first = first.max(after + 1);
         let last = view.last_seq.min(upto);
@@ -217,7 +255,7 @@ fn scan_segment(
         Ok(file) => file,
         // Deleted by retention after we listed it: the range has expired,
         // which the caller detects through first_seq().
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(true),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((true, None)),
         Err(e) => return Err(io(&view.path, "open segment")(e)),
     };
     let mut w = Window {
@@ -227,42 +265,42 @@ fn scan_segment(
         base: 0,
         buf: Vec::new(),
     };
-    let header_ok = SegmentHeader::decode(w.at(0)?)
-        .map(|h| h.first_seq == view.first_seq)
-        .unwrap_or(false);
-    if !header_ok {
-        return Ok(damaged_all(f, view.first_seq));
-    }
-    let mut off = SEGMENT_HEADER_LEN as u64;
-    let mut expected = view.first_seq;
+    let (mut off, mut expected) = match start {
+        Some(p) => (p.offset, p.next_seq),
+        None => {
+            let header_ok = SegmentHeader::decode(w.at(0)?)
+                .map(|h| h.first_seq == view.first_seq)
+                .unwrap_or(false);
+            if !header_ok {
+                return Ok((damaged_all(f, view.first_seq), None));
+            }
+            (SEGMENT_HEADER_LEN as u64, view.first_seq)
+        }
+    };
     while expected <= view.last_seq && expected <= upto {
         let bytes = w.at(off)?;
         if bytes.is_empty() {
             // The durable end came before the last seq this segment should
             // hold: the rest is unreadable.
-            return Ok(damaged_all(f, expected));
+            return Ok((damaged_all(f, expected), None));
         }
         match check_frame(bytes) {
             Ok((seq, len)) if seq == expected => {
+                let next = off + len as u64;
                 if seq > after {
-                    match decode_record(bytes) {
-                        Ok((record, _)) => {
-                            if !f(Item::Record(Box::new(record))) {
-                                return Ok(false);
-                            }
-                        }
-                        Err(_) => {
-                            if !f(Item::Damaged {
-                                first: seq,
-                                last: seq,
-                            }) {
-                                return Ok(false);
-                            }
-                        }
+                    let item = match decode_record(bytes) {
+                        Ok((record, _)) => Item::Record(Box::new(record)),
+                        Err(_) => Item::Damaged {
+                            first: seq,
+                            last: seq,
+                        },
+                    };
+                    if !f(item) {
+                        return Ok((false, place(next, seq + 1)));
                     }
                 }
                 expected = seq + 1;
-                off += len as u64;
+                off = next;
             }
             _ => {
                 // Damage: find the next good frame in this segment.
@@ -270,17 +308,17 @@ fn scan_segment(
                     Some((at, seq)) => {
                         let (first, last) = (expected.max(after + 1), (seq - 1).min(upto));
                         if first <= last && !f(Item::Damaged { first, last }) {
-                            return Ok(false);
+                            return Ok((false, None));
                         }
                         expected = seq;
                         off = at;
                     }
-                    None => return Ok(damaged_all(f, expected)),
+                    None => return Ok((damaged_all(f, expected), None)),
                 }
             }
         }
     }
-    Ok(expected <= upto)
+    Ok((expected <= upto, place(off, expected)))
 }
 
 fn resync_window(

@@ -265,6 +265,41 @@ fn retention_by_age() {
 }
 
 #[test]
+fn scanning_on_from_a_position_equals_one_scan() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut w, r, _) = open(dir.path(), small()).unwrap();
+    write_n(&mut w, 700);
+    let whole = seqs(&collect(&r, 0, u64::MAX));
+    // Pieces of 37 records, each scan going on where the last stopped,
+    // across segment boundaries and with records appended in between.
+    let mut got = Vec::new();
+    let mut at = None;
+    let mut after = 0;
+    let mut appended = false;
+    loop {
+        let mut n = 0;
+        r.scan_at(after, r.durable_seq(), &mut at, |i| {
+            if let Item::Record(rec) = i {
+                got.push(rec.seq);
+                after = rec.seq;
+            }
+            n += 1;
+            n < 37
+        })
+        .unwrap();
+        if after == r.durable_seq() {
+            if appended {
+                break;
+            }
+            write_n(&mut w, 100);
+            appended = true;
+        }
+    }
+    assert_eq!(&got[..700], &whole[..]);
+    assert_eq!(got, (1..=800).collect::<Vec<_>>());
+}
+
+#[test]
 fn a_pin_holds_records_past_the_budget_until_the_cap() {
     let dir = tempfile::tempdir().unwrap();
     let opts = Options {

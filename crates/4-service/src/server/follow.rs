@@ -84,6 +84,7 @@ pub(super) fn serve(stream: &UnixStream, req: &Request, ctx: &Context) -> Result
         roots: Vec::new(),
         out: Vec::with_capacity(FOLLOW_BUFFER_BYTES + 4096),
         after: start.after,
+        at: None,
         stall: ctx.follow_stall,
     };
     if let Some(reason) = start.first {
@@ -150,6 +151,8 @@ struct Follower<'a> {
     /// Every record up to this seq has been looked at (and, if in scope,
     /// put in `out`).
     after: u64,
+    /// Where in the journal the record after `after` is.
+    at: Option<cj_journal::Position>,
     stall: Duration,
 }
 
@@ -244,7 +247,8 @@ impl Follower<'_> {
         self.roots = self.ctx.roots();
         let reader = self.ctx.reader.clone();
         let mut last = self.after;
-        reader.scan(self.after, durable, |item| {
+        let mut at = self.at.take();
+        reader.scan_at(self.after, durable, &mut at, |item| {
             match item {
                 Item::Record(r) => {
                     last = r.seq;
@@ -261,6 +265,7 @@ impl Follower<'_> {
             }
             self.out.len() < FOLLOW_BUFFER_BYTES
         })?;
+        self.at = at;
         // Nothing at all was readable (a segment gone under us): the
         // expiry check at the top of the loop says so next time round.
         self.after = last.max(self.after);
