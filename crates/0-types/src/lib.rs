@@ -15,7 +15,7 @@ pub mod protocol;
 mod record;
 pub mod sys;
 
-pub use cursor::{Cursor, CursorError, JournalId};
+pub use cursor::{Cursor, CursorEncoder, CursorError, JournalId, CURSOR_LEN};
 pub use path::{escape_path, log_path, unescape_path, PathText, LOG_PATH_BYTES_MAX};
 pub use record::{
     Changes, EventRecord, FileHandle, GapReason, GapRecord, MarkRecord, ObjectKind, Record,

@@ -23,7 +23,7 @@ use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use cj_types::follow::FollowLine;
+use cj_types::follow::{Decoded, FollowLine};
 use serde_json::{Map, Value};
 
 use crate::client::{Client, Error, RESPONSE_LINE_BYTES_MAX};
@@ -117,25 +117,15 @@ pub(crate) fn decode_line(
         // A line cut short is not a line: it is read again on resume.
         return Err(Error::Protocol("the daemon closed the connection".into()));
     }
-    let m: Map<String, Value> = match serde_json::from_slice(line) {
-        Ok(Value::Object(m)) => m,
-        Ok(_) => return Err(Error::Protocol("a follow line is not an object".into())),
-        Err(e) => return Err(Error::Protocol(e.to_string())),
-    };
-    if let Some(msg) = m.get("error").and_then(Value::as_str) {
-        return Err(Error::Daemon {
-            code: m
-                .get("code")
-                .and_then(Value::as_str)
-                .unwrap_or("")
-                .to_string(),
-            message: msg.to_string(),
-        });
+    match cj_types::follow::decode(line).map_err(Error::Protocol)? {
+        Decoded::Error { code, message } => Err(Error::Daemon { code, message }),
+        Decoded::Line { line, cursor: c } => {
+            if c.is_some() {
+                *cursor = c;
+            }
+            Ok(line)
+        }
     }
-    if let Some(c) = m.get("cursor").and_then(Value::as_str) {
-        *cursor = Some(c.to_string());
-    }
-    FollowLine::from_json(&m).map_err(Error::Protocol)
 }
 
 /// A follow stream. Iterate it for lines.

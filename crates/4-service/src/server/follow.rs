@@ -85,6 +85,7 @@ pub(super) fn serve(stream: &UnixStream, req: &Request, ctx: &Context) -> Result
         out: Vec::with_capacity(FOLLOW_BUFFER_BYTES + 4096),
         after: start.after,
         at: None,
+        cursors: cj_types::CursorEncoder::new(ctx.reader.journal_id()),
         stall: ctx.follow_stall,
     };
     if let Some(reason) = start.first {
@@ -153,6 +154,7 @@ struct Follower<'a> {
     after: u64,
     /// Where in the journal the record after `after` is.
     at: Option<cj_journal::Position>,
+    cursors: cj_types::CursorEncoder,
     stall: Duration,
 }
 
@@ -165,11 +167,8 @@ enum End {
 
 impl Follower<'_> {
     fn cursor(&self, seq: u64) -> String {
-        Cursor {
-            journal_id: self.ctx.reader.journal_id(),
-            seq,
-        }
-        .encode()
+        let mut buf = [0u8; cj_types::CURSOR_LEN];
+        self.cursors.encode(seq, &mut buf).to_string()
     }
 
     fn line(&mut self, l: FollowLine) {
@@ -332,7 +331,8 @@ impl Follower<'_> {
         let gap = (e.changes.contains(Changes::RECONCILED) && e.gap_seq != 0).then_some(e.gap_seq);
         let subtree = matches!(e.kind, ObjectKind::Dir | ObjectKind::Unknown)
             && e.changes.intersects(SUBTREE_CHANGES);
-        let cursor = self.cursor(seq);
+        let mut buf = [0u8; cj_types::CURSOR_LEN];
+        let cursor = self.cursors.encode(seq, &mut buf);
         if rename {
             if self.in_scope(&e.path) {
                 // The new name, coming from the old one.
@@ -347,7 +347,7 @@ impl Follower<'_> {
                     subtree,
                     gap,
                     seq,
-                    &cursor,
+                    cursor,
                 );
             } else if self.in_scope(&e.old_path) {
                 // Moved out of scope: the old name, and where it went.
@@ -364,7 +364,7 @@ impl Follower<'_> {
                     subtree,
                     gap,
                     seq,
-                    &cursor,
+                    cursor,
                 );
             }
         } else if self.in_scope(&e.path) {
@@ -378,7 +378,7 @@ impl Follower<'_> {
                 subtree,
                 gap,
                 seq,
-                &cursor,
+                cursor,
             );
         }
     }
