@@ -30,10 +30,25 @@ fn lost_tail(kind: &str, kill: bool) {
     }
     let c = d.cursor();
     if kill {
-        // Let the high-water mark (written at most once a second) catch up.
-        std::thread::sleep(std::time::Duration::from_millis(1200));
-        fs::write(t.join("nudge"), b"1").unwrap();
-        d.cursor();
+        // Let the high-water mark (written at most once a second, at a
+        // commit) reach into the last segment, which is deleted below:
+        // other commits (drain marks, reconciliation) may take the
+        // once-a-second turn, so look rather than guess.
+        let mark = d.state.join("journal/highwater");
+        for i in 0.. {
+            assert!(i < 20, "the high-water mark never reached the last segment");
+            std::thread::sleep(std::time::Duration::from_millis(1100));
+            fs::write(t.join("nudge"), b"1").unwrap();
+            d.cursor();
+            let bytes = fs::read(&mark).unwrap();
+            let marked = u64::from_le_bytes(bytes[16..24].try_into().unwrap());
+            let last = segments(&d.state).last().unwrap().clone();
+            let stem = last.file_stem().unwrap().to_str().unwrap().to_string();
+            let first = u64::from_str_radix(&stem, 16).unwrap();
+            if marked >= first {
+                break;
+            }
+        }
         d.kill9();
     } else {
         d.stop();
