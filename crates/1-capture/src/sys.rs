@@ -156,6 +156,40 @@ impl Fanotify {
         }
     }
 
+    /// Takes over a group created by an earlier run of the daemon (handed
+    /// back by systemd's descriptor store), with its marks and its queued
+    /// events. Refused unless the descriptor is a fanotify group reporting
+    /// what [`Fanotify::new`] asks for.
+    pub fn adopt(fd: OwnedFd) -> io::Result<Fanotify> {
+        let info = std::fs::read_to_string(format!("/proc/self/fdinfo/{}", fd.as_raw_fd()))?;
+        let flags = info
+            .lines()
+            .find_map(|l| l.strip_prefix("fanotify flags:"))
+            .and_then(|rest| rest.split_whitespace().next())
+            .and_then(|hex| u32::from_str_radix(hex, 16).ok())
+            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "not a fanotify group"))?;
+        let want = libc::FAN_REPORT_DFID_NAME_TARGET;
+        if flags & want != want {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("a fanotify group without file handles and names (flags {flags:x})"),
+            ));
+        }
+        // SAFETY: fcntl on a descriptor we own.
+        let fl = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GETFL) };
+        if fl < 0
+            || unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETFL, fl | libc::O_NONBLOCK) } < 0
+        {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(Fanotify { fd })
+    }
+
+    /// The group's descriptor (to hand to systemd's descriptor store).
+    pub fn raw_fd(&self) -> RawFd {
+        self.fd.as_raw_fd()
+    }
+
     /// Adds (or, with `remove`, removes) a filesystem mark on the filesystem
     /// holding the directory `dir` (an open descriptor: no path is resolved
     /// again, so a symlink swapped in meanwhile cannot redirect the mark).

@@ -135,8 +135,93 @@ impl NameCache {
     }
 }
 
+/// The name cache as a file, for the next run of the daemon when it takes
+/// over this run's fanotify group (design 5.9): `"CJNM"`, `version u32`
+/// (1), `entries u32`, then per entry `key_len u16`, key, `names u8`, per
+/// name `len u32` and the bytes; last `crc32c u32` of everything before.
+/// Little-endian.
+const NAMES_MAGIC: &[u8; 4] = b"CJNM";
+const NAMES_VERSION: u32 = 1;
+
+impl NameCache {
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        out.extend_from_slice(NAMES_MAGIC);
+        out.extend_from_slice(&NAMES_VERSION.to_le_bytes());
+        out.extend_from_slice(&(self.map.len() as u32).to_le_bytes());
+        for (key, names) in &self.map {
+            out.extend_from_slice(&(key.len() as u16).to_le_bytes());
+            out.extend_from_slice(key);
+            out.push(names.len() as u8);
+            for n in names {
+                out.extend_from_slice(&(n.len() as u32).to_le_bytes());
+                out.extend_from_slice(n);
+            }
+        }
+        let crc = crc32c::crc32c(&out);
+        out.extend_from_slice(&crc.to_le_bytes());
+        out
+    }
+
+    /// `None` unless the bytes are exactly what [`NameCache::encode`]
+    /// writes (checksum, version, lengths, bounds).
+    pub fn decode(bytes: &[u8]) -> Option<NameCache> {
+        use cj_types::bytes::{le_u16, le_u32};
+        let (body, crc) = bytes.split_at(bytes.len().checked_sub(4)?);
+        if le_u32(crc, 0)? != crc32c::crc32c(body) || body.get(..4)? != NAMES_MAGIC {
+            return None;
+        }
+        if le_u32(body, 4)? != NAMES_VERSION {
+            return None;
+        }
+        let entries = le_u32(body, 8)? as usize;
+        if entries > NAME_CACHE_ENTRIES_MAX {
+            return None;
+        }
+        let mut at = 12;
+        let mut cache = NameCache::default();
+        for _ in 0..entries {
+            let klen = le_u16(body, at)? as usize;
+            let key = body.get(at + 2..at + 2 + klen)?.to_vec();
+            at += 2 + klen;
+            let count = *body.get(at)? as usize;
+            at += 1;
+            if count == 0 || count > NAMES_PER_FILE_MAX {
+                return None;
+            }
+            let mut names = Vec::with_capacity(count);
+            for _ in 0..count {
+                let len = le_u32(body, at)? as usize;
+                names.push(body.get(at + 4..at.checked_add(4 + len)?)?.to_vec());
+                at += 4 + len;
+            }
+            cache.map.insert(key, names);
+        }
+        (at == body.len()).then_some(cache)
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn the_name_cache_round_trips_and_rejects_damage() {
+        let mut n = NameCache::default();
+        n.add(b"k1", b"/a/b");
+        n.add(b"k1", b"/a/\xff\n");
+        n.add(b"k2", b"/c");
+        let bytes = n.encode();
+        let back = NameCache::decode(&bytes).unwrap();
+        assert_eq!(back.get(b"k1"), n.get(b"k1"));
+        assert_eq!(back.get(b"k2"), n.get(b"k2"));
+        for i in 0..bytes.len() {
+            let mut bad = bytes.clone();
+            bad[i] ^= 0x40;
+            assert!(NameCache::decode(&bad).is_none(), "byte {i}");
+        }
+        assert!(NameCache::decode(&bytes[..bytes.len() - 1]).is_none());
+        assert!(NameCache::decode(b"").is_none());
+    }
+
     use super::*;
 
     #[test]

@@ -177,6 +177,26 @@ impl Normalizer {
     }
 
     /// Takes the names of multiply-linked files from `links` too.
+    /// The names this run has seen (file handle -> names), for the next
+    /// run when it takes over this run's fanotify group: the events still
+    /// queued in it may name files only by handle.
+    pub fn names_handoff(&self) -> Vec<u8> {
+        self.names.encode()
+    }
+
+    /// Starts from the names an earlier run handed off (see
+    /// [`Normalizer::names_handoff`]). False (and nothing changed) if the
+    /// bytes are not a valid handoff.
+    pub fn take_names_handoff(&mut self, bytes: &[u8]) -> bool {
+        match cache::NameCache::decode(bytes) {
+            Some(names) => {
+                self.names = names;
+                true
+            }
+            None => false,
+        }
+    }
+
     pub fn with_links(mut self, links: Arc<LinkIndex>) -> Normalizer {
         self.links = links;
         self

@@ -23,7 +23,7 @@ use crate::error::Error;
 use crate::logging::log;
 use crate::pipeline::{Ctl, Exit, Pipeline};
 use crate::start::{start_gaps, StartFacts};
-use crate::{conn, inbox, pipeline, reconciler, server, state};
+use crate::{conn, inbox, pipeline, reconciler, sd, server, state};
 
 /// Messages the exit channel holds (signals and fatal errors).
 const EXIT_QUEUE_MAX: usize = 16;
@@ -73,8 +73,26 @@ impl Daemon {
         raise_fd_limit();
         limit_malloc_arenas();
         let (exit_tx, exit_rx) = mpsc::sync_channel::<Exit>(EXIT_QUEUE_MAX);
-        let pipeline = start_pipeline(&config, &state_dir, writer, exit_tx.clone())?;
+        let (fan, inherited_group) = fanotify_group(&config)?;
+        // The names the last run handed off are only good for the events
+        // its group still holds: after a clean stop, with that group.
+        let names = take_names_handoff(&state_dir).filter(|_| {
+            inherited_group
+                && crate::start::was_clean(recovery.lost.is_some(), clean_stop, recovery.last_seq)
+        });
+        // A group taken over already holds events: they are read only once
+        // the roots are known again (else they would be dropped).
+        let pipeline = start_pipeline(
+            &config,
+            &state_dir,
+            fan,
+            names,
+            writer,
+            exit_tx.clone(),
+            inherited_group,
+        )?;
         rearm(&pipeline, &roots);
+        let _ = pipeline.send(Ctl::Resume);
         let facts = StartFacts {
             created: recovery.created,
             last_seq: recovery.last_seq,
@@ -83,6 +101,7 @@ impl Daemon {
             clean_stop,
             new_boot,
             changed_fs: changed_filesystems(&snapshots, &roots),
+            inherited_group,
         };
         journal_start_gaps(&pipeline, &facts)?;
         start_reconciler(&config, &state_dir, &pipeline, &reader, exit_tx.clone())?;
@@ -146,13 +165,24 @@ impl Daemon {
                 }
             })
             .map_err(io(&self.config.socket, "start consumer thread"))?;
-        log(format!(
+        let ready = format!(
             "ready: journal {} at seq {}, socket {}, {} root(s)",
             self.ctx.reader.journal_id(),
             self.ctx.reader.durable_seq(),
             self.config.socket.display(),
             self.roots
-        ));
+        );
+        log(&ready);
+        if let Err(e) = sd::notify(&format!("READY=1\nSTATUS={ready}"), &[]) {
+            log(format!("cannot tell systemd the daemon is ready: {e}"));
+        }
+        if let Some(interval) = sd::watchdog_interval() {
+            let ctx = self.ctx.clone();
+            std::thread::Builder::new()
+                .name("cj-watchdog".into())
+                .spawn(move || watchdog(&ctx, interval))
+                .map_err(io(&self.config.socket, "start watchdog thread"))?;
+        }
         Ok(())
     }
 
@@ -172,6 +202,7 @@ impl Daemon {
     /// drain and commit, and the clean-stop marker.
     pub fn stop(self, exit: Exit) -> Result<(), Error> {
         self.shutdown.store(true, Ordering::SeqCst);
+        let _ = sd::notify("STOPPING=1", &[]);
         // Wake the accept loop so it sees the flag.
         let _ = std::os::unix::net::UnixStream::connect(&self.config.socket);
         let _ = fs::remove_file(&self.config.socket);
@@ -210,6 +241,20 @@ impl Daemon {
             }
         ));
         Ok(())
+    }
+}
+
+/// Pings systemd's watchdog while the pipeline answers barriers (capture,
+/// normalisation and the writer all alive), or while it waits out a full
+/// state disk.
+fn watchdog(ctx: &server::Context, interval: std::time::Duration) {
+    while !ctx.stopping.load(Ordering::SeqCst) {
+        let healthy = ctx.sync_within(interval / 2).is_ok()
+            || ctx.shared.disk_full.lock().is_ok_and(|d| d.is_some());
+        if healthy {
+            let _ = sd::notify("WATCHDOG=1", &[]);
+        }
+        std::thread::sleep(interval / 3);
     }
 }
 
@@ -259,16 +304,67 @@ fn seq_floor(state_dir: &Path, snapshots: &Path, roots: &[Vec<u8>]) -> u64 {
         .fold(stop, u64::max)
 }
 
+/// The fanotify group: the one systemd's descriptor store hands back (with
+/// its marks, and the events queued while no daemon ran), or a new one,
+/// then given to the store. Returns whether it was handed back.
+fn fanotify_group(config: &Config) -> Result<(Fanotify, bool), Error> {
+    for (name, fd) in sd::take_listen_fds() {
+        if name != sd::FANOTIFY_FD_NAME {
+            log(format!(
+                "ignoring a descriptor named {name:?} passed by systemd"
+            ));
+            continue;
+        }
+        match Fanotify::adopt(fd) {
+            Ok(fan) => {
+                log("took over the fanotify group kept by systemd: no events were lost while the daemon was down");
+                return Ok((fan, true));
+            }
+            Err(e) => {
+                log(format!(
+                    "the descriptor systemd kept is not usable ({e}); starting a new fanotify group"
+                ));
+                let forget = format!("FDSTOREREMOVE=1\nFDNAME={}", sd::FANOTIFY_FD_NAME);
+                let _ = sd::notify(&forget, &[]);
+            }
+        }
+    }
+    let fan = Fanotify::new(config.queue).map_err(Error::Fanotify)?;
+    let store = format!("FDSTORE=1\nFDNAME={}", sd::FANOTIFY_FD_NAME);
+    if let Err(e) = sd::notify(&store, &[fan.raw_fd()]) {
+        log(format!(
+            "cannot hand the fanotify group to systemd ({e}): a restart will record a gap"
+        ));
+    }
+    Ok((fan, false))
+}
+
+/// Reads and removes the names the last run left (5.9): a file present at
+/// a start is always the last run's.
+fn take_names_handoff(state_dir: &Path) -> Option<Vec<u8>> {
+    let file = state_dir.join(pipeline::NAMES_HANDOFF_FILE);
+    let bytes = fs::read(&file).ok();
+    let _ = fs::remove_file(&file);
+    bytes
+}
+
 fn start_pipeline(
     config: &Config,
     state_dir: &Path,
+    fan: Fanotify,
+    names: Option<Vec<u8>>,
     writer: cj_journal::Writer,
     exit: SyncSender<Exit>,
+    hold: bool,
 ) -> Result<Pipeline, Error> {
-    let fan = Fanotify::new(config.queue).map_err(Error::Fanotify)?;
     let excluded = vec![state_dir.as_os_str().as_bytes().to_vec()];
     // SAFETY: getpid has no preconditions.
-    let normalizer = Normalizer::new(unsafe { libc::getpid() }, excluded);
+    let mut normalizer = Normalizer::new(unsafe { libc::getpid() }, excluded);
+    if let Some(bytes) = names {
+        if !normalizer.take_names_handoff(&bytes) {
+            log("the names left by the last run are damaged; unknown names will be reconciled");
+        }
+    }
     Pipeline::start(
         config.commit_interval,
         fan,
@@ -276,6 +372,7 @@ fn start_pipeline(
         writer,
         exit,
         state_dir.to_path_buf(),
+        hold,
     )
     .map_err(io(state_dir, "start threads"))
 }

@@ -23,6 +23,7 @@ pub mod pipeline;
 pub mod port;
 pub mod query;
 pub mod reconciler;
+pub mod sd;
 pub mod server;
 pub mod shared;
 pub mod start;

@@ -50,6 +50,9 @@ pub const WRITE_QUEUE_MAX: usize = 64;
 /// Default minimum time between two fdatasyncs while nobody waits for
 /// durability: the bound on the commit delay (`--commit-interval-ms`).
 pub const COMMIT_INTERVAL_DEFAULT_MS: u64 = 100;
+/// The normaliser's names, left by a clean stop for the next run (5.9).
+pub const NAMES_HANDOFF_FILE: &str = "names-handoff";
+
 /// Barriers waiting at once.
 pub const BARRIERS_MAX: usize = 1024;
 /// Drain marks are written at most this often (`normalize_loop`).
@@ -79,6 +82,10 @@ pub enum Ctl {
     Barrier(Completion),
     /// Records to journal in order with captured events (start-up gaps).
     Records(Vec<RecordBody>),
+    /// Start reading events (a pipeline started with `hold` waits for it:
+    /// a group taken over from the last run already holds events, which
+    /// must not be read before the roots are re-armed).
+    Resume,
     Shutdown,
 }
 
@@ -155,6 +162,7 @@ impl Pipeline {
         writer: Writer,
         fatal: SyncSender<Exit>,
         state_dir: std::path::PathBuf,
+        hold: bool,
     ) -> std::io::Result<Pipeline> {
         let waker = Arc::new(Waker::new()?);
         let shared = Arc::new(Shared {
@@ -185,6 +193,7 @@ impl Pipeline {
             shared: shared.clone(),
             fatal: fatal.clone(),
             clock: crate::clock::ClockWatch::new().ok(),
+            held: hold,
         };
         threads.push(spawn("cj-capture", fatal.clone(), move || capture.run())?);
         let sh = shared.clone();
@@ -267,6 +276,8 @@ struct Capture {
     /// `None` if the kernel refused a timerfd (then clock steps are only
     /// noticed across restarts, `docs/design.md`).
     clock: Option<crate::clock::ClockWatch>,
+    /// Not reading events until `Ctl::Resume`.
+    held: bool,
 }
 
 fn dev_of(path: &[u8]) -> Option<u64> {
@@ -290,6 +301,12 @@ impl Capture {
         let mut last_housekeeping = Instant::now();
         loop {
             let shutdown = self.control();
+            if self.held && !shutdown {
+                let _ = self
+                    .fan
+                    .wait_waker_only(&self.waker, HOUSEKEEPING_MS as i32);
+                continue;
+            }
             let armed = std::mem::take(&mut self.pending_barriers);
             if self.drain().is_none() {
                 return;
@@ -413,6 +430,7 @@ impl Capture {
                 Ctl::Records(r) => {
                     let _ = self.out.send(NormMsg::Records(r));
                 }
+                Ctl::Resume => self.held = false,
                 Ctl::Shutdown => shutdown = true,
             }
         }
@@ -657,6 +675,17 @@ fn normalize_loop(
                 normalizer.flush(&[], true, &mut records);
                 if !records.is_empty() {
                     let _ = out.send(WriteMsg::Records(std::mem::take(&mut records)));
+                }
+                // For the next run, if it takes over the fanotify group
+                // (design 5.9); without it, it reports unknown paths.
+                let file = shared.state_dir.join(NAMES_HANDOFF_FILE);
+                if let Err(e) = cj_types::fsutil::write_atomic(&file, &normalizer.names_handoff()) {
+                    crate::logging::log(format!(
+                        "cannot save the names for the next run ({} {}: {})",
+                        e.op,
+                        e.path.display(),
+                        e.source
+                    ));
                 }
                 let _ = out.send(WriteMsg::Shutdown);
                 return;

@@ -114,6 +114,16 @@ impl Context {
         self.wait(rx)
     }
 
+    /// [`Context::sync`] with a shorter deadline (the watchdog's).
+    pub(crate) fn sync_within(&self, limit: Duration) -> Result<u64, ()> {
+        let (tx, rx) = mpsc::sync_channel(1);
+        self.send(Ctl::Barrier(tx)).map_err(|_| ())?;
+        match rx.recv_timeout(limit) {
+            Ok(Ok(seq)) => Ok(seq),
+            _ => Err(()),
+        }
+    }
+
     /// Since when the state disk is full, if it is.
     fn disk_full(&self) -> Option<u64> {
         *self

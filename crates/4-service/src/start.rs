@@ -22,6 +22,16 @@ pub struct StartFacts {
     pub new_boot: bool,
     /// Roots whose filesystem is another than their baseline's.
     pub changed_fs: Vec<Vec<u8>>,
+    /// The fanotify group of the last run was handed back (systemd's
+    /// descriptor store): its marks stayed, and every event since the last
+    /// run stopped reading is still queued in it.
+    pub inherited_group: bool,
+}
+
+/// The last run stopped cleanly: its clean-stop marker names the last
+/// record recovery kept, and no acknowledged record is missing.
+pub fn was_clean(lost: bool, clean_stop: Option<CleanStop>, last_seq: u64) -> bool {
+    !lost && clean_stop.is_some_and(|c| c.last_seq == last_seq)
 }
 
 /// The gap records to journal, right after the roots are re-armed: every
@@ -31,7 +41,7 @@ pub fn start_gaps(f: &StartFacts) -> Vec<GapRecord> {
     if f.created {
         return Vec::new();
     }
-    let clean = !f.lost && f.clean_stop.is_some_and(|c| c.last_seq == f.last_seq);
+    let clean = was_clean(f.lost, f.clean_stop, f.last_seq);
     // Every stat journaled before this gap predates it (design 11.7).
     let quiescent = clean && f.clean_stop.is_some_and(|c| c.quiescent);
     let (reason, detail) = match (clean, f.new_boot) {
@@ -49,25 +59,36 @@ pub fn start_gaps(f: &StartFacts) -> Vec<GapRecord> {
             "the machine restarted without a clean daemon shutdown (crash or power loss)",
         ),
     };
-    let mut gaps = vec![GapRecord {
+    // After a clean stop (everything it read is journaled) the group kept
+    // by systemd holds every later event: there is no gap (design 12.1).
+    let mut gaps = Vec::new();
+    if clean && f.inherited_group {
+        gaps.extend(fs_changed(f));
+        return gaps;
+    }
+    gaps.push(GapRecord {
         reason,
         fsid: 0,
         scope: Vec::new(),
         start_time_ns: f.last_time_ns,
         flags: if quiescent { GAP_FLAG_QUIESCENT } else { 0 },
         detail: detail.as_bytes().to_vec(),
-    }];
-    // A root whose filesystem is not the one its baseline was taken on
-    // (mkfs, another device mounted there) is compared entry by entry.
-    gaps.extend(f.changed_fs.iter().map(|root| GapRecord {
+    });
+    gaps.extend(fs_changed(f));
+    gaps
+}
+
+/// A root whose filesystem is not the one its baseline was taken on (mkfs,
+/// another device mounted there) is compared entry by entry.
+fn fs_changed(f: &StartFacts) -> impl Iterator<Item = GapRecord> + '_ {
+    f.changed_fs.iter().map(|root| GapRecord {
         reason: GapReason::FsChanged,
         fsid: 0,
         scope: root.clone(),
         start_time_ns: f.last_time_ns,
         flags: 0,
         detail: b"the filesystem under the root changed identity".to_vec(),
-    }));
-    gaps
+    })
 }
 
 #[cfg(test)]
@@ -133,5 +154,22 @@ mod tests {
             .map(|g| g.scope.clone())
             .collect();
         assert_eq!(fs, vec![b"/a".to_vec(), b"/b".to_vec()]);
+    }
+
+    #[test]
+    fn a_group_kept_by_systemd_after_a_clean_stop_means_no_gap() {
+        let kept = |clean_stop, lost| StartFacts {
+            last_seq: 10,
+            lost,
+            clean_stop,
+            inherited_group: true,
+            ..StartFacts::default()
+        };
+        assert!(start_gaps(&kept(stop(10, false), false)).is_empty());
+        // A crash: what the last run read but did not journal is lost.
+        let gaps = start_gaps(&kept(None, false));
+        assert_eq!(gaps[0].reason, GapReason::UncleanStop);
+        let gaps = start_gaps(&kept(stop(10, true), true));
+        assert_eq!(gaps[0].reason, GapReason::UncleanStop);
     }
 }

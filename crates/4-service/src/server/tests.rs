@@ -35,6 +35,7 @@ fn fake_pipeline(mut writer: cj_journal::Writer, rx: mpsc::Receiver<Ctl>) {
             Ctl::Track { reply, .. } | Ctl::Untrack { reply, .. } => {
                 let _ = reply.send(Err("not in this test".into()));
             }
+            Ctl::Resume => {}
             Ctl::Shutdown => return,
         }
     }

@@ -168,6 +168,11 @@ pub struct Daemon {
     pub child: Option<Child>,
     extra: Vec<String>,
     pub log: PathBuf,
+    /// More environment for the daemon (NOTIFY_SOCKET, ...).
+    pub env: Vec<(String, String)>,
+    /// A descriptor passed as systemd would (fd 3, LISTEN_FDS=1,
+    /// LISTEN_FDNAMES=fanotify, LISTEN_PID = the daemon's pid).
+    pub pass_fd: Option<std::os::fd::RawFd>,
 }
 
 impl Daemon {
@@ -180,9 +185,25 @@ impl Daemon {
             child: None,
             extra: extra.iter().map(|s| s.to_string()).collect(),
             log: dir.join("daemon.log"),
+            env: Vec::new(),
+            pass_fd: None,
         };
         d.spawn();
         d
+    }
+
+    /// A daemon that is not started yet (set `env` / `pass_fd`, then spawn).
+    pub fn unstarted(dir: &Path, extra: &[&str]) -> Daemon {
+        std::fs::create_dir_all(dir).unwrap();
+        Daemon {
+            state: dir.join("state"),
+            socket: dir.join("cj.sock"),
+            child: None,
+            extra: extra.iter().map(|s| s.to_string()).collect(),
+            log: dir.join("daemon.log"),
+            env: Vec::new(),
+            pass_fd: None,
+        }
     }
 
     pub fn spawn(&mut self) {
@@ -192,13 +213,43 @@ impl Daemon {
             .append(true)
             .open(&self.log)
             .unwrap();
-        let child = Command::new(CJ)
+        let mut cmd = match self.pass_fd {
+            None => Command::new(CJ),
+            Some(fd) => {
+                // LISTEN_PID must be the daemon's own pid: a shell sets it
+                // to its pid, then becomes the daemon (exec keeps the pid).
+                let mut c = Command::new("sh");
+                c.args(["-c", "LISTEN_PID=$$ exec \"$0\" \"$@\"", CJ])
+                    .env("LISTEN_FDS", "1")
+                    .env("LISTEN_FDNAMES", "fanotify");
+                use std::os::unix::process::CommandExt;
+                // SAFETY: dup2 is async-signal-safe; fd 3 is not
+                // close-on-exec after it.
+                unsafe {
+                    c.pre_exec(move || {
+                        // dup2 onto itself would keep close-on-exec.
+                        let rc = if fd == 3 {
+                            libc::fcntl(3, libc::F_SETFD, 0)
+                        } else {
+                            libc::dup2(fd, 3)
+                        };
+                        if rc < 0 {
+                            return Err(std::io::Error::last_os_error());
+                        }
+                        Ok(())
+                    });
+                }
+                c
+            }
+        };
+        let child = cmd
             .arg("daemon")
             .arg("--state-dir")
             .arg(&self.state)
             .arg("--socket")
             .arg(&self.socket)
             .args(&self.extra)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()

@@ -8,5 +8,6 @@ mod harness;
 mod operations;
 mod oracle;
 mod restarts;
+mod service;
 mod snapshot;
 mod workload;
