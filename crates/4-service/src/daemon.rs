@@ -61,6 +61,10 @@ impl Daemon {
                 "removed {stale} baseline(s) of roots no longer tracked"
             ));
         }
+        let consumers = Arc::new(crate::consumers::Consumers::load(
+            &state_dir,
+            config.consumer_idle,
+        )?);
         let clean_stop = state::take_clean_stop(&state_dir)?;
         // Not knowing the last boot only makes the start gap `new_boot`
         // where it may have been `daemon_down`: both are gaps. A full disk
@@ -73,26 +77,9 @@ impl Daemon {
         raise_fd_limit();
         limit_malloc_arenas();
         let (exit_tx, exit_rx) = mpsc::sync_channel::<Exit>(EXIT_QUEUE_MAX);
-        let (fan, inherited_group) = fanotify_group(&config)?;
-        // The names the last run handed off are only good for the events
-        // its group still holds: after a clean stop, with that group.
-        let names = take_names_handoff(&state_dir).filter(|_| {
-            inherited_group
-                && crate::start::was_clean(recovery.lost.is_some(), clean_stop, recovery.last_seq)
-        });
-        // A group taken over already holds events: they are read only once
-        // the roots are known again (else they would be dropped).
-        let pipeline = start_pipeline(
-            &config,
-            &state_dir,
-            fan,
-            names,
-            writer,
-            exit_tx.clone(),
-            inherited_group,
-        )?;
-        rearm(&pipeline, &roots);
-        let _ = pipeline.send(Ctl::Resume);
+        let clean = crate::start::was_clean(recovery.lost.is_some(), clean_stop, recovery.last_seq);
+        let (pipeline, inherited_group) =
+            start_capture(&config, &state_dir, writer, exit_tx.clone(), &roots, clean)?;
         let facts = StartFacts {
             created: recovery.created,
             last_seq: recovery.last_seq,
@@ -106,33 +93,8 @@ impl Daemon {
         journal_start_gaps(&pipeline, &facts)?;
         start_reconciler(&config, &state_dir, &pipeline, &reader, exit_tx.clone())?;
         request_missing_baselines(&pipeline, &snapshots, &roots);
-        let consumers = Arc::new(crate::consumers::Consumers::load(
-            &state_dir,
-            config.consumer_idle,
-        )?);
         let shutdown = Arc::new(AtomicBool::new(false));
-        let ctx = Arc::new(server::Context {
-            reader,
-            ctl: pipeline.ctl.clone(),
-            waker: pipeline.waker.clone(),
-            shared: pipeline.shared.clone(),
-            state_dir: state_dir.clone(),
-            snapshots,
-            socket: config.socket.clone(),
-            started: Instant::now(),
-            roots_lock: Mutex::new(()),
-            slots: conn::Slots::default(),
-            admin_uid: 0,
-            consumers,
-            stopping: shutdown.clone(),
-            follow_stall: config.follow_stall,
-            consumer_cap_bytes: config
-                .journal
-                .pinned_cap_bytes
-                .max(config.journal.retain_bytes),
-            consumer_idle: config.consumer_idle,
-        });
-        server::refresh_pin(&ctx);
+        let ctx = context(&config, &state_dir, reader, &pipeline, consumers, &shutdown);
         Ok(Daemon {
             config,
             state_dir,
@@ -302,6 +264,62 @@ fn seq_floor(state_dir: &Path, snapshots: &Path, roots: &[Vec<u8>]) -> u64 {
         .filter_map(|r| cj_reconcile::Snapshot::load_seqs(snapshots, r))
         .map(|(through, valid_after)| through.max(valid_after))
         .fold(stop, u64::max)
+}
+
+/// What the server's threads share.
+fn context(
+    config: &Config,
+    state_dir: &Path,
+    reader: cj_journal::Reader,
+    pipeline: &Pipeline,
+    consumers: Arc<crate::consumers::Consumers>,
+    shutdown: &Arc<AtomicBool>,
+) -> Arc<server::Context> {
+    let ctx = Arc::new(server::Context {
+        reader,
+        ctl: pipeline.ctl.clone(),
+        waker: pipeline.waker.clone(),
+        shared: pipeline.shared.clone(),
+        state_dir: state_dir.to_path_buf(),
+        snapshots: state_dir.join("snapshots"),
+        socket: config.socket.clone(),
+        started: Instant::now(),
+        roots_lock: Mutex::new(()),
+        slots: conn::Slots::default(),
+        admin_uid: 0,
+        consumers,
+        stopping: shutdown.clone(),
+        follow_stall: config.follow_stall,
+        consumer_cap_bytes: config
+            .journal
+            .pinned_cap_bytes
+            .max(config.journal.retain_bytes),
+        consumer_idle: config.consumer_idle,
+    });
+    server::refresh_pin(&ctx);
+    ctx
+}
+
+/// Capture, normalisation and the writer, with the roots re-armed. Returns
+/// whether the fanotify group was taken over from the last run.
+fn start_capture(
+    config: &Config,
+    state_dir: &Path,
+    writer: cj_journal::Writer,
+    exit: SyncSender<Exit>,
+    roots: &[Vec<u8>],
+    clean: bool,
+) -> Result<(Pipeline, bool), Error> {
+    let (fan, inherited) = fanotify_group(config)?;
+    // The names the last run handed off are only good for the events its
+    // group still holds: after a clean stop, with that group (5.9).
+    let names = take_names_handoff(state_dir).filter(|_| inherited && clean);
+    // A group taken over already holds events: they are read only once the
+    // roots are known again (else they would be dropped as outside them).
+    let pipeline = start_pipeline(config, state_dir, fan, names, writer, exit, inherited)?;
+    rearm(&pipeline, roots);
+    let _ = pipeline.send(Ctl::Resume);
+    Ok((pipeline, inherited))
 }
 
 /// The fanotify group: the one systemd's descriptor store hands back (with

@@ -53,6 +53,20 @@ pub const COMMIT_INTERVAL_DEFAULT_MS: u64 = 100;
 /// The normaliser's names, left by a clean stop for the next run (5.9).
 pub const NAMES_HANDOFF_FILE: &str = "names-handoff";
 
+/// For the next run, if it takes over the fanotify group (design 5.9);
+/// without the file it reports unknown paths where names are missing.
+fn save_names_handoff(normalizer: &Normalizer, state_dir: &std::path::Path) {
+    let file = state_dir.join(NAMES_HANDOFF_FILE);
+    if let Err(e) = cj_types::fsutil::write_atomic(&file, &normalizer.names_handoff()) {
+        crate::logging::log(format!(
+            "cannot save the names for the next run ({} {}: {})",
+            e.op,
+            e.path.display(),
+            e.source
+        ));
+    }
+}
+
 /// Barriers waiting at once.
 pub const BARRIERS_MAX: usize = 1024;
 /// Drain marks are written at most this often (`normalize_loop`).
@@ -676,17 +690,7 @@ fn normalize_loop(
                 if !records.is_empty() {
                     let _ = out.send(WriteMsg::Records(std::mem::take(&mut records)));
                 }
-                // For the next run, if it takes over the fanotify group
-                // (design 5.9); without it, it reports unknown paths.
-                let file = shared.state_dir.join(NAMES_HANDOFF_FILE);
-                if let Err(e) = cj_types::fsutil::write_atomic(&file, &normalizer.names_handoff()) {
-                    crate::logging::log(format!(
-                        "cannot save the names for the next run ({} {}: {})",
-                        e.op,
-                        e.path.display(),
-                        e.source
-                    ));
-                }
+                save_names_handoff(&normalizer, &shared.state_dir);
                 let _ = out.send(WriteMsg::Shutdown);
                 return;
             }

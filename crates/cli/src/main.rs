@@ -139,6 +139,12 @@ enum Command {
     /// restarts and hold back retention until acknowledged.
     #[command(subcommand)]
     Consumer(stream::ConsumerCommand),
+    /// Print the manual page (roff) or shell completions, generated from
+    /// this command's own definition (scripts/install installs them).
+    Generate {
+        #[arg(value_parser = ["man", "bash", "zsh", "fish"])]
+        what: String,
+    },
     /// Show reconciliation progress; with --wait, follow it until idle.
     Reconcile {
         #[arg(long)]
@@ -203,7 +209,29 @@ fn run(cli: Cli) -> Result<i32> {
         Command::Follow(args) => stream::follow(&socket, args),
         Command::Consumer(c) => stream::consumer(&socket, c),
         Command::Reconcile { wait } => reconcile(&socket, wait),
+        Command::Generate { what } => generate(&what),
     }
+}
+
+fn generate(what: &str) -> Result<i32> {
+    use clap::CommandFactory;
+    let mut cmd = Cli::command();
+    let mut out = std::io::stdout().lock();
+    match what {
+        "man" => clap_mangen::Man::new(cmd)
+            .render(&mut out)
+            .context("writing the manual page")?,
+        shell => {
+            let shell = match shell {
+                "bash" => clap_complete::Shell::Bash,
+                "zsh" => clap_complete::Shell::Zsh,
+                _ => clap_complete::Shell::Fish,
+            };
+            clap_complete::generate(shell, &mut cmd, "cj", &mut out);
+        }
+    }
+    out.flush().context("cannot write the output")?;
+    Ok(EXIT_COMPLETE)
 }
 
 fn daemon(socket: PathBuf, a: DaemonArgs) -> Result<i32> {

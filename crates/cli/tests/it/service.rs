@@ -353,3 +353,27 @@ fn the_unit_file_passes_systemd_analyze_verify() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success() && !err.contains("cj.service"), "{err}");
 }
+
+#[test]
+fn the_manual_page_and_completions_come_from_the_cli_definition() {
+    let run = |what: &str| {
+        let out = Command::new(crate::harness::CJ)
+            .args(["generate", what])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{what}");
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let man = run("man");
+    assert!(man.starts_with(".ie") && man.contains(".TH cj 1"), "{man}");
+    for sub in ["follow", "consumer", "changes", "daemon"] {
+        assert!(man.contains(sub), "man page lacks {sub}");
+    }
+    for shell in ["bash", "zsh", "fish"] {
+        let text = run(shell);
+        assert!(
+            text.contains("consumer") && text.contains("follow"),
+            "{shell}"
+        );
+    }
+}
