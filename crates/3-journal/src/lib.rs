@@ -123,6 +123,9 @@ pub fn open_with(
         durable_lock: Mutex::new(durable_seq),
         durable_cv: Condvar::new(),
         pin: std::sync::atomic::AtomicU64::new(u64::MAX),
+        retain_bytes: std::sync::atomic::AtomicU64::new(options.retain_bytes),
+        retain_age_secs: std::sync::atomic::AtomicU64::new(options.retain_age.as_secs()),
+        pinned_cap_bytes: std::sync::atomic::AtomicU64::new(options.pinned_cap_bytes),
     });
     let writer = Writer::new(
         shared.clone(),

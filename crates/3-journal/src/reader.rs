@@ -97,6 +97,17 @@ impl Reader {
         );
     }
 
+    /// Changes the retention limits from now on (a configuration reload);
+    /// the writer applies them at its next retention pass.
+    pub fn set_retention(&self, retain_bytes: u64, retain_age: Duration, pinned_cap_bytes: u64) {
+        use std::sync::atomic::Ordering::SeqCst;
+        self.shared.retain_bytes.store(retain_bytes, SeqCst);
+        self.shared
+            .retain_age_secs
+            .store(retain_age.as_secs(), SeqCst);
+        self.shared.pinned_cap_bytes.store(pinned_cap_bytes, SeqCst);
+    }
+
     /// Waits until `seq` is durable. False on timeout.
     pub fn wait_durable(&self, seq: u64, timeout: Duration) -> bool {
         let deadline = Instant::now() + timeout;

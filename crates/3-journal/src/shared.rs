@@ -68,6 +68,11 @@ pub(crate) struct Shared {
     /// Retention keeps every record above this seq while it can
     /// (`u64::MAX`: nothing pinned).
     pub pin: AtomicU64,
+    /// The retention limits now (`Options` at open; changed by a reload):
+    /// bytes, age in seconds, pinned cap in bytes.
+    pub retain_bytes: AtomicU64,
+    pub retain_age_secs: AtomicU64,
+    pub pinned_cap_bytes: AtomicU64,
 }
 
 pub(crate) const SEGMENT_SUFFIX: &str = ".cjseg";

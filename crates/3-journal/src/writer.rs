@@ -282,7 +282,11 @@ impl Writer {
     /// budget or their newest record is past the age limit. The active
     /// segment is never deleted. Returns how many segments were removed.
     pub fn enforce_retention(&mut self, now_ns: u64) -> Result<usize, Error> {
-        let age_ns = duration_ns(self.options.retain_age);
+        let age_ns = duration_ns(Duration::from_secs(
+            self.shared.retain_age_secs.load(Ordering::SeqCst),
+        ));
+        let retain_bytes = self.shared.retain_bytes.load(Ordering::SeqCst);
+        let pinned_cap = self.shared.pinned_cap_bytes.load(Ordering::SeqCst);
         let mut removed = 0;
         loop {
             let victim = {
@@ -299,9 +303,9 @@ impl Writer {
                     let last_seq = state.segments[1].first_seq - 1;
                     let pinned = last_seq > self.shared.pin.load(Ordering::SeqCst);
                     let over = if pinned {
-                        total > self.options.pinned_cap_bytes.max(self.options.retain_bytes)
+                        total > pinned_cap.max(retain_bytes)
                     } else {
-                        total > self.options.retain_bytes || too_old
+                        total > retain_bytes || too_old
                     };
                     over.then(|| state.segments[0].path.clone())
                 }

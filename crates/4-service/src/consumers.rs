@@ -109,7 +109,7 @@ pub fn check_name(name: &str) -> Result<(), Refusal> {
 pub struct Consumers {
     file: PathBuf,
     list: Mutex<Vec<Consumer>>,
-    idle_expire: Option<Duration>,
+    idle_expire: Mutex<Option<Duration>>,
 }
 
 impl Consumers {
@@ -129,7 +129,7 @@ impl Consumers {
         Ok(Consumers {
             file,
             list: Mutex::new(list),
-            idle_expire,
+            idle_expire: Mutex::new(idle_expire),
         })
     }
 
@@ -227,8 +227,14 @@ impl Consumers {
     }
 
     /// Not used for longer than the idle policy allows: pins nothing.
+    /// Changes the idle policy (a configuration reload).
+    pub fn set_idle_expire(&self, d: Option<Duration>) {
+        *self.idle_expire.lock().unwrap_or_else(|e| e.into_inner()) = d;
+    }
+
     pub fn idle(&self, c: &Consumer, now_ns: u64) -> bool {
-        self.idle_expire.is_some_and(|d| {
+        let d = *self.idle_expire.lock().unwrap_or_else(|e| e.into_inner());
+        d.is_some_and(|d| {
             now_ns.saturating_sub(c.seen_ns) > u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
         })
     }

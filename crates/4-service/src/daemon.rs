@@ -80,6 +80,12 @@ impl Daemon {
         let clean = crate::start::was_clean(recovery.lost.is_some(), clean_stop, recovery.last_seq);
         let (pipeline, inherited_group) =
             start_capture(&config, &state_dir, writer, exit_tx.clone(), &roots, clean)?;
+        pipeline.shared.tunables.set(&config);
+        *pipeline
+            .shared
+            .config
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = config.summary();
         let facts = StartFacts {
             created: recovery.created,
             last_seq: recovery.last_seq,
@@ -160,6 +166,59 @@ impl Daemon {
             .unwrap_or(Exit::Fatal("exit channel closed".into()))
     }
 
+    /// SIGHUP: reads the configuration file again and applies what can
+    /// change while running (retention, the consumer cap and idle policy,
+    /// the follower stall limit, quiet refreshes), saying what changed. A
+    /// file that is not valid changes nothing (the running configuration
+    /// stays); settings that need a restart are named.
+    pub fn reload(&mut self) {
+        let Some(r) = self.config.reload.clone() else {
+            log("SIGHUP: no configuration file in use (start with --config FILE); nothing to reload");
+            return;
+        };
+        let settings = match crate::config_file::Settings::load(&r.file) {
+            Ok(s) => s.overridden_by(&r.flags),
+            Err(e) => {
+                log(format!("SIGHUP: {e}; the running configuration stays"));
+                return;
+            }
+        };
+        let new = settings.to_config();
+        let (said, restart) = crate::config::differences(&self.config, &new);
+        let old = &mut self.config;
+        old.journal.retain_bytes = new.journal.retain_bytes;
+        old.journal.retain_age = new.journal.retain_age;
+        old.journal.pinned_cap_bytes = new.journal.pinned_cap_bytes;
+        old.follow_stall = new.follow_stall;
+        old.consumer_idle = new.consumer_idle;
+        old.baseline_refresh = new.baseline_refresh;
+        self.ctx.reader.set_retention(
+            old.journal.retain_bytes,
+            old.journal.retain_age,
+            old.journal.pinned_cap_bytes,
+        );
+        self.ctx.shared.tunables.set(old);
+        *self
+            .ctx
+            .shared
+            .config
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = old.summary();
+        server::refresh_pin(&self.ctx);
+        let what = if said.is_empty() {
+            "nothing changed".to_string()
+        } else {
+            said.join(", ")
+        };
+        log(format!("SIGHUP: reloaded {}: {what}", r.file.display()));
+        for key in restart {
+            log(format!(
+                "SIGHUP: {key} changed in {}; restart the daemon to apply it",
+                r.file.display()
+            ));
+        }
+    }
+
     /// Stops serving; after a signal, stops cleanly: a last quiet refresh,
     /// drain and commit, and the clean-stop marker.
     pub fn stop(self, exit: Exit) -> Result<(), Error> {
@@ -170,11 +229,12 @@ impl Daemon {
         let _ = fs::remove_file(&self.config.socket);
         let sig = match exit {
             Exit::Signal(sig) => sig,
+            Exit::Reload => 0,
             Exit::Fatal(e) => return Err(Error::WriterFailed(e)),
         };
         log(format!("signal {sig}: bringing baselines up to date"));
         // Quiet refreshes off (`--baseline-refresh-secs 0`): none here either.
-        if self.config.baseline_refresh.is_some()
+        if self.ctx.shared.tunables.refresh_every().is_some()
             && !self
                 .pipeline
                 .shared
@@ -289,12 +349,6 @@ fn context(
         admin_uid: 0,
         consumers,
         stopping: shutdown.clone(),
-        follow_stall: config.follow_stall,
-        consumer_cap_bytes: config
-            .journal
-            .pinned_cap_bytes
-            .max(config.journal.retain_bytes),
-        consumer_idle: config.consumer_idle,
     });
     server::refresh_pin(&ctx);
     ctx
@@ -477,7 +531,6 @@ fn start_reconciler(
         snapshots: state_dir.join("snapshots"),
         excluded: vec![state_dir.as_os_str().as_bytes().to_vec()],
         walk_only: config.reconcile_walk_only,
-        refresh_every: config.baseline_refresh,
     };
     std::thread::Builder::new()
         .name("cj-reconcile".into())

@@ -13,6 +13,7 @@
 
 mod clock;
 pub mod config;
+pub mod config_file;
 pub mod conn;
 pub mod consumers;
 pub mod daemon;
@@ -57,9 +58,14 @@ pub fn run(config: Config) -> Result<(), Error> {
         .name("cj-signals".into())
         .spawn(move || wait_signals(signals, exit))
         .map_err(io(&socket, "start signal thread"))?;
+    let mut daemon = daemon;
     daemon.serve(bind_socket(&socket)?)?;
-    let exit = daemon.wait();
-    daemon.stop(exit)
+    loop {
+        match daemon.wait() {
+            Exit::Reload => daemon.reload(),
+            exit => return daemon.stop(exit),
+        }
+    }
 }
 
 fn bind_socket(path: &Path) -> Result<UnixListener, Error> {
@@ -107,6 +113,7 @@ fn block_signals() -> libc::sigset_t {
         libc::sigemptyset(&mut set);
         libc::sigaddset(&mut set, libc::SIGTERM);
         libc::sigaddset(&mut set, libc::SIGINT);
+        libc::sigaddset(&mut set, libc::SIGHUP);
         libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
         set
     }
@@ -117,6 +124,10 @@ fn wait_signals(set: libc::sigset_t, exit: mpsc::SyncSender<Exit>) {
         let mut sig: libc::c_int = 0;
         // SAFETY: `set` is a valid signal set.
         if unsafe { libc::sigwait(&set, &mut sig) } == 0 {
+            if sig == libc::SIGHUP {
+                let _ = exit.try_send(Exit::Reload);
+                continue;
+            }
             let _ = exit.try_send(Exit::Signal(sig));
             return;
         }

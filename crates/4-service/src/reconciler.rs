@@ -110,9 +110,6 @@ pub struct Reconciler {
     pub excluded: Vec<Vec<u8>>,
     /// Never use a filesystem fast path (`--reconcile walk`).
     pub walk_only: bool,
-    /// How often idle baselines on fast-path filesystems are brought up to
-    /// date without records (`None`: never).
-    pub refresh_every: Option<Duration>,
 }
 
 impl Reconciler {
@@ -129,7 +126,10 @@ impl Reconciler {
     }
 
     pub fn run(self) {
-        let mut next_refresh = self.refresh_every.map(|every| Instant::now() + every);
+        // How often idle baselines are brought up to date without records
+        // (a reload may change it).
+        let every = || self.shared.tunables.refresh_every();
+        let mut next_refresh = every().map(|every| Instant::now() + every);
         let mut retries = Retries::default();
         loop {
             match self.next_work(&mut retries, next_refresh) {
@@ -140,7 +140,7 @@ impl Reconciler {
                 }
                 Work::QuietRefresh => {
                     self.refresh_all(false);
-                    next_refresh = self.refresh_every.map(|every| Instant::now() + every);
+                    next_refresh = every().map(|every| Instant::now() + every);
                 }
                 Work::Batch(batch) => {
                     if !self.run_batch(&batch, &mut retries) {

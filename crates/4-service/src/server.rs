@@ -60,12 +60,6 @@ pub struct Context {
     pub consumers: Arc<crate::consumers::Consumers>,
     /// Set when the daemon stops: followers say so and end.
     pub stopping: Arc<AtomicBool>,
-    /// A follower that takes no byte for this long is cut off.
-    pub follow_stall: Duration,
-    /// Shown by `consumer_list`: the journal's `pinned_cap_bytes` and the
-    /// idle policy.
-    pub consumer_cap_bytes: u64,
-    pub consumer_idle: Option<Duration>,
 }
 
 mod consumer_ops;
@@ -610,6 +604,7 @@ fn status(ctx: &Context) -> Value {
         },
         "roots": roots,
         "consumers": consumer_ops::summary(ctx),
+        "config": ctx.shared.config.lock().unwrap_or_else(|e| e.into_inner()).clone(),
         "gaps": gaps_status(ctx),
         "reconcile": reconcile_status(ctx),
     })

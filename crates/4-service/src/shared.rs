@@ -2,6 +2,8 @@
 //! A leaf module: everything imports it, it imports only the inbox.
 
 use std::collections::VecDeque;
+use std::sync::atomic::AtomicU64;
+use std::sync::atomic::Ordering::SeqCst;
 use std::sync::mpsc::SyncSender;
 use std::sync::{Arc, Mutex};
 
@@ -40,6 +42,51 @@ pub struct Shared {
     /// Set while the state filesystem is full (wall-clock ns since when):
     /// nothing is journaled, queries answer what is durable (design 6a).
     pub disk_full: Mutex<Option<u64>>,
+    /// What a reload can change (docs/configuration.md).
+    pub tunables: Tunables,
+    /// The running configuration as `status` shows it.
+    pub config: Mutex<serde_json::Value>,
+}
+
+/// The settings a configuration reload (SIGHUP) can change while the
+/// daemon runs; everyone reads them from here.
+#[derive(Default)]
+pub struct Tunables {
+    pub follow_stall_ms: AtomicU64,
+    pub consumer_cap_bytes: AtomicU64,
+    /// 0: consumers never go idle.
+    pub consumer_idle_secs: AtomicU64,
+    /// 0: no quiet baseline refreshes.
+    pub refresh_secs: AtomicU64,
+}
+
+impl Tunables {
+    /// Takes the values of `c` (at start and at a reload).
+    pub fn set(&self, c: &crate::Config) {
+        let secs = |d: Option<std::time::Duration>| d.map_or(0, |d| d.as_secs().max(1));
+        self.follow_stall_ms
+            .store(c.follow_stall.as_millis() as u64, SeqCst);
+        self.consumer_cap_bytes.store(
+            c.journal.pinned_cap_bytes.max(c.journal.retain_bytes),
+            SeqCst,
+        );
+        self.consumer_idle_secs.store(secs(c.consumer_idle), SeqCst);
+        self.refresh_secs.store(secs(c.baseline_refresh), SeqCst);
+    }
+
+    pub fn follow_stall(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(self.follow_stall_ms.load(SeqCst).max(1))
+    }
+
+    pub fn refresh_every(&self) -> Option<std::time::Duration> {
+        let s = self.refresh_secs.load(SeqCst);
+        (s > 0).then(|| std::time::Duration::from_secs(s))
+    }
+
+    pub fn consumer_idle(&self) -> Option<std::time::Duration> {
+        let s = self.consumer_idle_secs.load(SeqCst);
+        (s > 0).then(|| std::time::Duration::from_secs(s))
+    }
 }
 
 /// What a client is told while the state disk is full.
@@ -59,6 +106,8 @@ pub enum Exit {
     Signal(i32),
     /// A pipeline thread hit an error it cannot recover from.
     Fatal(String),
+    /// SIGHUP: read the configuration file again (the daemon goes on).
+    Reload,
 }
 
 /// Answered with the durable sequence number that covers the request.

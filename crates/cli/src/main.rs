@@ -30,42 +30,50 @@ struct Cli {
 
 #[derive(clap::Args)]
 struct DaemonArgs {
-    /// Where the journal and tracked roots are kept.
-    #[arg(long, value_name = "DIR", default_value = cj_service::DEFAULT_STATE_DIR)]
-    state_dir: PathBuf,
-    /// Journal size budget in MiB; oldest segments are deleted past it.
-    #[arg(long, value_name = "MIB", default_value_t = 2048)]
-    retain_mib: u64,
-    /// Journal age budget in days.
-    #[arg(long, value_name = "DAYS", default_value_t = 30)]
-    retain_days: u64,
+    /// Read the settings from FILE (TOML; docs/configuration.md). Default:
+    /// /etc/cj/cj.toml when it exists. Flags override the file; SIGHUP
+    /// reads it again.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Where the journal and tracked roots are kept [default: /var/lib/cj]
+    #[arg(long, value_name = "DIR")]
+    state_dir: Option<PathBuf>,
+    /// Journal size budget in MiB; oldest segments are deleted past it
+    /// [default: 2048]
+    #[arg(long, value_name = "MIB")]
+    retain_mib: Option<u64>,
+    /// Journal age budget in days [default: 30]
+    #[arg(long, value_name = "DAYS")]
+    retain_days: Option<u64>,
     /// Longest time a captured change waits for its fdatasync when no
-    /// client is waiting. Larger values cost less I/O on busy systems.
-    #[arg(long, value_name = "MS", default_value_t = cj_service::pipeline::COMMIT_INTERVAL_DEFAULT_MS)]
-    commit_interval_ms: u64,
+    /// client is waiting. Larger values cost less I/O on busy systems
+    /// [default: 100]
+    #[arg(long, value_name = "MS")]
+    commit_interval_ms: Option<u64>,
     /// How gaps are reconciled: `auto` uses the XFS bulkstat and btrfs
     /// tree-search fast paths where they are safe and walks elsewhere;
-    /// `walk` always walks and compares every entry.
-    #[arg(long, value_name = "METHOD", default_value = "auto", value_parser = ["auto", "walk"])]
-    reconcile: String,
+    /// `walk` always walks and compares every entry [default: auto]
+    #[arg(long, value_name = "METHOD", value_parser = ["auto", "walk"])]
+    reconcile: Option<String>,
     /// Bring idle baselines up to date this often (looking again at the
     /// paths the journal names, journaling nothing), so that a later gap
-    /// re-reports fewer already journaled changes. 0 turns it off.
-    #[arg(long, value_name = "SECS", default_value_t = cj_service::BASELINE_REFRESH_DEFAULT_SECS)]
-    baseline_refresh_secs: u64,
+    /// re-reports fewer already journaled changes. 0 turns it off
+    /// [default: 600]
+    #[arg(long, value_name = "SECS")]
+    baseline_refresh_secs: Option<u64>,
     /// Durable consumers hold records past --retain-mib/--retain-days until
     /// the journal reaches this size; then the oldest go anyway and those
-    /// consumers are told `cursor_expired`.
-    #[arg(long, value_name = "MIB", default_value_t = 8192)]
-    consumer_cap_mib: u64,
+    /// consumers are told `cursor_expired` [default: 8192]
+    #[arg(long, value_name = "MIB")]
+    consumer_cap_mib: Option<u64>,
     /// A durable consumer not used (ack, follow, changes) for this many days
-    /// stops holding records back. 0: never.
-    #[arg(long, value_name = "DAYS", default_value_t = cj_service::config::CONSUMER_IDLE_DEFAULT_DAYS)]
-    consumer_idle_days: u64,
+    /// stops holding records back. 0: never [default: 30]
+    #[arg(long, value_name = "DAYS")]
+    consumer_idle_days: Option<u64>,
     /// A follower that takes no byte for this long is cut off (it is told
-    /// so, and resumes from its cursor).
-    #[arg(long, value_name = "MS", default_value_t = cj_service::server::FOLLOW_STALL_DEFAULT.as_millis() as u64)]
-    follow_stall_ms: u64,
+    /// so, and resumes from its cursor) [default: 30000]
+    #[arg(long, value_name = "MS")]
+    follow_stall_ms: Option<u64>,
     /// Testing only: use the kernel's bounded event queue so that
     /// overflows can be forced.
     #[arg(long, hide = true)]
@@ -176,7 +184,7 @@ fn is_broken_pipe(e: &anyhow::Error) -> bool {
 fn run(cli: Cli) -> Result<i32> {
     let socket = cli.socket.clone().unwrap_or_else(cj_client::socket_path);
     match cli.command {
-        Command::Daemon(args) => daemon(socket, args),
+        Command::Daemon(args) => daemon(cli.socket.clone(), args),
         Command::Track { dir } => track(&socket, &dir, true),
         Command::Untrack { dir } => track(&socket, &dir, false),
         Command::Status { json } => status(&socket, json),
@@ -234,41 +242,47 @@ fn generate(what: &str) -> Result<i32> {
     Ok(EXIT_COMPLETE)
 }
 
-fn daemon(socket: PathBuf, a: DaemonArgs) -> Result<i32> {
+fn daemon(socket: Option<PathBuf>, a: DaemonArgs) -> Result<i32> {
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
         bail!("the daemon must run as root (fanotify filesystem marks need CAP_SYS_ADMIN)");
     }
-    let config = cj_service::Config {
+    use cj_service::config_file::{Settings, DEFAULT_CONFIG};
+    let flags = Settings {
         state_dir: a.state_dir,
-        socket,
-        queue: if a.test_bounded_queue {
-            cj_capture::QueueLimit::KernelDefault
-        } else {
-            cj_capture::QueueLimit::Unlimited
-        },
-        journal: cj_journal::Options {
-            retain_bytes: a
-                .test_retain_bytes
-                .unwrap_or(a.retain_mib.saturating_mul(1 << 20)),
-            retain_age: std::time::Duration::from_secs(a.retain_days.saturating_mul(86_400)),
-            segment_bytes: a
-                .test_segment_bytes
-                .unwrap_or(cj_journal::Options::default().segment_bytes),
-            // Set by the service from its own durable marks.
-            seq_floor: 0,
-            pinned_cap_bytes: a
-                .test_consumer_cap_bytes
-                .unwrap_or(a.consumer_cap_mib.saturating_mul(1 << 20)),
-        },
-        commit_interval: std::time::Duration::from_millis(a.commit_interval_ms),
-        reconcile_walk_only: a.reconcile == "walk",
-        baseline_refresh: (a.baseline_refresh_secs > 0)
-            .then(|| std::time::Duration::from_secs(a.baseline_refresh_secs)),
-        follow_stall: std::time::Duration::from_millis(a.follow_stall_ms.max(1)),
-        consumer_idle: (a.consumer_idle_days > 0)
-            .then(|| std::time::Duration::from_secs(a.consumer_idle_days.saturating_mul(86_400))),
+        socket: socket.or_else(|| std::env::var_os("CJ_SOCKET").map(PathBuf::from)),
+        retain_mib: a.retain_mib,
+        retain_days: a.retain_days,
+        commit_interval_ms: a.commit_interval_ms,
+        reconcile: a.reconcile,
+        baseline_refresh_secs: a.baseline_refresh_secs,
+        consumer_cap_mib: a.consumer_cap_mib,
+        consumer_idle_days: a.consumer_idle_days,
+        follow_stall_ms: a.follow_stall_ms,
     };
+    // An explicit --config must exist; the default one is used if present.
+    let file = a.config.or_else(|| {
+        let d = PathBuf::from(DEFAULT_CONFIG);
+        d.exists().then_some(d)
+    });
+    let settings = match &file {
+        Some(f) => Settings::load(f)?.overridden_by(&flags),
+        None => flags.clone(),
+    };
+    let mut config = settings.to_config();
+    config.reload = file.map(|file| cj_service::config::Reload { file, flags });
+    if a.test_bounded_queue {
+        config.queue = cj_capture::QueueLimit::KernelDefault;
+    }
+    if let Some(b) = a.test_segment_bytes {
+        config.journal.segment_bytes = b;
+    }
+    if let Some(b) = a.test_retain_bytes {
+        config.journal.retain_bytes = b;
+    }
+    if let Some(b) = a.test_consumer_cap_bytes {
+        config.journal.pinned_cap_bytes = b;
+    }
     cj_service::run(config)?;
     Ok(EXIT_COMPLETE)
 }

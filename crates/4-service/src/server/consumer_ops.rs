@@ -105,6 +105,8 @@ fn acceptable(ctx: &Context, text: &str) -> Result<Cursor, Failure> {
 /// Tells retention what the consumers in use still need.
 pub(crate) fn refresh_pin(ctx: &Context) {
     let now = cj_types::sys::now_ns();
+    ctx.consumers
+        .set_idle_expire(ctx.shared.tunables.consumer_idle());
     ctx.reader
         .set_pin(ctx.consumers.pin(ctx.reader.journal_id(), now));
 }
@@ -122,7 +124,7 @@ pub(super) fn summary(ctx: &Context) -> Value {
     json!({
         "count": list.len(),
         "pin_seq": ctx.consumers.pin(ctx.reader.journal_id(), now),
-        "cap_bytes": ctx.consumer_cap_bytes,
+        "cap_bytes": ctx.shared.tunables.consumer_cap_bytes.load(std::sync::atomic::Ordering::SeqCst),
         "expired": expired,
     })
 }
@@ -139,8 +141,8 @@ fn list(ctx: &Context) -> Value {
         .collect();
     json!({
         "consumers": items,
-        "cap_bytes": ctx.consumer_cap_bytes,
-        "idle_expire_s": ctx.consumer_idle.map(|d| d.as_secs()),
+        "cap_bytes": ctx.shared.tunables.consumer_cap_bytes.load(std::sync::atomic::Ordering::SeqCst),
+        "idle_expire_s": ctx.shared.tunables.consumer_idle().map(|d| d.as_secs()),
     })
 }
 

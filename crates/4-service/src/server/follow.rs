@@ -86,7 +86,7 @@ pub(super) fn serve(stream: &UnixStream, req: &Request, ctx: &Context) -> Result
         after: start.after,
         at: None,
         cursors: cj_types::CursorEncoder::new(ctx.reader.journal_id()),
-        stall: ctx.follow_stall,
+        stall: ctx.shared.tunables.follow_stall(),
     };
     if let Some(reason) = start.first {
         f.roots = ctx.roots();

@@ -51,6 +51,10 @@ fn start() -> Fixture {
     std::fs::create_dir(&root).unwrap();
     let root = root.as_os_str().as_bytes().to_vec();
     let shared = Arc::new(Shared::default());
+    shared
+        .tunables
+        .follow_stall_ms
+        .store(300, std::sync::atomic::Ordering::SeqCst);
     shared.roots.lock().unwrap().push(RootState {
         path: root.clone(),
         fsid: 1,
@@ -74,9 +78,6 @@ fn start() -> Fixture {
         admin_uid: unsafe { libc::getuid() },
         consumers: Arc::new(crate::consumers::Consumers::load(dir.path(), None).unwrap()),
         stopping: shutdown.clone(),
-        follow_stall: Duration::from_millis(300),
-        consumer_cap_bytes: 1 << 30,
-        consumer_idle: None,
     });
     let listener = UnixListener::bind(&socket).unwrap();
     let stop = shutdown.clone();

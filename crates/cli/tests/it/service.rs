@@ -377,3 +377,93 @@ fn the_manual_page_and_completions_come_from_the_cli_definition() {
         );
     }
 }
+
+fn config_of(d: &Daemon) -> serde_json::Value {
+    let st: serde_json::Value = serde_json::from_str(&d.ok(&["status", "--json"])).unwrap();
+    st["config"].clone()
+}
+
+fn wait_log(d: &Daemon, needle: &str) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !d.log_text().contains(needle) {
+        assert!(
+            Instant::now() < deadline,
+            "no {needle:?} in:\n{}",
+            d.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn a_config_file_sets_the_daemon_flags_override_it_and_sighup_reloads() {
+    let m = Mount::new(Fs::Tmpfs);
+    let file = m.dir.path().join("cj.toml");
+    std::fs::write(
+        &file,
+        "# cj settings\nretain_mib = 100\nfollow_stall_ms = 5000\nconsumer_idle_days = 0\n",
+    )
+    .unwrap();
+    let f = file.to_str().unwrap();
+    let d = Daemon::start(
+        &m.dir.path().join("daemon"),
+        &["--config", f, "--retain-days", "3"],
+    );
+    let c = config_of(&d);
+    assert_eq!(c["retain_mib"], 100, "{c}");
+    assert_eq!(c["retain_days"], 3, "a flag over the file: {c}");
+    assert_eq!(c["follow_stall_ms"], 5000);
+    assert_eq!(c["consumer_idle_days"], serde_json::Value::Null);
+    // Reload: what can change does; a restart-only key is named.
+    std::fs::write(
+        &file,
+        "retain_mib = 50\nretain_days = 9\nconsumer_cap_mib = 4096\ncommit_interval_ms = 20\n",
+    )
+    .unwrap();
+    let pid = d.child.as_ref().unwrap().id() as i32;
+    unsafe { libc::kill(pid, libc::SIGHUP) };
+    wait_log(&d, "SIGHUP: reloaded");
+    let log = d.log_text();
+    assert!(log.contains("retain_mib 100 -> 50"), "{log}");
+    assert!(log.contains("follow_stall_ms 5000 -> 30000"), "{log}");
+    assert!(!log.contains("retain_days 3"), "the flag still wins: {log}");
+    assert!(log.contains("commit_interval_ms changed"), "{log}");
+    let c = config_of(&d);
+    assert_eq!(
+        (c["retain_mib"].clone(), c["consumer_cap_mib"].clone()),
+        (50.into(), 4096.into())
+    );
+    assert_eq!(c["retain_days"], 3);
+    // A broken file changes nothing, and says where it is wrong.
+    std::fs::write(&file, "retain_mib = 10\nretian_days = 2\n").unwrap();
+    unsafe { libc::kill(pid, libc::SIGHUP) };
+    wait_log(&d, "the running configuration stays");
+    assert!(d.log_text().contains("line 2"), "{}", d.log_text());
+    assert_eq!(config_of(&d)["retain_mib"], 50);
+    d.ok(&["status"]);
+}
+
+#[test]
+fn a_bad_config_file_stops_the_start_naming_the_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("cj.toml");
+    std::fs::write(&file, "retain_mib = 1\n\nreconcile = \"fast\"\n").unwrap();
+    let out = Command::new(crate::harness::CJ)
+        .args(["daemon", "--config", file.to_str().unwrap()])
+        .arg("--state-dir")
+        .arg(dir.path().join("state"))
+        .arg("--socket")
+        .arg(dir.path().join("s.sock"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("line 3") && err.contains("reconcile"), "{err}");
+    let out = Command::new(crate::harness::CJ)
+        .args(["daemon", "--config"])
+        .arg(dir.path().join("missing.toml"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("missing.toml"));
+}
