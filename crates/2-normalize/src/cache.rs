@@ -51,6 +51,14 @@ impl DirCache {
         self.map.remove(key);
     }
 
+    /// Closes every descriptor, keeping the paths: a tracked filesystem
+    /// the daemon holds nothing open on can be unmounted.
+    pub fn drop_fds(&mut self) {
+        for d in self.map.values_mut() {
+            d.fd = None;
+        }
+    }
+
     /// Drops every entry of one filesystem (its root was untracked or
     /// unmounted: the descriptors would keep the superblock alive).
     pub fn clear_fs(&mut self, fsid: u64) {

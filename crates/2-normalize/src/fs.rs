@@ -25,6 +25,13 @@ pub trait Fs: Send {
     fn handle_at(&self, dir: RawFd, name: &[u8]) -> io::Result<Option<FileHandle>>;
     /// Opens a directory by absolute path, following no symlink.
     fn open_dir(&self, path: &[u8]) -> io::Result<OwnedFd>;
+    /// The filesystem id of an open descriptor (as fanotify reports it).
+    fn fsid(&self, fd: RawFd) -> io::Result<u64>;
+    /// Opens a root directory for use as `open_by_handle_at`'s mount
+    /// argument (a real descriptor, not `O_PATH`), following no symlink.
+    fn open_root(&self, path: &[u8]) -> io::Result<OwnedFd> {
+        self.open_dir(path)
+    }
 }
 
 /// The kernel.
@@ -48,5 +55,11 @@ impl Fs for RealFs {
     }
     fn open_dir(&self, path: &[u8]) -> io::Result<OwnedFd> {
         sys::open_dir_nofollow(path)
+    }
+    fn fsid(&self, fd: RawFd) -> io::Result<u64> {
+        cj_capture::fsid_of(fd)
+    }
+    fn open_root(&self, path: &[u8]) -> io::Result<OwnedFd> {
+        sys::open_dir_for_handles(path)
     }
 }

@@ -57,7 +57,9 @@ pub struct Stats {
 pub struct Root {
     pub path: Vec<u8>,
     pub fsid: u64,
-    mount: Arc<OwnedFd>,
+    /// The root directory, open while events are processed (closed by
+    /// [`Normalizer::release_descriptors`], opened again when needed).
+    mount: Option<Arc<OwnedFd>>,
 }
 
 pub struct Normalizer {
@@ -218,28 +220,55 @@ impl Normalizer {
     /// Starts reporting changes below `path`. `mount` is a descriptor on
     /// its filesystem (the root directory itself).
     pub fn add_root(&mut self, path: Vec<u8>, fsid: u64, mount: OwnedFd) {
-        let mount = Arc::new(mount);
-        self.mounts.entry(fsid).or_insert_with(|| mount.clone());
         self.roots.retain(|r| r.path != path);
-        self.roots.push(Root { path, fsid, mount });
+        self.roots.push(Root {
+            path,
+            fsid,
+            mount: Some(Arc::new(mount)),
+        });
     }
 
     pub fn remove_root(&mut self, path: &[u8]) {
-        self.roots.retain(|r| r.path != path);
-        // Drop every descriptor on filesystems no root uses any more: they
-        // would pin the superblock (an unmounted filesystem must be freed).
-        let live: Vec<*const OwnedFd> = self.roots.iter().map(|r| Arc::as_ptr(&r.mount)).collect();
-        let dead: Vec<u64> = self
-            .mounts
+        let gone: Vec<u64> = self
+            .roots
             .iter()
-            .filter(|(_, m)| !live.contains(&Arc::as_ptr(m)))
-            .map(|(fsid, _)| *fsid)
+            .filter(|r| r.path == path)
+            .map(|r| r.fsid)
             .collect();
-        for fsid in dead {
-            self.mounts.remove(&fsid);
-            self.dirs.clear_fs(fsid);
+        self.roots.retain(|r| r.path != path);
+        // An unmounted filesystem must be freed: nothing may stay open on it.
+        self.release_descriptors();
+        for fsid in gone {
+            if !self.roots.iter().any(|r| r.fsid == fsid) {
+                self.dirs.clear_fs(fsid);
+            }
         }
-        self.names = NameCache::default();
+    }
+
+    /// Closes every descriptor held on tracked filesystems (root and
+    /// directory descriptors; paths stay cached). Called whenever the
+    /// kernel queue is found empty, so that a plain `umount` of a tracked
+    /// filesystem succeeds while the daemon runs (issue 12); they are
+    /// opened again by the next events.
+    pub fn release_descriptors(&mut self) {
+        for r in &mut self.roots {
+            r.mount = None;
+        }
+        self.mounts.clear();
+        self.dirs.drop_fds();
+    }
+
+    /// Root `i`'s directory, opened again if released, and only if it is
+    /// still the filesystem the root was marked on.
+    fn root_mount(&mut self, i: usize) -> Option<Arc<OwnedFd>> {
+        if self.roots[i].mount.is_none() {
+            let fd = self.fs.open_root(&self.roots[i].path).ok()?;
+            if self.fs.fsid(fd.as_raw_fd()).ok()? != self.roots[i].fsid {
+                return None;
+            }
+            self.roots[i].mount = Some(Arc::new(fd));
+        }
+        self.roots[i].mount.clone()
     }
 
     pub fn roots(&self) -> &[Root] {
@@ -315,16 +344,25 @@ impl Normalizer {
         if let Some(m) = self.mounts.get(&fid.fsid) {
             return Some(m.as_raw_fd());
         }
+        // A root on this filesystem first.
+        if let Some(i) = self.roots.iter().position(|r| r.fsid == fid.fsid) {
+            let m = self.root_mount(i)?;
+            let fd = m.as_raw_fd();
+            self.mounts.insert(fid.fsid, m);
+            return Some(fd);
+        }
         // An fsid we have not seen (btrfs reports events inside child
         // subvolumes with the top-level fsid): find a root whose descriptor
         // decodes this handle, and remember it.
-        for r in &self.roots {
+        for i in 0..self.roots.len() {
+            let Some(m) = self.root_mount(i) else {
+                continue;
+            };
             if self
                 .fs
-                .open_by_handle(r.mount.as_raw_fd(), fid.handle_type, fid.handle)
+                .open_by_handle(m.as_raw_fd(), fid.handle_type, fid.handle)
                 .is_ok()
             {
-                let m = r.mount.clone();
                 let fd = m.as_raw_fd();
                 self.mounts.insert(fid.fsid, m);
                 return Some(fd);

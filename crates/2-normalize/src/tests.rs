@@ -181,6 +181,9 @@ impl Fs for FakeFs {
             bytes: handle(o.ino),
         }))
     }
+    fn fsid(&self, _fd: RawFd) -> io::Result<u64> {
+        Ok(FSID)
+    }
     fn open_dir(&self, path: &[u8]) -> io::Result<OwnedFd> {
         let mut t = self.0.lock().unwrap();
         let ino = t
@@ -303,6 +306,23 @@ fn a_created_file_is_named_from_its_directory_and_verified() {
         3
     );
     assert_eq!(r.stat.map(|s| s.ino), Some(10));
+}
+
+#[test]
+fn after_releasing_every_descriptor_events_are_named_as_before() {
+    let (fs, mut n) = setup();
+    fs.file(SUB, "f", 10, 1);
+    let ev = || Events::default().entry(mask::CREATE | mask::CLOSE_WRITE, SUB, "f", Some(10));
+    assert_eq!(paths(&run(&mut n, ev())), vec!["/r/sub/f"]);
+    // The queue was empty: nothing stays open (a umount must succeed) ...
+    n.release_descriptors();
+    // ... and the next events open what they need again.
+    let recs = run(&mut n, ev());
+    assert_eq!(paths(&recs), vec!["/r/sub/f"]);
+    assert_eq!(
+        recs[0].flags & (EVENT_FLAG_VERIFIED_PRESENT | EVENT_FLAG_VERIFIED_SAME),
+        3
+    );
 }
 
 #[test]

@@ -638,6 +638,11 @@ fn normalize_loop(
         let forward = match msg {
             NormMsg::Events(buf, n, drained) => {
                 normalizer.process(&buf[..n], &mut records);
+                if drained.is_some() {
+                    // The queue was empty: hold nothing open on tracked
+                    // filesystems, so that they can be unmounted.
+                    normalizer.release_descriptors();
+                }
                 let _ = free.send(buf);
                 *shared.normalize.lock().unwrap_or_else(|e| e.into_inner()) = normalizer.stats;
                 if !records.is_empty() {
