@@ -134,6 +134,11 @@ impl Mount {
         self.mount();
     }
 
+    /// The test unmounted it itself.
+    pub fn mark_unmounted(&mut self) {
+        self.mounted = false;
+    }
+
     pub fn unmount(&mut self) {
         if !self.mounted {
             return;

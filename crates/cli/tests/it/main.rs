@@ -10,4 +10,5 @@ mod oracle;
 mod restarts;
 mod service;
 mod snapshot;
+mod unmount;
 mod workload;
