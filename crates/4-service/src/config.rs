@@ -40,6 +40,8 @@ pub struct Config {
     /// Where SIGHUP reads the configuration again from, and the flags that
     /// override it (`None`: SIGHUP only says there is nothing to reload).
     pub reload: Option<Reload>,
+    /// Paths ordinary users may ask about (`[[grant]]`).
+    pub grants: Vec<crate::access::Grant>,
 }
 
 /// How to build the configuration again on SIGHUP.
@@ -62,6 +64,7 @@ impl Default for Config {
             follow_stall: crate::server::FOLLOW_STALL_DEFAULT,
             consumer_idle: Some(Duration::from_secs(CONSUMER_IDLE_DEFAULT_DAYS * 86_400)),
             reload: None,
+            grants: Vec::new(),
         }
     }
 }
@@ -108,6 +111,13 @@ pub fn differences(old: &Config, new: &Config) -> (Vec<String>, Vec<&'static str
         opt_secs(old.baseline_refresh),
         opt_secs(new.baseline_refresh),
     );
+    if old.grants != new.grants {
+        said.push(format!(
+            "grants: {} -> {}",
+            old.grants.len(),
+            new.grants.len()
+        ));
+    }
     let mut restart = Vec::new();
     if old.state_dir != new.state_dir {
         restart.push("state_dir");

@@ -28,6 +28,18 @@ pub struct Settings {
     pub consumer_cap_mib: Option<u64>,
     pub consumer_idle_days: Option<u64>,
     pub follow_stall_ms: Option<u64>,
+    /// `[[grant]]` tables: paths ordinary users may ask about.
+    #[serde(default, rename = "grant")]
+    pub grants: Vec<GrantSpec>,
+}
+
+/// One `[[grant]]`: `user = "alice"` or `group = "devs"`, and `paths`.
+#[derive(Deserialize, Debug, Clone, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct GrantSpec {
+    pub user: Option<String>,
+    pub group: Option<String>,
+    pub paths: Vec<PathBuf>,
 }
 
 /// A configuration file that cannot be used, and why (with the line).
@@ -109,6 +121,19 @@ impl Settings {
                 ));
             }
         }
+        for (i, g) in s.grants.iter().enumerate() {
+            let at = line_of_nth(text, "[[grant]]", i);
+            if g.user.is_some() == g.group.is_some() {
+                return Err(format!(
+                    "line {at}: a [[grant]] names exactly one of user = \"...\" or group = \"...\""
+                ));
+            }
+            if g.paths.is_empty() || g.paths.iter().any(|p| !p.is_absolute()) {
+                return Err(format!(
+                    "line {at}: a [[grant]] needs paths = [...], each absolute"
+                ));
+            }
+        }
         for (key, p) in [("state_dir", &s.state_dir), ("socket", &s.socket)] {
             if p.as_ref().is_some_and(|p| !p.is_absolute()) {
                 return Err(format!(
@@ -122,8 +147,12 @@ impl Settings {
 
     /// `self` with every key `over` gives replaced (flags over the file).
     pub fn overridden_by(&self, over: &Settings) -> Settings {
+        // Grants come from the file only.
         macro_rules! pick {
-            ($($f:ident),*) => { Settings { $($f: over.$f.clone().or_else(|| self.$f.clone())),* } };
+            ($($f:ident),*) => { Settings {
+                $($f: over.$f.clone().or_else(|| self.$f.clone()),)*
+                grants: self.grants.clone(),
+            } };
         }
         pick!(
             state_dir,
@@ -175,8 +204,35 @@ impl Settings {
                 None => d.consumer_idle,
             },
             reload: None,
+            grants: self
+                .grants
+                .iter()
+                .map(|g| crate::access::Grant {
+                    who: match (&g.user, &g.group) {
+                        (Some(u), _) => crate::access::Who::User(u.clone()),
+                        (None, g) => crate::access::Who::Group(g.clone().unwrap_or_default()),
+                    },
+                    paths: g
+                        .paths
+                        .iter()
+                        .map(|p| {
+                            use std::os::unix::ffi::OsStrExt;
+                            p.as_os_str().as_bytes().to_vec()
+                        })
+                        .collect(),
+                })
+                .collect(),
         }
     }
+}
+
+/// The line of the `n`th (from 0) occurrence of `marker`.
+fn line_of_nth(text: &str, marker: &str, n: usize) -> usize {
+    text.lines()
+        .enumerate()
+        .filter(|(_, l)| l.trim_start().starts_with(marker))
+        .nth(n)
+        .map_or(1, |(i, _)| i + 1)
 }
 
 /// The line where `key` is set (1 if not found).
@@ -225,6 +281,15 @@ mod tests {
             ("\n\nreconcile = \"fast\"\n", "line 3"),
             ("socket = \"relative.sock\"\n", "absolute"),
             ("commit_interval_ms = 0\n", "at least 1"),
+            (
+                "[[grant]]\nuser = \"a\"\npaths = [\"/x\"]\n\n[[grant]]\npaths = [\"/y\"]\n",
+                "line 5",
+            ),
+            ("[[grant]]\ngroup = \"g\"\npaths = [\"rel\"]\n", "absolute"),
+            (
+                "[[grant]]\nuser = \"a\"\npaths = [\"/x\"]\nwho = 1\n",
+                "line 4",
+            ),
         ] {
             let e = Settings::parse(text).unwrap_err();
             assert!(e.contains(needle), "{text:?}: {e}");

@@ -83,6 +83,11 @@ impl Daemon {
         pipeline.shared.tunables.set(&config);
         *pipeline
             .shared
+            .grants
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = Arc::new(config.grants.clone());
+        *pipeline
+            .shared
             .config
             .lock()
             .unwrap_or_else(|e| e.into_inner()) = config.summary();
@@ -192,6 +197,13 @@ impl Daemon {
         old.follow_stall = new.follow_stall;
         old.consumer_idle = new.consumer_idle;
         old.baseline_refresh = new.baseline_refresh;
+        old.grants = new.grants.clone();
+        *self
+            .ctx
+            .shared
+            .grants
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = Arc::new(new.grants.clone());
         self.ctx.reader.set_retention(
             old.journal.retain_bytes,
             old.journal.retain_age,

@@ -11,6 +11,7 @@
 //! writer), `conn` (client bounds), `state` (state files), `start` (start
 //! gaps); then `pipeline`, `reconciler`, `query`, `server`, `daemon`.
 
+pub mod access;
 mod clock;
 pub mod config;
 pub mod config_file;

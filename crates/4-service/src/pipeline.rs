@@ -621,6 +621,20 @@ impl Capture {
 /// Gap records and unknown-path records ask the reconciler to close them.
 pub(crate) use cj_types::sys::now_ns;
 
+/// One read's events. After a read that found the queue empty nothing
+/// stays open on tracked filesystems, so that they can be unmounted.
+fn normalize_events(
+    normalizer: &mut Normalizer,
+    buf: &[u8],
+    drained: bool,
+    out: &mut Vec<RecordBody>,
+) {
+    normalizer.process(buf, out);
+    if drained {
+        normalizer.release_descriptors();
+    }
+}
+
 fn normalize_loop(
     mut normalizer: Normalizer,
     input: Receiver<NormMsg>,
@@ -637,12 +651,7 @@ fn normalize_loop(
     while let Ok(msg) = input.recv() {
         let forward = match msg {
             NormMsg::Events(buf, n, drained) => {
-                normalizer.process(&buf[..n], &mut records);
-                if drained.is_some() {
-                    // The queue was empty: hold nothing open on tracked
-                    // filesystems, so that they can be unmounted.
-                    normalizer.release_descriptors();
-                }
+                normalize_events(&mut normalizer, &buf[..n], drained.is_some(), &mut records);
                 let _ = free.send(buf);
                 *shared.normalize.lock().unwrap_or_else(|e| e.into_inner()) = normalizer.stats;
                 if !records.is_empty() {

@@ -46,6 +46,8 @@ pub struct Shared {
     pub tunables: Tunables,
     /// The running configuration as `status` shows it.
     pub config: Mutex<serde_json::Value>,
+    /// Paths ordinary users may ask about (replaced by a reload).
+    pub grants: Mutex<Arc<Vec<crate::access::Grant>>>,
 }
 
 /// The settings a configuration reload (SIGHUP) can change while the

@@ -259,6 +259,7 @@ fn daemon(socket: Option<PathBuf>, a: DaemonArgs) -> Result<i32> {
         consumer_cap_mib: a.consumer_cap_mib,
         consumer_idle_days: a.consumer_idle_days,
         follow_stall_ms: a.follow_stall_ms,
+        grants: Vec::new(),
     };
     // An explicit --config must exist; the default one is used if present.
     let file = a.config.or_else(|| {
