@@ -192,3 +192,17 @@ mod tests {
         assert_eq!(of_peer(0, 0, 12345, &grants[1..]), None);
     }
 }
+
+/// The peer of one connection.
+#[derive(Clone, Debug)]
+pub struct Client {
+    pub uid: u32,
+    pub access: Access,
+}
+
+impl Client {
+    /// Whose consumers this client may use (`None`: root, every one).
+    pub fn owner_filter(&self) -> Option<u32> {
+        (!self.access.is_admin()).then_some(self.uid)
+    }
+}

@@ -41,6 +41,8 @@ pub struct Consumer {
     pub created_ns: u64,
     /// Last ack, follow or changes (wall clock).
     pub seen_ns: u64,
+    /// The uid that added it: only that user (and root) may use it.
+    pub owner: u32,
 }
 
 /// Why a consumer operation was refused.
@@ -89,6 +91,12 @@ impl std::fmt::Display for Refusal {
             Refusal::Save(e) => write!(f, "cannot save the consumers: {e}"),
         }
     }
+}
+
+/// `by`: the uid asking (`None`: root, who may use every consumer).
+/// Another user's consumer is as unknown as one that does not exist.
+fn owned(c: &Consumer, by: Option<u32>) -> bool {
+    by.is_none_or(|uid| c.owner == uid)
 }
 
 pub fn check_name(name: &str) -> Result<(), Refusal> {
@@ -155,7 +163,13 @@ impl Consumers {
         Ok(out)
     }
 
-    pub fn add(&self, name: &str, scope: Option<Vec<u8>>, at: Cursor) -> Result<(), Refusal> {
+    pub fn add(
+        &self,
+        name: &str,
+        scope: Option<Vec<u8>>,
+        at: Cursor,
+        owner: u32,
+    ) -> Result<(), Refusal> {
         check_name(name)?;
         let now = cj_types::sys::now_ns();
         self.update(|list| {
@@ -171,15 +185,16 @@ impl Consumers {
                 cursor: at,
                 created_ns: now,
                 seen_ns: now,
+                owner,
             });
             Ok(())
         })
     }
 
-    pub fn remove(&self, name: &str) -> Result<(), Refusal> {
+    pub fn remove(&self, name: &str, by: Option<u32>) -> Result<(), Refusal> {
         self.update(|list| {
             let before = list.len();
-            list.retain(|c| c.name != name);
+            list.retain(|c| !(c.name == name && owned(c, by)));
             if list.len() == before {
                 return Err(Refusal::Unknown(name.into()));
             }
@@ -188,12 +203,12 @@ impl Consumers {
     }
 
     /// Moves the consumer's place to `cursor` (durably).
-    pub fn ack(&self, name: &str, cursor: Cursor) -> Result<(), Refusal> {
+    pub fn ack(&self, name: &str, cursor: Cursor, by: Option<u32>) -> Result<(), Refusal> {
         let now = cj_types::sys::now_ns();
         self.update(|list| {
             let c = list
                 .iter_mut()
-                .find(|c| c.name == name)
+                .find(|c| c.name == name && owned(c, by))
                 .ok_or_else(|| Refusal::Unknown(name.into()))?;
             c.cursor = cursor;
             c.seen_ns = now;
@@ -202,13 +217,13 @@ impl Consumers {
     }
 
     /// The consumer, marked as used now.
-    pub fn use_(&self, name: &str) -> Result<Consumer, Refusal> {
+    pub fn use_(&self, name: &str, by: Option<u32>) -> Result<Consumer, Refusal> {
         let now = cj_types::sys::now_ns();
         let stale = {
             let mut list = self.lock();
             let c = list
                 .iter_mut()
-                .find(|c| c.name == name)
+                .find(|c| c.name == name && owned(c, by))
                 .ok_or_else(|| Refusal::Unknown(name.into()))?;
             let stale = now.saturating_sub(c.seen_ns) > SEEN_SAVE_INTERVAL_NS;
             c.seen_ns = now;
@@ -262,6 +277,7 @@ fn encode(list: &[Consumer]) -> Vec<u8> {
             m.insert("cursor".into(), Value::from(c.cursor.encode()));
             m.insert("created_ns".into(), Value::from(c.created_ns));
             m.insert("seen_ns".into(), Value::from(c.seen_ns));
+            m.insert("owner".into(), Value::from(c.owner));
             Value::Object(m)
         })
         .collect();
@@ -298,6 +314,11 @@ fn decode(bytes: &[u8]) -> Result<Vec<Consumer>, String> {
             scope: get_path(m, "path")?,
             created_ns: m.get("created_ns").and_then(Value::as_u64).unwrap_or(0),
             seen_ns: m.get("seen_ns").and_then(Value::as_u64).unwrap_or(0),
+            owner: m
+                .get("owner")
+                .and_then(Value::as_u64)
+                .and_then(|o| u32::try_from(o).ok())
+                .unwrap_or(0),
             name,
         });
     }
@@ -319,26 +340,35 @@ mod tests {
     fn consumers_survive_a_reload_and_pin_the_lowest_acknowledged_seq() {
         let dir = tempfile::tempdir().unwrap();
         let c = Consumers::load(dir.path(), None).unwrap();
-        c.add("backup", Some(b"/srv/\xff".to_vec()), cursor(5))
+        c.add("backup", Some(b"/srv/\xff".to_vec()), cursor(5), 0)
             .unwrap();
-        c.add("index", None, cursor(9)).unwrap();
+        c.add("index", None, cursor(9), 1000).unwrap();
+        // Another user's consumer is unknown to a user; root sees it.
         assert_eq!(
-            c.add("index", None, cursor(1)),
+            c.use_("index", Some(1001)).err(),
+            Some(Refusal::Unknown("index".into()))
+        );
+        assert!(c.use_("index", Some(1000)).is_ok() && c.use_("index", None).is_ok());
+        assert_eq!(
+            c.add("index", None, cursor(1), 0),
             Err(Refusal::Exists("index".into()))
         );
         assert!(matches!(
-            c.add("a/b", None, cursor(1)),
+            c.add("a/b", None, cursor(1), 0),
             Err(Refusal::BadName(_))
         ));
         assert_eq!(c.pin(JournalId([7; 16]), 0), Some(5));
-        c.ack("backup", cursor(12)).unwrap();
+        c.ack("backup", cursor(12), None).unwrap();
         assert_eq!(c.pin(JournalId([7; 16]), 0), Some(9));
         // Another journal's cursors pin nothing in this one.
         assert_eq!(c.pin(JournalId([8; 16]), 0), None);
         let again = Consumers::load(dir.path(), None).unwrap();
         assert_eq!(again.list(), c.list());
-        again.remove("index").unwrap();
-        assert_eq!(again.remove("index"), Err(Refusal::Unknown("index".into())));
+        again.remove("index", None).unwrap();
+        assert_eq!(
+            again.remove("index", None),
+            Err(Refusal::Unknown("index".into()))
+        );
         assert_eq!(again.pin(JournalId([7; 16]), 0), Some(12));
     }
 
@@ -346,11 +376,11 @@ mod tests {
     fn an_idle_consumer_stops_pinning_until_used_again() {
         let dir = tempfile::tempdir().unwrap();
         let c = Consumers::load(dir.path(), Some(Duration::from_secs(60))).unwrap();
-        c.add("old", None, cursor(3)).unwrap();
+        c.add("old", None, cursor(3), 0).unwrap();
         let later = cj_types::sys::now_ns() + 120 * 1_000_000_000;
         assert_eq!(c.pin(JournalId([7; 16]), later), None);
         assert!(c.idle(&c.list()[0], later));
-        c.use_("old").unwrap();
+        c.use_("old", None).unwrap();
         assert_eq!(c.pin(JournalId([7; 16]), cj_types::sys::now_ns()), Some(3));
     }
 

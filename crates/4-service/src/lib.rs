@@ -95,12 +95,13 @@ fn bind_socket(path: &Path) -> Result<UnixListener, Error> {
         fs::remove_file(path).map_err(io(path, "remove stale socket"))?;
     }
     // SAFETY: umask only changes this process's file creation mask; the
-    // socket is created 0660 with no window where it is wider.
-    let old = unsafe { libc::umask(0o117) };
+    // socket is created 0666 (every local user may connect; the daemon
+    // decides what each may ask: SO_PEERCRED and the grants, access.rs).
+    let old = unsafe { libc::umask(0o111) };
     let bound = UnixListener::bind(path);
     unsafe { libc::umask(old) };
     let listener = bound.map_err(io(path, "bind socket"))?;
-    fs::set_permissions(path, fs::Permissions::from_mode(0o660))
+    fs::set_permissions(path, fs::Permissions::from_mode(0o666))
         .map_err(io(path, "chmod socket"))?;
     Ok(listener)
 }

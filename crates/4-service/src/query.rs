@@ -417,6 +417,68 @@ pub fn answer(
     })
 }
 
+/// [`answer`] for several disjoint scopes at once (a user's grants), with
+/// one cursor; `None`: everything.
+pub fn answer_scopes(
+    reader: &Reader,
+    roots: &[RootState],
+    since: Result<Cursor, RescanReason>,
+    scopes: Option<&[Vec<u8>]>,
+    end: u64,
+) -> Result<Answer, cj_journal::Error> {
+    let Some(scopes) = scopes else {
+        return answer(reader, roots, since, None, end);
+    };
+    let mut merged: Option<Answer> = None;
+    for scope in scopes {
+        let a = answer(reader, roots, since.clone(), Some(scope), end)?;
+        merged = Some(match merged {
+            None => a,
+            Some(mut m) => {
+                m.entries.extend(a.entries);
+                m.rescans.extend(a.rescans);
+                m.open_seq = m.open_seq.max(a.open_seq);
+                m
+            }
+        });
+    }
+    let mut m = merged.unwrap_or(Answer {
+        entries: Vec::new(),
+        rescans: Vec::new(),
+        cursor: Cursor {
+            journal_id: reader.journal_id(),
+            seq: end,
+        },
+        open_seq: None,
+    });
+    m.entries.sort_by(|a, b| a.path.cmp(&b.path));
+    m.entries.dedup_by(|a, b| a.path == b.path);
+    m.rescans = dedupe(std::mem::take(&mut m.rescans));
+    Ok(m)
+}
+
+/// For a client that may not see every path: a rename from or to a path
+/// it may not see shows as a creation or a deletion, and nothing it may
+/// not see stays in the answer.
+pub fn hide_outside(answer: &mut Answer, sees: impl Fn(&[u8]) -> bool) {
+    for e in &mut answer.entries {
+        if e.renamed_from.as_deref().is_some_and(|f| !sees(f)) {
+            e.renamed_from = None;
+            if e.changes.contains(Changes::RENAMED_TO) {
+                e.changes = (e.changes - Changes::RENAMED_TO) | Changes::CREATED;
+            }
+        }
+        if e.renamed_to.as_deref().is_some_and(|t| !sees(t)) {
+            e.renamed_to = None;
+            if e.changes.contains(Changes::RENAMED_FROM) {
+                e.changes = (e.changes - Changes::RENAMED_FROM) | Changes::DELETED;
+            }
+        }
+    }
+    answer.entries.retain(|e| sees(&e.path));
+    answer.rescans.retain(|r| sees(&r.path));
+}
+
 /// The cursor if the range `(cursor, end]` can be answered from this
 /// journal; otherwise the reason is a rescan of every root.
 fn usable_cursor(

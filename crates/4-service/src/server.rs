@@ -24,6 +24,7 @@ use cj_types::protocol::{
 use cj_types::Cursor;
 use serde_json::{json, Map, Value};
 
+use crate::access::{self, Client};
 use crate::conn;
 use crate::pipeline::Ctl;
 use crate::query;
@@ -174,6 +175,11 @@ pub fn serve(listener: UnixListener, ctx: Arc<Context>, shutdown: &AtomicBool) {
 }
 
 fn peer_uid(stream: &UnixStream) -> Option<u32> {
+    peer_cred(stream).map(|(uid, _)| uid)
+}
+
+/// `(uid, gid)` of the peer, from `SO_PEERCRED`.
+fn peer_cred(stream: &UnixStream) -> Option<(u32, u32)> {
     // SAFETY: ucred is plain old data; getsockopt fills at most `len` bytes.
     let mut cred: libc::ucred = unsafe { std::mem::zeroed() };
     let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
@@ -186,19 +192,45 @@ fn peer_uid(stream: &UnixStream) -> Option<u32> {
             &mut len,
         )
     };
-    (rc == 0).then_some(cred.uid)
+    (rc == 0).then_some((cred.uid, cred.gid))
+}
+
+/// Who the peer is and what it may see; `Err` with the refusal if it
+/// may see nothing.
+fn client_of(stream: &UnixStream, ctx: &Context) -> Result<Client, String> {
+    let (uid, gid) = peer_cred(stream).ok_or("permission denied: cannot tell who you are")?;
+    let grants = ctx
+        .shared
+        .grants
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone();
+    match access::of_peer(uid, gid, ctx.admin_uid, &grants) {
+        Some(access) => Ok(Client { uid, access }),
+        None => {
+            let name = access::user_name(uid).unwrap_or_else(|| uid.to_string());
+            Err(format!(
+                "permission denied: user {name} has no grant on this cj daemon; run the \
+                 command as root, or ask the administrator to add [[grant]] user = \"{name}\" \
+                 with the paths you need to /etc/cj/cj.toml (docs/configuration.md)"
+            ))
+        }
+    }
 }
 
 fn connection(stream: UnixStream, ctx: &Context, slot: u64) -> std::io::Result<()> {
     let mut out = BufWriter::new(conn::DeadlineWriter::new(stream.try_clone()?));
-    if peer_uid(&stream) != Some(ctx.admin_uid) {
-        writeln!(
-            out,
-            "{}",
-            json!({"error": "permission denied: the cj daemon answers only root (uid 0); run the command as root", "code": "permission_denied"})
-        )?;
-        return out.flush();
-    }
+    let client = match client_of(&stream, ctx) {
+        Ok(c) => c,
+        Err(message) => {
+            writeln!(
+                out,
+                "{}",
+                json!({"error": message, "code": "permission_denied"})
+            )?;
+            return out.flush();
+        }
+    };
     let mut input = BufReader::new(stream);
     let mut line = Vec::new();
     loop {
@@ -227,7 +259,7 @@ fn connection(stream: UnixStream, ctx: &Context, slot: u64) -> std::io::Result<(
             Ok(req) if req.op == Op::Follow => {
                 // The stream is the rest of this connection.
                 out.flush()?;
-                return match follow::serve(out.get_ref().stream(), &req, ctx) {
+                return match follow::serve(out.get_ref().stream(), &req, ctx, &client) {
                     Ok(()) => Ok(()),
                     Err(f) => {
                         writeln!(out, "{}", json!({"error": f.message, "code": f.code}))?;
@@ -235,7 +267,7 @@ fn connection(stream: UnixStream, ctx: &Context, slot: u64) -> std::io::Result<(
                     }
                 };
             }
-            Ok(req) => dispatch(req, ctx, &mut out),
+            Ok(req) => dispatch(req, ctx, &client, &mut out),
             Err(e) => Err(fail("bad_request", e)),
         };
         if let Err(f) = result {
@@ -245,8 +277,19 @@ fn connection(stream: UnixStream, ctx: &Context, slot: u64) -> std::io::Result<(
     }
 }
 
-fn dispatch(req: Request, ctx: &Context, out: &mut impl Write) -> Result<(), Failure> {
+fn dispatch(
+    req: Request,
+    ctx: &Context,
+    client: &Client,
+    out: &mut impl Write,
+) -> Result<(), Failure> {
     let path = req.path.clone();
+    if matches!(req.op, Op::Track | Op::Untrack | Op::Status) && !client.access.is_admin() {
+        return Err(fail(
+            "permission_denied",
+            "permission denied: only root may track, untrack or see the daemon's status",
+        ));
+    }
     let w = |out: &mut dyn Write, v: Value| {
         let _ = writeln!(out, "{v}");
     };
@@ -256,6 +299,10 @@ fn dispatch(req: Request, ctx: &Context, out: &mut impl Write) -> Result<(), Fai
             Ok(())
         }
         Op::Cursor => {
+            client
+                .access
+                .scopes(path.as_deref())
+                .map_err(|e| fail("permission_denied", e))?;
             if let Some(p) = &path {
                 check_tracked(ctx, p)?;
             }
@@ -267,7 +314,7 @@ fn dispatch(req: Request, ctx: &Context, out: &mut impl Write) -> Result<(), Fai
             w(out, json!({"cursor": cursor.encode()}));
             Ok(())
         }
-        Op::Changes => changes(&req, path, ctx, out),
+        Op::Changes => changes(&req, path, ctx, client, out),
         Op::Track => {
             let p = path.ok_or_else(|| fail("bad_request", "track needs a path"))?;
             track(ctx, p, true)?;
@@ -289,7 +336,7 @@ fn dispatch(req: Request, ctx: &Context, out: &mut impl Write) -> Result<(), Fai
             Ok(())
         }
         Op::ConsumerAdd | Op::ConsumerList | Op::ConsumerAck | Op::ConsumerRemove => {
-            w(out, consumer_ops::handle(&req, ctx)?);
+            w(out, consumer_ops::handle(&req, ctx, client)?);
             Ok(())
         }
         _ => Err(fail(
@@ -375,10 +422,11 @@ fn changes(
     req: &Request,
     scope: Option<Vec<u8>>,
     ctx: &Context,
+    client: &Client,
     out: &mut impl Write,
 ) -> Result<(), Failure> {
     let (since_text, scope) = match &req.consumer {
-        Some(name) => consumer_start(ctx, name, req.since.as_deref(), scope)?,
+        Some(name) => consumer_start(ctx, name, req.since.as_deref(), scope, client)?,
         None => (
             req.since
                 .clone()
@@ -387,9 +435,7 @@ fn changes(
         ),
     };
     let since_text = since_text.as_str();
-    if let Some(p) = &scope {
-        check_tracked(ctx, p)?;
-    }
+    let scopes = client_scopes(ctx, client, scope.as_deref())?;
     // The CLI prints the parse error itself; the answer carries a short reason.
     let since = Cursor::parse(since_text).map_err(|_| RescanReason::MalformedCursor);
     let wait = Duration::from_millis(req.wait_ms.unwrap_or(0).min(WAIT_MAX_MS));
@@ -397,7 +443,10 @@ fn changes(
     // An answer holds a building permit until its encoded bytes are counted
     // in the budget of bytes being sent: memory for all clients stays
     // bounded whatever they do (conn.rs).
-    let (answer, building) = answer_when_ready(ctx, since, scope.as_deref(), deadline)?;
+    let (mut answer, building) = answer_when_ready(ctx, since, scopes.as_deref(), deadline)?;
+    if !client.access.is_admin() {
+        query::hide_outside(&mut answer, |p| client.access.sees(p));
+    }
     let encoded = encode_answer(answer);
     let _held = ANSWER_BYTES
         .take(encoded.len())
@@ -413,6 +462,36 @@ fn changes(
     result.map_err(|e| fail("failed", format!("writing the answer: {e}")))
 }
 
+/// The scopes a request covers for this client: the requested path (which
+/// must be granted to it, and tracked), or all its grants that are
+/// tracked; `None` for root without a path (everything).
+pub(crate) fn client_scopes(
+    ctx: &Context,
+    client: &Client,
+    requested: Option<&[u8]>,
+) -> Result<Option<Vec<Vec<u8>>>, Failure> {
+    let scopes = client
+        .access
+        .scopes(requested)
+        .map_err(|e| fail("permission_denied", e))?;
+    if let Some(p) = requested {
+        check_tracked(ctx, p)?;
+        return Ok(scopes);
+    }
+    let Some(mut scopes) = scopes else {
+        return Ok(None);
+    };
+    let roots = ctx.roots();
+    scopes.retain(|s| roots.iter().any(|r| overlaps(s, &r.path)));
+    if scopes.is_empty() {
+        return Err(fail(
+            "not_tracked",
+            "none of the paths granted to you is in a tracked tree; ask the administrator to track it",
+        ));
+    }
+    Ok(Some(scopes))
+}
+
 /// A consumer's starting cursor (unless `since` is given) and its scope
 /// narrowed to `path`.
 pub(crate) fn consumer_start(
@@ -420,10 +499,11 @@ pub(crate) fn consumer_start(
     name: &str,
     since: Option<&str>,
     path: Option<Vec<u8>>,
+    client: &Client,
 ) -> Result<(String, Option<Vec<u8>>), Failure> {
     let c = ctx
         .consumers
-        .use_(name)
+        .use_(name, client.owner_filter())
         .map_err(|e| fail(e.code(), e.to_string()))?;
     let scope = match (path, c.scope) {
         (Some(p), Some(s)) => Some(query::intersect(&p, &s).ok_or_else(|| {
@@ -449,7 +529,7 @@ pub(crate) fn consumer_start(
 fn answer_when_ready(
     ctx: &Context,
     since: Result<Cursor, RescanReason>,
-    scope: Option<&[u8]>,
+    scopes: Option<&[Vec<u8>]>,
     deadline: Instant,
 ) -> Result<(query::Answer, conn::Permit<'static>), Failure> {
     loop {
@@ -469,15 +549,18 @@ fn answer_when_ready(
         let building = BUILDING
             .take(1)
             .ok_or_else(|| fail("busy", "the daemon is building other large answers; retry"))?;
-        let mut answer = query::answer(&ctx.reader, &roots, since.clone(), scope, end)
+        let mut answer = query::answer_scopes(&ctx.reader, &roots, since.clone(), scopes, end)
             .map_err(|e| fail("failed", e.to_string()))?;
         if full {
             for r in &roots {
-                let path = match scope {
-                    Some(s) => query::intersect(s, &r.path),
-                    None => Some(r.path.clone()),
+                let paths: Vec<Vec<u8>> = match scopes {
+                    Some(list) => list
+                        .iter()
+                        .filter_map(|s| query::intersect(s, &r.path))
+                        .collect(),
+                    None => vec![r.path.clone()],
                 };
-                if let Some(path) = path {
+                for path in paths {
                     answer.rescans.push(query::Rescan {
                         path,
                         reasons: vec![RescanReason::StateDiskFull],

@@ -46,12 +46,9 @@ impl fmt::Display for Error {
                  `cj daemon`, or set CJ_SOCKET / --socket if it listens elsewhere",
                 socket.display()
             ),
-            Error::PermissionDenied { socket, detail } => write!(
-                f,
-                "permission denied talking to the cj daemon at {} ({detail}); cj answers only \
-                 root: run the command as root",
-                socket.display()
-            ),
+            Error::PermissionDenied { socket, detail } => {
+                write!(f, "the cj daemon at {} refused: {detail}", socket.display())
+            }
             Error::Daemon { message, .. } => f.write_str(message),
             Error::Protocol(e) => write!(f, "unexpected answer from the cj daemon: {e}"),
             Error::Io(e) => write!(f, "talking to the cj daemon: {e}"),

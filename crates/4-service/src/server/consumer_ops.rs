@@ -5,6 +5,7 @@ use cj_types::Cursor;
 use serde_json::{json, Map, Value};
 
 use super::{check_tracked, fail, Context, Failure};
+use crate::access::Client;
 use crate::consumers::{check_name, Consumer};
 
 /// What this daemon can do, for clients to check before relying on it.
@@ -35,7 +36,8 @@ pub(super) fn hello() -> Value {
     })
 }
 
-pub(super) fn handle(req: &Request, ctx: &Context) -> Result<Value, Failure> {
+pub(super) fn handle(req: &Request, ctx: &Context, client: &Client) -> Result<Value, Failure> {
+    let by = client.owner_filter();
     let name = req
         .consumer
         .as_deref()
@@ -45,6 +47,11 @@ pub(super) fn handle(req: &Request, ctx: &Context) -> Result<Value, Failure> {
         Op::ConsumerAdd => {
             let name = name?;
             check_name(name).map_err(refused)?;
+            // A user's consumer covers its grants (or a path inside one).
+            client
+                .access
+                .scopes(req.path.as_deref())
+                .map_err(|e| fail("permission_denied", e))?;
             if let Some(p) = &req.path {
                 check_tracked(ctx, p)?;
             }
@@ -56,7 +63,7 @@ pub(super) fn handle(req: &Request, ctx: &Context) -> Result<Value, Failure> {
                 },
             };
             ctx.consumers
-                .add(name, req.path.clone(), at)
+                .add(name, req.path.clone(), at, client.uid)
                 .map_err(refused)?;
             json!({"ok": true, "cursor": at.encode()})
         }
@@ -69,14 +76,14 @@ pub(super) fn handle(req: &Request, ctx: &Context) -> Result<Value, Failure> {
                 )
             })?;
             let at = acceptable(ctx, text)?;
-            ctx.consumers.ack(name, at).map_err(refused)?;
+            ctx.consumers.ack(name, at, by).map_err(refused)?;
             json!({"ok": true})
         }
         Op::ConsumerRemove => {
-            ctx.consumers.remove(name?).map_err(refused)?;
+            ctx.consumers.remove(name?, by).map_err(refused)?;
             json!({"ok": true})
         }
-        _ => list(ctx),
+        _ => list(ctx, by),
     };
     refresh_pin(ctx);
     Ok(answer)
@@ -129,7 +136,7 @@ pub(super) fn summary(ctx: &Context) -> Value {
     })
 }
 
-fn list(ctx: &Context) -> Value {
+fn list(ctx: &Context, by: Option<u32>) -> Value {
     let now = cj_types::sys::now_ns();
     let durable = ctx.reader.durable_seq();
     let first = ctx.reader.first_seq();
@@ -137,6 +144,7 @@ fn list(ctx: &Context) -> Value {
         .consumers
         .list()
         .iter()
+        .filter(|c| by.is_none_or(|uid| c.owner == uid))
         .map(|c| Value::Object(describe(ctx, c, now, durable, first)))
         .collect();
     json!({

@@ -22,7 +22,8 @@ use cj_types::protocol::{Request, Rescan, RescanReason};
 use cj_types::{Changes, Cursor, EventRecord, GapReason, ObjectKind, RecordBody};
 use serde_json::{json, Value};
 
-use super::{check_tracked, fail, Context, Failure};
+use super::{fail, Context, Failure};
+use crate::access::{Access, Client};
 use crate::conn::Budget;
 use crate::query;
 use crate::shared::RootState;
@@ -52,7 +53,8 @@ const SUBTREE_CHANGES: Changes = Changes(
 
 /// Where a stream starts and what it covers.
 struct Start {
-    scope: Option<Vec<u8>>,
+    /// `None`: everything (root without a path).
+    scopes: Option<Vec<Vec<u8>>>,
     /// Records after this seq are sent.
     after: u64,
     /// The seq that was durable when the request came: the replay is
@@ -64,14 +66,19 @@ struct Start {
 
 /// Serves a follow request until the client goes, is cut off, or the
 /// daemon stops. Errors before the stream starts are returned.
-pub(super) fn serve(stream: &UnixStream, req: &Request, ctx: &Context) -> Result<(), Failure> {
+pub(super) fn serve(
+    stream: &UnixStream,
+    req: &Request,
+    ctx: &Context,
+    client: &Client,
+) -> Result<(), Failure> {
     let _permit = FOLLOWERS.try_take(1).ok_or_else(|| {
         fail(
             "busy",
             format!("too many followers ({FOLLOWERS_MAX}); retry later"),
         )
     })?;
-    let start = start(req, ctx)?;
+    let start = start(req, ctx, client)?;
     let heartbeat = req
         .heartbeat_ms
         .map(Duration::from_millis)
@@ -80,7 +87,8 @@ pub(super) fn serve(stream: &UnixStream, req: &Request, ctx: &Context) -> Result
     let mut f = Follower {
         ctx,
         stream,
-        scope: start.scope,
+        scopes: start.scopes,
+        access: client.access.clone(),
         roots: Vec::new(),
         out: Vec::with_capacity(FOLLOW_BUFFER_BYTES + 4096),
         after: start.after,
@@ -101,22 +109,20 @@ pub(super) fn serve(stream: &UnixStream, req: &Request, ctx: &Context) -> Result
 }
 
 /// The scope and the starting point of a request (consumer, cursor or now).
-fn start(req: &Request, ctx: &Context) -> Result<Start, Failure> {
+fn start(req: &Request, ctx: &Context, client: &Client) -> Result<Start, Failure> {
     let (since, scope) = match &req.consumer {
         Some(name) => {
             let (since, scope) =
-                super::consumer_start(ctx, name, req.since.as_deref(), req.path.clone())?;
+                super::consumer_start(ctx, name, req.since.as_deref(), req.path.clone(), client)?;
             (Some(since), scope)
         }
         None => (req.since.clone(), req.path.clone()),
     };
-    if let Some(p) = &scope {
-        check_tracked(ctx, p)?;
-    }
+    let scopes = super::client_scopes(ctx, client, scope.as_deref())?;
     let present = ctx.sync().unwrap_or_else(|_| ctx.reader.durable_seq());
     let Some(text) = since else {
         return Ok(Start {
-            scope,
+            scopes,
             after: present,
             present,
             first: None,
@@ -136,7 +142,7 @@ fn start(req: &Request, ctx: &Context) -> Result<Start, Failure> {
         Ok(c) => (c.seq, None),
     };
     Ok(Start {
-        scope,
+        scopes,
         after,
         present,
         first,
@@ -146,7 +152,11 @@ fn start(req: &Request, ctx: &Context) -> Result<Start, Failure> {
 struct Follower<'a> {
     ctx: &'a Context,
     stream: &'a UnixStream,
-    scope: Option<Vec<u8>>,
+    /// `None`: everything.
+    scopes: Option<Vec<Vec<u8>>>,
+    /// What this client may see (renames from or to elsewhere are shown
+    /// as creations and deletions).
+    access: Access,
     roots: Vec<RootState>,
     out: Vec<u8>,
     /// Every record up to this seq has been looked at (and, if in scope,
@@ -294,19 +304,20 @@ impl Follower<'_> {
                 self.rescan(scopes, seq);
             }
             RecordBody::Resolved(r) => {
-                let scope = if r.scope.is_empty() {
-                    self.scope.clone().unwrap_or_default()
+                let paths = if r.scope.is_empty() {
+                    self.roots.iter().map(|x| x.path.clone()).collect()
                 } else {
-                    r.scope
+                    vec![r.scope]
                 };
-                let clipped = match &self.scope {
-                    Some(s) if !scope.is_empty() => query::intersect(&scope, s),
-                    _ => Some(scope),
-                };
-                if let Some(path) = clipped {
+                let scopes: Vec<Vec<u8>> = self
+                    .clipped(paths, RescanReason::Untracked)
+                    .into_iter()
+                    .map(|x| x.path)
+                    .collect();
+                if !scopes.is_empty() {
                     let cursor = self.cursor(seq);
                     self.line(FollowLine::Resolved {
-                        scopes: vec![path],
+                        scopes,
                         through: r.through_seq,
                         cursor,
                     });
@@ -335,14 +346,22 @@ impl Follower<'_> {
         let cursor = self.cursors.encode(seq, &mut buf);
         if rename {
             if self.in_scope(&e.path) {
-                // The new name, coming from the old one.
-                let changes = e.changes - Changes::RENAMED_FROM;
+                // The new name, coming from the old one (for a client that
+                // may not see the old one: a creation).
+                let mut changes = e.changes - Changes::RENAMED_FROM;
+                let from = self
+                    .access
+                    .sees(&e.old_path)
+                    .then_some(e.old_path.as_slice());
+                if from.is_none() {
+                    changes = (changes - Changes::RENAMED_TO) | Changes::CREATED;
+                }
                 write_change(
                     &mut self.out,
                     &e.path,
                     e.kind,
                     changes,
-                    Some(&e.old_path),
+                    from,
                     None,
                     subtree,
                     gap,
@@ -351,9 +370,13 @@ impl Follower<'_> {
                 );
             } else if self.in_scope(&e.old_path) {
                 // Moved out of scope: the old name, and where it went.
-                let changes = (e.changes - Changes::RENAMED_TO)
+                let mut changes = (e.changes - Changes::RENAMED_TO)
                     & (Changes::RENAMED_FROM | Changes::RECONCILED);
-                let to = (!e.path.is_empty()).then_some(e.path.as_slice());
+                let hidden = !e.path.is_empty() && !self.access.sees(&e.path);
+                let to = (!e.path.is_empty() && !hidden).then_some(e.path.as_slice());
+                if hidden {
+                    changes = (changes - Changes::RENAMED_FROM) | Changes::DELETED;
+                }
                 write_change(
                     &mut self.out,
                     &e.old_path,
@@ -387,9 +410,9 @@ impl Follower<'_> {
     fn in_scope(&self, path: &[u8]) -> bool {
         !path.is_empty()
             && self
-                .scope
-                .as_deref()
-                .is_none_or(|s| is_at_or_below(path, s))
+                .scopes
+                .as_ref()
+                .is_none_or(|list| list.iter().any(|s| is_at_or_below(path, s)))
             && self.roots.iter().any(|r| is_at_or_below(path, &r.path))
     }
 
@@ -404,9 +427,12 @@ impl Follower<'_> {
     fn clipped(&self, paths: Vec<Vec<u8>>, reason: RescanReason) -> Vec<Rescan> {
         let mut out: Vec<Rescan> = paths
             .into_iter()
-            .filter_map(|p| match &self.scope {
-                Some(s) => query::intersect(&p, s),
-                None => Some(p),
+            .flat_map(|p| match &self.scopes {
+                Some(list) => list
+                    .iter()
+                    .filter_map(|s| query::intersect(&p, s))
+                    .collect::<Vec<_>>(),
+                None => vec![p],
             })
             .map(|path| Rescan {
                 path,
@@ -421,7 +447,8 @@ impl Follower<'_> {
     fn all_roots(&self, reason: RescanReason) -> Vec<Rescan> {
         let roots: Vec<Vec<u8>> = self.roots.iter().map(|r| r.path.clone()).collect();
         if roots.is_empty() {
-            return self.clipped(self.scope.iter().cloned().collect(), reason);
+            let scopes = self.scopes.clone().unwrap_or_default();
+            return self.clipped(scopes, reason);
         }
         query::dedupe(self.clipped(roots, reason))
     }

@@ -3,6 +3,7 @@
 
 mod bad_input;
 mod follow;
+mod grants;
 mod hardening;
 mod harness;
 mod operations;
