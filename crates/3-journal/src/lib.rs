@@ -102,7 +102,7 @@ pub fn open_with(
     // The mark never goes down, and is at least what was just recovered.
     // Failing to raise it (a full disk) leaves it lower: allowed.
     if let Err(e) = highwater.advance(durable_seq, true) {
-        eprintln!("cj: {e} (the mark stays at an older seq)");
+        tracing::warn!("cj daemon: {e} (the mark stays at an older seq)");
     }
     r.upgrade_last(id, durable_seq)?;
     let Recovering {

@@ -182,7 +182,7 @@ impl Writer {
         // (design 7 step 5a says how much), and a failure to write it only
         // leaves it lower; it is tried again at the next commit.
         if let Err(e) = self.highwater.advance(durable, false) {
-            eprintln!("cj: {e} (the mark stays at an older seq)");
+            tracing::warn!("cj daemon: {e} (the mark stays at an older seq)");
         }
         Ok(durable)
     }

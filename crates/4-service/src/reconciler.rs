@@ -248,10 +248,10 @@ impl Reconciler {
             baseline,
         });
         let shown = cj_types::log_path(root);
-        eprintln!(
-            "cj daemon: reconcile {shown} failed (attempt {attempts}, retrying in {} s): {e}",
+        crate::logging::warn(format!(
+            "reconcile {shown} failed (attempt {attempts}, retrying in {} s): {e}",
             due.saturating_duration_since(Instant::now()).as_secs()
-        );
+        ));
         self.status(|s| {
             s.last_error = Some(format!("{shown}: {e}"));
             s.retry = Some((root.to_vec(), attempts, due));
@@ -324,11 +324,11 @@ impl Reconciler {
             .map_err(|e| e.to_string())?;
         let folded = fold.finish().map_err(|e| e.to_string())?;
         if folded.too_many {
-            eprintln!(
-                "cj daemon: reconcile {}: the journal since the baseline names more than the \
+            crate::logging::warn(format!(
+                "reconcile {}: the journal since the baseline names more than the \
                  fold follows; the whole root is reported",
                 cj_types::log_path(root)
-            );
+            ));
         }
         Ok((folded.touched, folded.forced_walk))
     }
@@ -355,10 +355,10 @@ impl Reconciler {
             match self.refresh_baseline(&root, last) {
                 Ok(true) => self.status(|s| s.baseline_refreshes += 1),
                 Ok(false) => {}
-                Err(e) => eprintln!(
-                    "cj daemon: refreshing the baseline of {}: {e}",
+                Err(e) => crate::logging::warn(format!(
+                    "refreshing the baseline of {}: {e}",
                     cj_types::log_path(&root)
-                ),
+                )),
             }
         }
     }
@@ -513,7 +513,7 @@ impl Reconciler {
             match Snapshot::load(&self.snapshots, root) {
                 Ok(s) => s,
                 Err(e) => {
-                    eprintln!("cj daemon: {e}");
+                    crate::logging::warn(format!("{e}"));
                     None
                 }
             }
@@ -538,12 +538,12 @@ impl Reconciler {
                 .iter()
                 .map(|(p, ms)| format!("{p} {ms} ms"))
                 .collect();
-            eprintln!(
-                "cj daemon: reconciled {} by {}: {}",
+            crate::logging::warn(format!(
+                "reconciled {} by {}: {}",
                 cj_types::log_path(root),
                 st.last_method,
                 parts.join(", ")
-            );
+            ));
         }
         self.status(|s| s.last_timings = std::mem::take(&mut s.timings));
         let mut s = self
@@ -622,11 +622,11 @@ impl Reconciler {
                         return self.finish(root, fsid, base, after, recs, marks, through, started);
                     }
                     Err(e) => {
-                        eprintln!(
-                            "cj daemon: reconcile {}: {} failed ({e}); walking instead",
+                        crate::logging::warn(format!(
+                            "reconcile {}: {} failed ({e}); walking instead",
                             cj_types::log_path(root),
                             method.as_str()
-                        );
+                        ));
                         // The baseline was partly brought up to date: read
                         // it again for the walk's diff.
                         old = Snapshot::load(&self.snapshots, root).ok().flatten();

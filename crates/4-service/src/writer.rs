@@ -114,7 +114,7 @@ impl WriterThread {
 
     fn retention(&mut self) {
         if let Err(e) = self.writer.enforce_retention(now_ns()) {
-            eprintln!("cj: retention: {e}");
+            crate::logging::warn(format!("retention: {e}"));
         }
         self.last_retention = Instant::now();
     }
@@ -302,7 +302,9 @@ impl DiskFull {
             return false;
         }
         if let Err(e) = writer.recover_after_failure() {
-            eprintln!("cj daemon: cannot cut the journal back after a failed write: {e}");
+            crate::logging::warn(format!(
+                "cannot cut the journal back after a failed write: {e}"
+            ));
             return false;
         }
         if self.since.is_none() {
@@ -310,10 +312,7 @@ impl DiskFull {
             self.since = Some(last_durable_ns);
             self.message = crate::shared::disk_full_message(&shared.state_dir);
             *shared.disk_full.lock().unwrap_or_else(|e| e.into_inner()) = Some(now);
-            eprintln!(
-                "cj daemon: journal write failed ({error}); {}",
-                self.message
-            );
+            crate::logging::warn(format!("journal write failed ({error}); {}", self.message));
         }
         true
     }
@@ -336,7 +335,7 @@ impl DiskFull {
             return true;
         };
         if let Err(e) = writer.enforce_retention(now_ns()) {
-            eprintln!("cj: retention: {e}");
+            crate::logging::warn(format!("retention: {e}"));
         }
         if free_bytes(&shared.state_dir).is_some_and(|b| b < DISK_FULL_RESUME_FREE_BYTES) {
             return false;
@@ -362,18 +361,18 @@ impl DiskFull {
                 if let Some(t) = reconcile_trigger(seq, &gap) {
                     shared.reconcile.push([t]);
                 }
-                eprintln!(
-                    "cj daemon: the state filesystem has room again; journaling resumed \
+                crate::logging::warn(format!(
+                    "the state filesystem has room again; journaling resumed \
                      ({} records dropped meanwhile are covered by gap {seq})",
                     self.dropped
-                );
+                ));
                 *shared.disk_full.lock().unwrap_or_else(|e| e.into_inner()) = None;
                 *self = DiskFull::default();
                 true
             }
             Err(e) => {
                 if !e.is_no_space() || writer.recover_after_failure().is_err() {
-                    eprintln!("cj daemon: cannot resume journaling: {e}");
+                    crate::logging::warn(format!("cannot resume journaling: {e}"));
                 }
                 false
             }

@@ -284,8 +284,52 @@ fn daemon(socket: Option<PathBuf>, a: DaemonArgs) -> Result<i32> {
     if let Some(b) = a.test_consumer_cap_bytes {
         config.journal.pinned_cap_bytes = b;
     }
+    init_logging();
     cj_service::run(config)?;
     Ok(EXIT_COMPLETE)
+}
+
+/// The daemon's log: one line per event on stderr, without a time (the
+/// journal or the terminal has one). Under systemd (`JOURNAL_STREAM` set)
+/// each line starts with its syslog priority (`<4>` warning, `<6>` info),
+/// which the journal reads.
+fn init_logging() {
+    use tracing_subscriber::fmt::{format::Writer, FmtContext, FormatEvent, FormatFields};
+    use tracing_subscriber::registry::LookupSpan;
+    struct Lines {
+        journal: bool,
+    }
+    impl<S, N> FormatEvent<S, N> for Lines
+    where
+        S: tracing::Subscriber + for<'a> LookupSpan<'a>,
+        N: for<'a> FormatFields<'a> + 'static,
+    {
+        fn format_event(
+            &self,
+            ctx: &FmtContext<'_, S, N>,
+            mut w: Writer<'_>,
+            event: &tracing::Event<'_>,
+        ) -> std::fmt::Result {
+            if self.journal {
+                let prio = match *event.metadata().level() {
+                    tracing::Level::ERROR => 3,
+                    tracing::Level::WARN => 4,
+                    tracing::Level::INFO => 6,
+                    _ => 7,
+                };
+                write!(w, "<{prio}>")?;
+            }
+            ctx.field_format().format_fields(w.by_ref(), event)?;
+            writeln!(w)
+        }
+    }
+    let _ = tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(false)
+        .event_format(Lines {
+            journal: std::env::var_os("JOURNAL_STREAM").is_some(),
+        })
+        .try_init();
 }
 
 /// An absolute, normalised path without resolving symlinks in the last part
