@@ -12,6 +12,7 @@ use cj_client::{Client, EXIT_COMPLETE, EXIT_ERROR, EXIT_INCOMPLETE};
 use cj_types::{escape_path, Cursor};
 use clap::{Parser, Subcommand};
 
+mod git;
 mod stream;
 
 #[derive(Parser)]
@@ -147,6 +148,25 @@ enum Command {
     /// restarts and hold back retention until acknowledged.
     #[command(subcommand)]
     Consumer(stream::ConsumerCommand),
+    /// Git's fsmonitor hook (protocol version 2): run by git as
+    /// `HOOK 2 TOKEN` from the worktree; prints a new token, NUL, then the
+    /// paths that changed since TOKEN (or `/` when git must look at
+    /// everything). Set up with `cj git-setup`.
+    GitFsmonitor {
+        /// The hook protocol version git speaks (only 2 is supported).
+        version: String,
+        /// The token of git's last query (a cj cursor).
+        #[arg(default_value = "")]
+        token: String,
+    },
+    /// Make `git status` in REPO (default: here) ask cj what changed:
+    /// tracks the worktree if needed (as root) and sets core.fsmonitor.
+    GitSetup {
+        repo: Option<PathBuf>,
+        /// Take the setting away again.
+        #[arg(long)]
+        undo: bool,
+    },
     /// Print the manual page (roff) or shell completions, generated from
     /// this command's own definition (scripts/install installs them).
     Generate {
@@ -218,6 +238,11 @@ fn run(cli: Cli) -> Result<i32> {
         Command::Consumer(c) => stream::consumer(&socket, c),
         Command::Reconcile { wait } => reconcile(&socket, wait),
         Command::Generate { what } => generate(&what),
+        Command::GitFsmonitor { version, token } => git::fsmonitor(&socket, &version, &token),
+        Command::GitSetup { repo, undo } => {
+            let explicit = cli.socket.is_some() || std::env::var_os("CJ_SOCKET").is_some();
+            git::setup(&socket, explicit, repo.as_deref(), undo)
+        }
     }
 }
 

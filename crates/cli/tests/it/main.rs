@@ -3,6 +3,7 @@
 
 mod bad_input;
 mod follow;
+mod git;
 mod grants;
 mod hardening;
 mod harness;

@@ -1,0 +1,219 @@
+//! The git fsmonitor hook against the real git (issue 13): an oracle over
+//! git itself. After each batch of random worktree operations, `git status`
+//! with cj's hook must print exactly what it prints without any fsmonitor.
+//! Batches straddle a daemon kill -9 and a downtime with changes.
+
+use std::path::Path;
+use std::process::Command;
+
+use crate::harness::{Daemon, Fs, Mount, CJ};
+use crate::oracle;
+use crate::workload::{self, Model, Rng};
+
+fn git(dir: &Path, args: &[&str]) -> String {
+    let out = Command::new("git")
+        .arg("-C")
+        .arg(dir)
+        .args(args)
+        .env("GIT_CONFIG_NOSYSTEM", "1")
+        .env("HOME", dir.parent().unwrap())
+        .output()
+        .expect("git is installed (.ci/run installs it)");
+    assert!(
+        out.status.success(),
+        "git {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// `git status` with the configured fsmonitor, and with none.
+fn statuses(wt: &Path) -> (String, String) {
+    let args = ["status", "--porcelain=v2", "-uall", "--ignored=no"];
+    let with = git(wt, &args);
+    let mut plain = vec!["-c", "core.fsmonitor=false"];
+    plain.extend_from_slice(&args);
+    (with, git(wt, &plain))
+}
+
+fn setup(m: &Mount) -> (Daemon, std::path::PathBuf) {
+    let d = Daemon::start(&m.dir.path().join("daemon"), &[]);
+    let wt = m.mnt.join("repo");
+    std::fs::create_dir_all(wt.join("src/sub")).unwrap();
+    git(&wt, &["init", "-q"]);
+    git(&wt, &["config", "user.email", "t@example.com"]);
+    git(&wt, &["config", "user.name", "t"]);
+    std::fs::write(wt.join(".gitignore"), "ignored/\n").unwrap();
+    std::fs::create_dir_all(wt.join("ignored")).unwrap();
+    std::fs::write(wt.join("src/a.txt"), "a\n").unwrap();
+    std::fs::write(wt.join("src/sub/b.txt"), "b\n").unwrap();
+    git(&wt, &["add", "-A"]);
+    git(&wt, &["commit", "-qm", "init"]);
+    let out = Command::new(CJ)
+        .arg("--socket")
+        .arg(&d.socket)
+        .arg("git-setup")
+        .arg(&wt)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    d.reconciled();
+    // The first status with the hook gets cj's first token.
+    let (a, b) = statuses(&wt);
+    assert_eq!(a, b);
+    // Git really asks cj (and cj answers).
+    let out = Command::new("git")
+        .arg("-C")
+        .arg(&wt)
+        .args(["status", "--porcelain=v2"])
+        .env("GIT_TRACE_FSMONITOR", "2")
+        .output()
+        .unwrap();
+    let trace = String::from_utf8_lossy(&out.stderr);
+    assert!(trace.contains("git-fsmonitor' returned success"), "{trace}");
+    (d, wt)
+}
+
+fn models(rng: &mut Rng, wt: &Path) -> Vec<Model> {
+    (0..2)
+        .map(|k| {
+            let own = wt.join(format!("w{k}"));
+            std::fs::create_dir_all(own.join("sub")).unwrap();
+            let mut m = Model::new(
+                vec![
+                    own.clone(),
+                    own.join("sub"),
+                    wt.join("src"),
+                    wt.join("ignored"),
+                ],
+                Vec::new(),
+            );
+            workload::run(rng, &mut m, 10);
+            m
+        })
+        .collect()
+}
+
+fn batch(rng: &mut Rng, models: &mut [Model], ops: usize) {
+    for m in models.iter_mut() {
+        workload::run(rng, m, ops);
+    }
+}
+
+fn git_oracle(fs: Fs, seed: u64) {
+    let m = Mount::new(fs);
+    let (mut d, wt) = setup(&m);
+    let mut rng = Rng(seed);
+    let mut models = models(&mut rng, &wt);
+    for round in 0..8 {
+        match round {
+            // A batch that straddles a kill -9 and a restart.
+            3 => {
+                batch(&mut rng, &mut models, 15);
+                d.kill9();
+                batch(&mut rng, &mut models, 15);
+                d.spawn();
+            }
+            // Changes while the daemon is stopped.
+            5 => {
+                d.stop();
+                batch(&mut rng, &mut models, 30);
+                d.spawn();
+            }
+            // Commit now and then, so that the index moves too.
+            6 => {
+                git(&wt, &["add", "-A"]);
+                git(&wt, &["commit", "-qm", "round", "--allow-empty"]);
+            }
+            _ => batch(&mut rng, &mut models, 30),
+        }
+        let (with, without) = statuses(&wt);
+        assert_eq!(
+            with,
+            without,
+            "seed {seed} round {round}: git status differs with cj's fsmonitor\n{}",
+            d.log_text()
+        );
+    }
+}
+
+#[test]
+fn git_status_with_the_hook_equals_git_status_without_ext4() {
+    for seed in oracle::seeds(&[41, 42]) {
+        git_oracle(Fs::Ext4, seed);
+    }
+}
+
+#[test]
+fn git_status_with_the_hook_equals_git_status_without_tmpfs() {
+    for seed in oracle::seeds(&[43]) {
+        git_oracle(Fs::Tmpfs, seed);
+    }
+}
+
+fn hook(d: &Daemon, wt: &Path, token: &str) -> std::process::Output {
+    Command::new(CJ)
+        .arg("--socket")
+        .arg(&d.socket)
+        .args(["git-fsmonitor", "2", token])
+        .current_dir(wt)
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn unknown_corrupted_and_unanswerable_tokens_make_git_look_at_everything() {
+    let m = Mount::new(Fs::Tmpfs);
+    let (mut d, wt) = setup(&m);
+    let cursor = d.cursor();
+    std::fs::write(wt.join("src/new.txt"), "n\n").unwrap();
+    std::fs::create_dir_all(wt.join("src/dir/deep")).unwrap();
+    // A good token: the new paths, relative, a new directory with a '/'.
+    let out = hook(&d, &wt, &cursor);
+    assert!(out.status.success());
+    let parts: Vec<&[u8]> = out.stdout.split(|b| *b == 0).collect();
+    assert!(parts[0].starts_with(b"cj1."));
+    assert!(
+        parts.contains(&&b"src/new.txt"[..]),
+        "{:?}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert!(
+        parts.contains(&&b"src/dir/"[..]),
+        "{:?}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert!(!parts.iter().any(|p| p.starts_with(b".git")));
+    // Git's first token (a time), a corrupted cursor, a foreign one: "/".
+    let mut corrupted = cursor.clone();
+    corrupted.pop();
+    corrupted.push('0');
+    for token in ["1732912345678901234", corrupted.as_str(), ""] {
+        let out = hook(&d, &wt, token);
+        assert!(out.status.success(), "{token}");
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(
+            text.starts_with("cj1.") && text.ends_with("\0/\0"),
+            "{token}: {text:?}"
+        );
+    }
+    // Version 1 is refused (git then looks at everything).
+    let out = Command::new(CJ)
+        .arg("--socket")
+        .arg(&d.socket)
+        .args(["git-fsmonitor", "1", "12345"])
+        .current_dir(&wt)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    // The daemon stopped: the hook fails, git status is still right.
+    d.stop();
+    std::fs::write(wt.join("src/while-down.txt"), "d\n").unwrap();
+    let (with, without) = statuses(&wt);
+    assert_eq!(with, without);
+    assert!(with.contains("while-down.txt"));
+}
