@@ -144,6 +144,49 @@ pub fn watchdog_interval() -> Option<Duration> {
     (usec > 0).then(|| Duration::from_micros(usec))
 }
 
+/// The service manager's side: one notification and the descriptors it
+/// carries (for tests, and tools that supervise the daemon themselves).
+pub fn receive(sock: &std::os::unix::net::UnixDatagram) -> io::Result<(String, Vec<OwnedFd>)> {
+    use std::os::fd::AsRawFd;
+    let mut buf = vec![0u8; 4096];
+    let mut control = vec![0u8; 256];
+    let mut iov = libc::iovec {
+        iov_base: buf.as_mut_ptr().cast(),
+        iov_len: buf.len(),
+    };
+    // SAFETY: msghdr is plain data; its pointers outlive recvmsg.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.as_mut_ptr().cast();
+    msg.msg_controllen = control.len() as _;
+    // SAFETY: msg describes valid buffers.
+    let n = unsafe { libc::recvmsg(sock.as_raw_fd(), &mut msg, libc::MSG_CMSG_CLOEXEC) };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let mut fds = Vec::new();
+    // SAFETY: walking the control messages the kernel filled in; each
+    // SCM_RIGHTS descriptor is new and ours.
+    unsafe {
+        let mut c = libc::CMSG_FIRSTHDR(&msg);
+        while !c.is_null() {
+            if (*c).cmsg_level == libc::SOL_SOCKET && (*c).cmsg_type == libc::SCM_RIGHTS {
+                let len = (*c).cmsg_len as usize - libc::CMSG_LEN(0) as usize;
+                let data = libc::CMSG_DATA(c) as *const RawFd;
+                for i in 0..len / std::mem::size_of::<RawFd>() {
+                    fds.push(OwnedFd::from_raw_fd(std::ptr::read_unaligned(data.add(i))));
+                }
+            }
+            c = libc::CMSG_NXTHDR(&msg, c);
+        }
+    }
+    Ok((
+        String::from_utf8_lossy(&buf[..n as usize]).into_owned(),
+        fds,
+    ))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -161,7 +204,7 @@ mod tests {
         assert!(notify("FDSTORE=1\nFDNAME=x", &[file.as_raw_fd()]).unwrap());
         assert!(notify("READY=1", &[]).unwrap());
         std::env::remove_var("NOTIFY_SOCKET");
-        let (text, fds) = receive(&server);
+        let (text, fds) = receive(&server).unwrap();
         assert_eq!(text, "FDSTORE=1\nFDNAME=x");
         assert_eq!(fds.len(), 1);
         // The same file, through another descriptor.
@@ -169,45 +212,8 @@ mod tests {
         let b = std::fs::metadata(format!("/proc/self/fd/{}", fds[0].as_raw_fd())).unwrap();
         use std::os::unix::fs::MetadataExt;
         assert_eq!((a.dev(), a.ino()), (b.dev(), b.ino()));
-        let (text, fds) = receive(&server);
+        let (text, fds) = receive(&server).unwrap();
         assert_eq!((text.as_str(), fds.len()), ("READY=1", 0));
         assert!(!notify("READY=1", &[]).unwrap(), "no-op outside systemd");
-    }
-
-    /// One datagram and the descriptors it carries.
-    pub fn receive(sock: &UnixDatagram) -> (String, Vec<OwnedFd>) {
-        let mut buf = vec![0u8; 4096];
-        let mut control = vec![0u8; 256];
-        let mut iov = libc::iovec {
-            iov_base: buf.as_mut_ptr().cast(),
-            iov_len: buf.len(),
-        };
-        // SAFETY: as in notify().
-        let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-        msg.msg_iov = &mut iov;
-        msg.msg_iovlen = 1;
-        msg.msg_control = control.as_mut_ptr().cast();
-        msg.msg_controllen = control.len() as _;
-        let n = unsafe { libc::recvmsg(sock.as_raw_fd(), &mut msg, libc::MSG_CMSG_CLOEXEC) };
-        assert!(n >= 0, "{}", io::Error::last_os_error());
-        let mut fds = Vec::new();
-        // SAFETY: walking the control messages the kernel filled in.
-        unsafe {
-            let mut c = libc::CMSG_FIRSTHDR(&msg);
-            while !c.is_null() {
-                if (*c).cmsg_level == libc::SOL_SOCKET && (*c).cmsg_type == libc::SCM_RIGHTS {
-                    let len = (*c).cmsg_len as usize - libc::CMSG_LEN(0) as usize;
-                    let data = libc::CMSG_DATA(c) as *const RawFd;
-                    for i in 0..len / std::mem::size_of::<RawFd>() {
-                        fds.push(OwnedFd::from_raw_fd(*data.add(i)));
-                    }
-                }
-                c = libc::CMSG_NXTHDR(&msg, c);
-            }
-        }
-        (
-            String::from_utf8_lossy(&buf[..n as usize]).into_owned(),
-            fds,
-        )
     }
 }

@@ -4,7 +4,7 @@
 //! `SCM_RIGHTS`, then `LISTEN_FDS` on the next start), and the unit file
 //! checked by `systemd-analyze verify`.
 
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixDatagram;
 use std::path::Path;
 use std::process::Command;
@@ -69,43 +69,23 @@ impl FakeSystemd {
     }
 }
 
+/// A daemon started (in `dir`) as systemd would: with a notify socket
+/// served by a [`FakeSystemd`] in `sd_dir`, once it says READY=1.
+fn under_systemd(sd_dir: &Path, dir: &Path, extra: &[&str]) -> (FakeSystemd, Daemon) {
+    let mut sd = FakeSystemd::new(sd_dir);
+    let mut d = Daemon::unstarted(dir, extra);
+    d.env = vec![(
+        "NOTIFY_SOCKET".into(),
+        sd.path.to_str().unwrap().to_string(),
+    )];
+    d.spawn();
+    sd.wait_for("READY=1");
+    (sd, d)
+}
+
 /// One datagram and the descriptors it carries (`None` on timeout).
 fn receive(sock: &UnixDatagram) -> Option<(String, Vec<OwnedFd>)> {
-    let mut buf = vec![0u8; 4096];
-    let mut control = vec![0u8; 256];
-    let mut iov = libc::iovec {
-        iov_base: buf.as_mut_ptr().cast(),
-        iov_len: buf.len(),
-    };
-    // SAFETY: msghdr is plain data; its pointers outlive recvmsg.
-    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-    msg.msg_iov = &mut iov;
-    msg.msg_iovlen = 1;
-    msg.msg_control = control.as_mut_ptr().cast();
-    msg.msg_controllen = control.len() as _;
-    let n = unsafe { libc::recvmsg(sock.as_raw_fd(), &mut msg, libc::MSG_CMSG_CLOEXEC) };
-    if n < 0 {
-        return None;
-    }
-    let mut fds = Vec::new();
-    // SAFETY: walking the control messages the kernel filled in.
-    unsafe {
-        let mut c = libc::CMSG_FIRSTHDR(&msg);
-        while !c.is_null() {
-            if (*c).cmsg_level == libc::SOL_SOCKET && (*c).cmsg_type == libc::SCM_RIGHTS {
-                let len = (*c).cmsg_len as usize - libc::CMSG_LEN(0) as usize;
-                let data = libc::CMSG_DATA(c) as *const RawFd;
-                for i in 0..len / std::mem::size_of::<RawFd>() {
-                    fds.push(OwnedFd::from_raw_fd(*data.add(i)));
-                }
-            }
-            c = libc::CMSG_NXTHDR(&msg, c);
-        }
-    }
-    Some((
-        String::from_utf8_lossy(&buf[..n as usize]).into_owned(),
-        fds,
-    ))
+    cj_service::sd::receive(sock).ok()
 }
 
 /// Each model's worker, concurrently.
@@ -125,15 +105,8 @@ fn run(seed: u64, models: &mut [Model]) {
 /// with no `reconciled` entry, and no gap is journaled.
 fn restart_through_the_fd_store(fs: Fs, seed: u64) {
     let m = Mount::new(fs);
-    let mut sd = FakeSystemd::new(m.dir.path());
     // The state directory on the tracked filesystem, as /var/lib is on /.
-    let mut d = Daemon::unstarted(&m.mnt, &["--baseline-refresh-secs", "0"]);
-    d.env = vec![(
-        "NOTIFY_SOCKET".into(),
-        sd.path.to_str().unwrap().to_string(),
-    )];
-    d.spawn();
-    sd.wait_for("READY=1");
+    let (mut sd, mut d) = under_systemd(m.dir.path(), &m.mnt, &["--baseline-refresh-secs", "0"]);
     let group = sd.stored("fanotify");
     let tree = m.mnt.join("tree");
     let outside = m.mnt.join("outside");
@@ -238,14 +211,7 @@ fn a_restart_through_the_fd_store_loses_nothing_and_records_no_gap_xfs() {
 #[test]
 fn a_restart_through_the_fd_store_is_complete_without_reconciliation() {
     let m = Mount::new(Fs::Ext4);
-    let mut sd = FakeSystemd::new(m.dir.path());
-    let mut d = Daemon::unstarted(&m.mnt, &["--baseline-refresh-secs", "0"]);
-    d.env = vec![(
-        "NOTIFY_SOCKET".into(),
-        sd.path.to_str().unwrap().to_string(),
-    )];
-    d.spawn();
-    sd.wait_for("READY=1");
+    let (sd, mut d) = under_systemd(m.dir.path(), &m.mnt, &["--baseline-refresh-secs", "0"]);
     let t = m.mnt.join("tree");
     std::fs::create_dir_all(t.join("keep/sub")).unwrap();
     std::fs::write(t.join("keep/sub/old"), b"1").unwrap();
@@ -289,14 +255,7 @@ fn a_restart_through_the_fd_store_is_complete_without_reconciliation() {
 #[test]
 fn a_killed_daemon_restarted_with_its_group_still_records_the_gap() {
     let m = Mount::new(Fs::Tmpfs);
-    let mut sd = FakeSystemd::new(m.dir.path());
-    let mut d = Daemon::unstarted(&m.dir.path().join("daemon"), &[]);
-    d.env = vec![(
-        "NOTIFY_SOCKET".into(),
-        sd.path.to_str().unwrap().to_string(),
-    )];
-    d.spawn();
-    sd.wait_for("READY=1");
+    let (sd, mut d) = under_systemd(m.dir.path(), &m.dir.path().join("daemon"), &[]);
     d.track(&m.mnt);
     d.reconciled();
     let c0 = d.cursor();
