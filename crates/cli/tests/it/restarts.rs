@@ -260,10 +260,21 @@ fn own_writes_never_show_up_or_feed_back_even_inside_the_root() {
         );
     }
     assert!(a.get(&m.mnt.join("user49")).is_some());
-    // Idle: the journal must not keep writing records about itself. (The
-    // first baseline's walk may still be journaling: let it finish.)
+    // Idle: the journal must not keep writing records about itself. The
+    // first baseline's walk, and the last drain mark (written by the next
+    // read that finds the queue empty, at most a housekeeping tick later)
+    // may still come: wait until nothing has come for a while, then look
+    // again (a feedback loop never settles).
     d.reconciled();
-    std::thread::sleep(Duration::from_millis(300));
+    let mut settled = last_seq(&d);
+    for _ in 0..10 {
+        std::thread::sleep(Duration::from_millis(1200));
+        let now = last_seq(&d);
+        if now == settled {
+            break;
+        }
+        settled = now;
+    }
     let s1 = last_seq(&d);
     std::thread::sleep(Duration::from_millis(1500));
     let s2 = last_seq(&d);
