@@ -277,6 +277,75 @@ fn requests_never_panic_and_accepted_ones_are_well_typed() {
     });
 }
 
+#[test]
+fn follow_lines_never_panic_and_accepted_changes_re_encode() {
+    let seeds: Vec<Vec<u8>> = [
+        r#"{"path":"/a/b","kind":"file","changes":["created","renamed_to"],"renamed_from_b64":"L2E=","seq":7,"cursor":"c"}"#,
+        r#"{"rescan":[{"path":"/a","reason":"queue_overflow,unmounted"}],"cursor":"c"}"#,
+        r#"{"resolved":[{"path_b64":"L2E="}],"through":3,"cursor":"c"}"#,
+        r#"{"history_done":true,"cursor":"c"}"#,
+        r#"{"error":"x","code":"slow_consumer"}"#,
+    ]
+    .iter()
+    .map(|s| s.as_bytes().to_vec())
+    .collect();
+    run("follow", &seeds, |b| {
+        use cj_types::follow::{decode, Decoded, FollowLine};
+        if let Ok(Decoded::Line {
+            line: Some(line), ..
+        }) = decode(b)
+        {
+            let text = serde_json::to_vec(&serde_json::Value::Object(line.to_json())).unwrap();
+            let Ok(Decoded::Line { line: again, .. }) = decode(&text) else {
+                panic!("an accepted line does not decode again: {text:?}");
+            };
+            assert_eq!(again.as_ref(), Some(&line));
+            let _: &FollowLine = &line;
+        }
+    });
+}
+
+#[test]
+fn configuration_files_never_panic() {
+    let seeds: Vec<Vec<u8>> = [
+        "retain_mib = 10\nreconcile = \"walk\"\n[[grant]]\nuser = \"a\"\npaths = [\"/x\"]\n",
+        "follow_stall_ms = 1\nsocket = \"/run/x.sock\"\n",
+    ]
+    .iter()
+    .map(|s| s.as_bytes().to_vec())
+    .collect();
+    run("config", &seeds, |b| {
+        let Ok(text) = std::str::from_utf8(b) else {
+            return;
+        };
+        if let Ok(s) = cj_service::config_file::Settings::parse(text) {
+            let _ = s.to_config();
+        }
+    });
+}
+
+#[test]
+fn names_handoffs_never_panic() {
+    let seed = {
+        let n = cj_normalize::Normalizer::new(1, Vec::new());
+        n.names_handoff()
+    };
+    let mut one = b"CJNM".to_vec();
+    one.extend_from_slice(&1u32.to_le_bytes());
+    one.extend_from_slice(&1u32.to_le_bytes());
+    one.extend_from_slice(&3u16.to_le_bytes());
+    one.extend_from_slice(b"key");
+    one.push(1);
+    one.extend_from_slice(&4u32.to_le_bytes());
+    one.extend_from_slice(b"/a/b");
+    let crc = crc32c::crc32c(&one);
+    one.extend_from_slice(&crc.to_le_bytes());
+    run("names-handoff", &[seed, one], |b| {
+        let mut n = cj_normalize::Normalizer::new(1, Vec::new());
+        let _ = n.take_names_handoff(b);
+    });
+}
+
 /// Writes the seeds above as starting corpora for cargo-fuzz
 /// (`CJ_WRITE_FUZZ_SEEDS=$PWD/fuzz/corpus cargo test -p cj-service --test decoders`).
 #[test]
