@@ -344,12 +344,18 @@ impl Normalizer {
         if let Some(m) = self.mounts.get(&fid.fsid) {
             return Some(m.as_raw_fd());
         }
-        // A root on this filesystem first.
-        if let Some(i) = self.roots.iter().position(|r| r.fsid == fid.fsid) {
-            let m = self.root_mount(i)?;
-            let fd = m.as_raw_fd();
-            self.mounts.insert(fid.fsid, m);
-            return Some(fd);
+        // A root on this filesystem first: any of them whose directory can
+        // still be opened (one may have been renamed away or removed; the
+        // others' events must still be named).
+        for i in 0..self.roots.len() {
+            if self.roots[i].fsid != fid.fsid {
+                continue;
+            }
+            if let Some(m) = self.root_mount(i) {
+                let fd = m.as_raw_fd();
+                self.mounts.insert(fid.fsid, m);
+                return Some(fd);
+            }
         }
         // An fsid we have not seen (btrfs reports events inside child
         // subvolumes with the top-level fsid): find a root whose descriptor

@@ -326,6 +326,27 @@ fn after_releasing_every_descriptor_events_are_named_as_before() {
 }
 
 #[test]
+fn a_root_whose_directory_is_gone_does_not_stop_another_root_on_its_filesystem() {
+    let (fs, mut n) = setup();
+    // Another root on the same filesystem, first in the list, whose
+    // directory cannot be opened any more (renamed away or removed).
+    let mut roots = vec![b"/gone".to_vec()];
+    roots.extend(n.roots().iter().map(|r| r.path.clone()));
+    let mut m = Normalizer::new(99, vec![b"/r/state".to_vec()]).with_fs(Box::new(fs.clone()));
+    for r in roots {
+        m.add_root(r, FSID, token());
+    }
+    n = m;
+    n.release_descriptors();
+    fs.file(SUB, "f", 10, 1);
+    let recs = run(
+        &mut n,
+        Events::default().entry(mask::CREATE | mask::CLOSE_WRITE, SUB, "f", Some(10)),
+    );
+    assert_eq!(paths(&recs), vec!["/r/sub/f"]);
+}
+
+#[test]
 fn a_name_gone_or_replaced_by_another_object_is_not_verified_as_the_same() {
     let (fs, mut n) = setup();
     // Created, then gone before normalisation looked: named, not present.
