@@ -29,6 +29,12 @@ pub struct CachedDir {
 #[derive(Default)]
 pub struct DirCache {
     map: HashMap<Vec<u8>, CachedDir>,
+    /// Keys given a descriptor since the last [`DirCache::drop_fds`], so
+    /// that dropping costs what was opened, not the cache's size (it runs
+    /// after every read that empties the kernel queue).
+    with_fd: Vec<Vec<u8>>,
+    /// `with_fd` overflowed: some descriptors are not listed.
+    with_fd_overflow: bool,
 }
 
 impl DirCache {
@@ -36,15 +42,35 @@ impl DirCache {
         self.map.get(key)
     }
 
-    pub fn get_mut(&mut self, key: &[u8]) -> Option<&mut CachedDir> {
-        self.map.get_mut(key)
+    /// Gives a cached directory its descriptor; false if it is not cached.
+    pub fn set_fd(&mut self, key: &[u8], fd: OwnedFd) -> bool {
+        let Some(d) = self.map.get_mut(key) else {
+            return false;
+        };
+        d.fd = Some(fd);
+        self.note_fd(key);
+        true
     }
 
     pub fn insert(&mut self, key: &[u8], path: Vec<u8>, fd: Option<OwnedFd>) {
         if self.map.len() >= DIR_CACHE_ENTRIES_MAX && !self.map.contains_key(key) {
             self.map.clear();
+            self.with_fd.clear();
+        }
+        if fd.is_some() {
+            self.note_fd(key);
         }
         self.map.insert(key.to_vec(), CachedDir { path, fd });
+    }
+
+    fn note_fd(&mut self, key: &[u8]) {
+        if self.with_fd.len() < DIR_CACHE_ENTRIES_MAX {
+            self.with_fd.push(key.to_vec());
+        } else {
+            // Past the bound the list says nothing: drop_fds looks at all.
+            self.with_fd.clear();
+            self.with_fd_overflow = true;
+        }
     }
 
     pub fn remove(&mut self, key: &[u8]) {
@@ -54,8 +80,15 @@ impl DirCache {
     /// Closes every descriptor, keeping the paths: a tracked filesystem
     /// the daemon holds nothing open on can be unmounted.
     pub fn drop_fds(&mut self) {
-        for d in self.map.values_mut() {
-            d.fd = None;
+        if std::mem::take(&mut self.with_fd_overflow) {
+            for d in self.map.values_mut() {
+                d.fd = None;
+            }
+        }
+        for key in self.with_fd.drain(..) {
+            if let Some(d) = self.map.get_mut(&key) {
+                d.fd = None;
+            }
         }
     }
 
@@ -238,6 +271,24 @@ mod tests {
         assert!(is_at_or_below(b"/a", b"/a"));
         assert!(!is_at_or_below(b"/ab", b"/a"));
         assert!(is_at_or_below(b"/x", b"/"));
+    }
+
+    #[test]
+    fn dropping_descriptors_closes_every_one_given() {
+        let fd = || std::fs::File::open("/").unwrap().into();
+        let mut d = DirCache::default();
+        d.insert(b"a", b"/a".to_vec(), Some(fd()));
+        d.insert(b"b", b"/b".to_vec(), None);
+        assert!(d.set_fd(b"b", fd()));
+        assert!(!d.set_fd(b"c", fd()));
+        // Past the list's bound every entry is looked at.
+        for i in 0..DIR_CACHE_ENTRIES_MAX + 1 {
+            d.insert(&i.to_le_bytes(), b"/x".to_vec(), Some(fd()));
+        }
+        d.insert(b"z", b"/z".to_vec(), Some(fd()));
+        d.drop_fds();
+        assert!(d.map.values().all(|e| e.fd.is_none()));
+        assert!(d.map.values().all(|e| !e.path.is_empty()));
     }
 
     #[test]

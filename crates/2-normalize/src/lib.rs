@@ -409,7 +409,9 @@ impl Normalizer {
                     .open_by_handle(mount, fid.handle_type, fid.handle)
                     .ok()?;
                 key_into(&mut self.key, fid.fsid, fid.handle_type, fid.handle);
-                self.dirs.get_mut(&self.key)?.fd = Some(fd);
+                if !self.dirs.set_fd(&self.key, fd) {
+                    return None;
+                }
             }
             None => {
                 self.dir_path(fid)?;
