@@ -309,11 +309,7 @@ impl Follower<'_> {
                 } else {
                     vec![r.scope]
                 };
-                let scopes: Vec<Vec<u8>> = self
-                    .clipped(paths, RescanReason::Untracked)
-                    .into_iter()
-                    .map(|x| x.path)
-                    .collect();
+                let scopes = self.clip(paths);
                 if !scopes.is_empty() {
                     let cursor = self.cursor(seq);
                     self.line(FollowLine::Resolved {
@@ -423,9 +419,9 @@ impl Follower<'_> {
         }
     }
 
-    /// `paths` clipped to the stream's scope, those outside dropped.
-    fn clipped(&self, paths: Vec<Vec<u8>>, reason: RescanReason) -> Vec<Rescan> {
-        let mut out: Vec<Rescan> = paths
+    /// `paths` clipped to the stream's scopes, those outside dropped.
+    fn clip(&self, paths: Vec<Vec<u8>>) -> Vec<Vec<u8>> {
+        let mut out: Vec<Vec<u8>> = paths
             .into_iter()
             .flat_map(|p| match &self.scopes {
                 Some(list) => list
@@ -434,13 +430,20 @@ impl Follower<'_> {
                     .collect::<Vec<_>>(),
                 None => vec![p],
             })
+            .collect();
+        out.dedup();
+        out
+    }
+
+    /// Rescan scopes for `paths` (clipped), with `reason`.
+    fn clipped(&self, paths: Vec<Vec<u8>>, reason: RescanReason) -> Vec<Rescan> {
+        self.clip(paths)
+            .into_iter()
             .map(|path| Rescan {
                 path,
                 reasons: vec![reason.clone()],
             })
-            .collect();
-        out.dedup();
-        out
+            .collect()
     }
 
     /// Every tracked root in scope (the scope itself when none is).
