@@ -183,16 +183,7 @@ pub struct Daemon {
 impl Daemon {
     /// State and socket live in `dir` (which may be on a tracked filesystem).
     pub fn start(dir: &Path, extra: &[&str]) -> Daemon {
-        std::fs::create_dir_all(dir).unwrap();
-        let mut d = Daemon {
-            state: dir.join("state"),
-            socket: dir.join("cj.sock"),
-            child: None,
-            extra: extra.iter().map(|s| s.to_string()).collect(),
-            log: dir.join("daemon.log"),
-            env: Vec::new(),
-            pass_fd: None,
-        };
+        let mut d = Daemon::unstarted(dir, extra);
         d.spawn();
         d
     }
