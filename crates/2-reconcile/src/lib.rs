@@ -22,9 +22,9 @@ mod refresh;
 mod snapshot;
 mod walk;
 
-pub use diff::{diff, diff_transitions, Seen, Touched};
+pub use diff::{diff, diff_scope, diff_transitions, Seen, Touched};
 pub use entries::{Entries, Range};
-pub use pwalk::{walk, WALK_THREADS};
+pub use pwalk::{walk, walk_scope, WALK_THREADS};
 pub use refresh::{changed_by_paths, refresh, Transitions};
 pub use snapshot::{Snapshot, SnapshotError, Stat};
 pub use walk::{open_root, WalkError, WalkProgress};

@@ -42,6 +42,10 @@ pub struct Config {
     pub reload: Option<Reload>,
     /// Paths ordinary users may ask about (`[[grant]]`).
     pub grants: Vec<crate::access::Grant>,
+    /// Testing only: a reconciliation of a gap waits this long before it
+    /// looks at the tree (as a big walk would take), interruptible by a
+    /// scoped request.
+    pub test_reconcile_delay: Duration,
 }
 
 /// How to build the configuration again on SIGHUP.
@@ -65,6 +69,7 @@ impl Default for Config {
             consumer_idle: Some(Duration::from_secs(CONSUMER_IDLE_DEFAULT_DAYS * 86_400)),
             reload: None,
             grants: Vec::new(),
+            test_reconcile_delay: Duration::ZERO,
         }
     }
 }

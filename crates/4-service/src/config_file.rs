@@ -204,6 +204,7 @@ impl Settings {
                 None => d.consumer_idle,
             },
             reload: None,
+            test_reconcile_delay: d.test_reconcile_delay,
             grants: self
                 .grants
                 .iter()

@@ -543,6 +543,7 @@ fn start_reconciler(
         snapshots: state_dir.join("snapshots"),
         excluded: vec![state_dir.as_os_str().as_bytes().to_vec()],
         walk_only: config.reconcile_walk_only,
+        test_delay: config.test_reconcile_delay,
     };
     std::thread::Builder::new()
         .name("cj-reconcile".into())

@@ -14,6 +14,13 @@ use cj_types::RecordBody;
 
 /// Requests kept before they are merged into one "everything" request.
 pub const RECONCILE_REQUESTS_MAX: usize = 4096;
+/// Subtrees waiting for a scoped catch-up (design 11.8); past it a query
+/// waits for its root like before.
+pub const SCOPED_REQUESTS_MAX: usize = 64;
+/// Times one root's reconciliation may be interrupted for scoped
+/// catch-ups; after that, scoped requests wait until it is done, so the
+/// root is never starved.
+pub const PREEMPTIONS_MAX: u32 = 8;
 
 #[derive(Clone, Debug)]
 pub struct Request {
@@ -44,6 +51,11 @@ pub struct Status {
     pub last_refresh: &'static str,
     /// Why the last reconciliation walked instead of a fast path.
     pub last_walk_reason: String,
+    /// Subtrees reconciled ahead of their root (scoped catch-up).
+    pub scoped_catchups: u64,
+    /// From taking the last scoped request to its `Resolved` record being
+    /// durable.
+    pub last_scoped_ms: u64,
     /// Inodes the last fast path found changed.
     pub last_changed_inodes: u64,
     /// What the running reconciliation is doing.
@@ -94,6 +106,16 @@ pub struct Queue {
     pub completed: std::sync::atomic::AtomicU64,
     /// A clean stop asked for a last quiet refresh; told when it is done.
     pub final_refresh: Mutex<Option<SyncSender<()>>>,
+    /// Subtrees a waiting query wants reconciled before the rest of their
+    /// root (scoped catch-up, design 11.8), at most
+    /// [`SCOPED_REQUESTS_MAX`].
+    pub scoped: Mutex<Vec<Vec<u8>>>,
+    /// Set by the reconciler while the running root reconciliation may be
+    /// interrupted for a scoped request.
+    pub preemptible: AtomicBool,
+    /// A scoped request interrupted the running root reconciliation (which
+    /// is then run again, not counted as a failure).
+    pub preempted: AtomicBool,
 }
 
 impl Queue {
@@ -165,6 +187,39 @@ impl Queue {
                 .unwrap_or_else(|e| e.into_inner())
                 .running
                 .is_some()
+    }
+
+    /// Asks for a scoped catch-up of `scope` (a directory below a root)
+    /// and interrupts the running root reconciliation if it may be. False
+    /// if too many are waiting.
+    pub fn ask_scope(&self, scope: &[u8]) -> bool {
+        {
+            let mut q = self.scoped.lock().unwrap_or_else(|e| e.into_inner());
+            if !q.iter().any(|s| s == scope) {
+                if q.len() >= SCOPED_REQUESTS_MAX {
+                    return false;
+                }
+                q.push(scope.to_vec());
+            }
+        }
+        if self.preemptible.swap(false, Ordering::SeqCst) {
+            self.preempted.store(true, Ordering::SeqCst);
+            self.progress.cancel.store(true, Ordering::SeqCst);
+        }
+        self.cv.notify_all();
+        true
+    }
+
+    pub(crate) fn take_scoped(&self) -> Vec<Vec<u8>> {
+        std::mem::take(&mut *self.scoped.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    pub(crate) fn scoped_waiting(&self) -> bool {
+        !self
+            .scoped
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_empty()
     }
 
     pub fn pending(&self) -> usize {

@@ -152,6 +152,15 @@ impl Builder<'_> {
     fn settle(&mut self) -> Option<u64> {
         let mut open = None;
         for (seq, path, reason) in std::mem::take(&mut self.pending) {
+            // Only the part inside the query's scope matters: a subtree
+            // reconciled ahead of its root (design 11.8) closes a root's
+            // gap for queries inside it.
+            let Some(path) = self
+                .scope
+                .map_or(Some(path.clone()), |s| intersect(&path, s))
+            else {
+                continue;
+            };
             let closed = self.resolutions.iter().any(|(after, through, scope)| {
                 *after < seq && seq <= *through && is_at_or_below(&path, scope)
             });

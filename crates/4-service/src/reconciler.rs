@@ -23,13 +23,14 @@ use cj_journal::Item;
 use cj_reconcile::fast::{self, FsMarks, Method};
 use cj_reconcile::fold::{Fold, Step, TOUCHED_PATHS_MAX};
 use cj_reconcile::{
-    changed_by_paths, diff, diff_transitions, open_root, refresh, walk, Snapshot, Touched,
+    changed_by_paths, diff, diff_scope, diff_transitions, open_root, refresh, walk, walk_scope,
+    Snapshot, Touched,
 };
 use cj_types::path::{is_at_or_below, overlaps};
 use cj_types::{RecordBody, ResolvedRecord};
 use std::collections::{HashMap, HashSet};
 
-use crate::inbox::{Queue, Request, Status};
+use crate::inbox::{Queue, Request, Status, PREEMPTIONS_MAX};
 use crate::port::JournalPort;
 use crate::shared::Shared;
 
@@ -51,6 +52,8 @@ enum Work {
     /// A clean stop's last quiet refresh; told when done.
     FinalRefresh(std::sync::mpsc::SyncSender<()>),
     QuietRefresh,
+    /// Subtrees a waiting query asked for (design 11.8).
+    Scoped(Vec<Vec<u8>>),
     Batch(Vec<Request>),
 }
 
@@ -110,6 +113,8 @@ pub struct Reconciler {
     pub excluded: Vec<Vec<u8>>,
     /// Never use a filesystem fast path (`--reconcile walk`).
     pub walk_only: bool,
+    /// Testing only (`Config::test_reconcile_delay`).
+    pub test_delay: Duration,
 }
 
 impl Reconciler {
@@ -142,6 +147,11 @@ impl Reconciler {
                     self.refresh_all(false);
                     next_refresh = every().map(|every| Instant::now() + every);
                 }
+                Work::Scoped(scopes) => {
+                    self.status(|s| s.running = Some(Vec::new()));
+                    self.serve_scoped(scopes);
+                    self.status(|s| s.running = None);
+                }
                 Work::Batch(batch) => {
                     if !self.run_batch(&batch, &mut retries) {
                         return;
@@ -160,6 +170,7 @@ impl Reconciler {
             let now = Instant::now();
             retries.take_due(now, &mut q);
             if !q.is_empty()
+                || queue.scoped_waiting()
                 || queue.stop.load(Ordering::SeqCst)
                 || queue.final_refresh_asked()
                 || next_refresh.is_some_and(|at| now >= at)
@@ -187,6 +198,10 @@ impl Reconciler {
             .take()
         {
             return Work::FinalRefresh(done);
+        }
+        if queue.scoped_waiting() {
+            drop(q);
+            return Work::Scoped(queue.take_scoped());
         }
         if q.is_empty() {
             return Work::QuietRefresh;
@@ -216,8 +231,37 @@ impl Reconciler {
             }
             // This pass replaces any retry still waiting for the root.
             retries.cancel(&root);
-            self.queue().progress.cancel.store(false, Ordering::SeqCst);
-            let result = self.reconcile(&root, baseline);
+            let mut preemptions = 0;
+            let result = loop {
+                if self.queue().stop.load(Ordering::SeqCst) {
+                    return false;
+                }
+                self.queue().progress.cancel.store(false, Ordering::SeqCst);
+                // A query waiting for a subtree of a big root may interrupt
+                // its walk, a few times (design 11.8).
+                self.queue()
+                    .preemptible
+                    .store(preemptions < PREEMPTIONS_MAX, Ordering::SeqCst);
+                if preemptions < PREEMPTIONS_MAX && self.queue().scoped_waiting() {
+                    // Asked for before this root began: served first.
+                    self.queue().preemptible.store(false, Ordering::SeqCst);
+                    self.queue().preempted.store(false, Ordering::SeqCst);
+                    preemptions += 1;
+                    self.serve_scoped(self.queue().take_scoped());
+                    continue;
+                }
+                let result = self.reconcile(&root, baseline);
+                self.queue().preemptible.store(false, Ordering::SeqCst);
+                if !self.queue().preempted.swap(false, Ordering::SeqCst) {
+                    break result;
+                }
+                preemptions += 1;
+                self.serve_scoped(self.queue().take_scoped());
+                if result.is_ok() {
+                    break result;
+                }
+                // Interrupted: this root again, not a failure.
+            };
             if self.tracked_fsid(&root).is_none() {
                 // Untracked meanwhile: nothing to retry or report.
                 retries.forget(&root);
@@ -238,6 +282,112 @@ impl Reconciler {
         self.queue().completed.fetch_add(1, Ordering::SeqCst);
         self.status(|s| s.running = None);
         true
+    }
+
+    /// Scoped catch-up (design 11.8): each subtree is walked and compared
+    /// with its part of the root's baseline, the differences journaled,
+    /// then a `Resolved` record for the subtree alone. The baseline is not
+    /// replaced: the root's own reconciliation still follows, and reports
+    /// the subtree's differences again at worst (false positives). A
+    /// subtree that cannot be done this way (no baseline, another mount, an
+    /// unreadable journal range) waits for its root.
+    fn serve_scoped(&self, scopes: Vec<Vec<u8>>) {
+        let roots: Vec<(Vec<u8>, u64)> = self
+            .shared
+            .roots
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .filter(|r| r.unavailable.is_none())
+            .map(|r| (r.path.clone(), r.fsid))
+            .collect();
+        // (root, fsid) and its subtrees asked for.
+        type ByRoot = ((Vec<u8>, u64), Vec<Vec<u8>>);
+        let mut by_root: Vec<ByRoot> = Vec::new();
+        for scope in scopes {
+            let Some(root) = roots
+                .iter()
+                .filter(|(r, _)| is_at_or_below(&scope, r) && scope != *r)
+                .max_by_key(|(r, _)| r.len())
+            else {
+                continue;
+            };
+            match by_root.iter_mut().find(|(r, _)| r == root) {
+                Some((_, list)) => list.push(scope),
+                None => by_root.push((root.clone(), vec![scope])),
+            }
+        }
+        for ((root, fsid), list) in by_root {
+            let started = Instant::now();
+            if let Err(e) = self.scoped_root(&root, fsid, &list) {
+                crate::logging::warn(format!(
+                    "scoped catch-up below {}: {e}; the query waits for the whole root",
+                    cj_types::log_path(&root)
+                ));
+            }
+            self.status(|s| s.last_scoped_ms = started.elapsed().as_millis() as u64);
+            self.queue().completed.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    fn scoped_root(&self, root: &[u8], fsid: u64, scopes: &[Vec<u8>]) -> Result<(), String> {
+        let Some(base) = Snapshot::load(&self.snapshots, root).map_err(|e| e.to_string())? else {
+            return Err("no baseline yet".into());
+        };
+        let through = self.sync()?;
+        let (touched, _) = self.touched(root, base.through_seq, through, &base)?;
+        for scope in scopes {
+            // The subtree, or, if it is gone, the deepest directory above
+            // it that is there (a subtree the baseline does not know was
+            // empty then: everything in it is reported created).
+            self.status(|s| s.running = Some(scope.clone()));
+            self.queue().progress.cancel.store(false, Ordering::SeqCst);
+            let mut at = scope.as_slice();
+            let walked = loop {
+                if at == root {
+                    break None;
+                }
+                match walk_scope(root, at, &self.excluded, &self.queue().progress) {
+                    Ok(w) => break Some(w),
+                    Err(cj_reconcile::WalkError::Root { source, .. })
+                        if matches!(
+                            source.raw_os_error(),
+                            Some(libc::ENOENT) | Some(libc::ENOTDIR)
+                        ) =>
+                    {
+                        at = match cj_normalize::sys::split_parent(at) {
+                            Some((parent, _)) if is_at_or_below(parent, root) => parent,
+                            _ => root,
+                        };
+                    }
+                    Err(e) => return Err(e.to_string()),
+                }
+            };
+            let Some(walked) = walked else {
+                continue;
+            };
+            let recs = diff_scope(&base, walked, at, &touched, fsid);
+            let count = recs.len() as u64;
+            self.records(recs)?;
+            self.records(vec![RecordBody::Resolved(ResolvedRecord {
+                after_seq: base.valid_after_seq,
+                through_seq: through,
+                fsid,
+                scope: at.to_vec(),
+                records: count,
+            })])?;
+            self.sync()?;
+            self.status(|s| {
+                s.scoped_catchups += 1;
+                s.reconciled_records += count;
+            });
+            crate::logging::log(format!(
+                "reconciled {} ahead of {}: {count} records",
+                cj_types::log_path(at),
+                cj_types::log_path(root)
+            ));
+        }
+        Ok(())
     }
 
     fn failed(&self, root: &[u8], baseline: bool, seq: u64, e: &str, retries: &mut Retries) {
@@ -525,7 +675,11 @@ impl Reconciler {
             .progress
             .directories
             .store(0, Ordering::Relaxed);
-        let result = self.walk_and_record(root, fsid, old, started);
+        let delayed = match old {
+            Some(_) => self.test_delay(),
+            None => Ok(()),
+        };
+        let result = delayed.and_then(|()| self.walk_and_record(root, fsid, old, started));
         self.enter("");
         {
             let st = self
@@ -538,12 +692,15 @@ impl Reconciler {
                 .iter()
                 .map(|(p, ms)| format!("{p} {ms} ms"))
                 .collect();
-            crate::logging::warn(format!(
-                "reconciled {} by {}: {}",
-                cj_types::log_path(root),
-                st.last_method,
-                parts.join(", ")
-            ));
+            let how = match &result {
+                Ok(_) => format!(
+                    "reconciled {} by {}",
+                    cj_types::log_path(root),
+                    st.last_method
+                ),
+                Err(e) => format!("reconciling {} stopped ({e})", cj_types::log_path(root)),
+            };
+            crate::logging::warn(format!("{how}: {}", parts.join(", ")));
         }
         self.status(|s| s.last_timings = std::mem::take(&mut s.timings));
         let mut s = self
@@ -671,6 +828,22 @@ impl Reconciler {
                 }
             }
         }
+    }
+
+    /// `--test-reconcile-delay-ms`: waits as a walk of a big tree would,
+    /// interruptible like one.
+    fn test_delay(&self) -> Result<(), String> {
+        let until = Instant::now() + self.test_delay;
+        while Instant::now() < until {
+            if self.queue().progress.cancel.load(Ordering::SeqCst)
+                || self.queue().stop.load(Ordering::SeqCst)
+                || self.queue().final_refresh_asked()
+            {
+                return Err("interrupted".into());
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        Ok(())
     }
 
     /// The XFS or btrfs fast path (design 11.1): brings `base` up to date

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use cj_capture::Waker;
 use cj_journal::Reader;
-use cj_types::path::overlaps;
+use cj_types::path::{is_at_or_below, overlaps};
 use cj_types::protocol::{
     self, decode_request, put_path, Change, ChangeKind, Op, Request, RescanReason,
     PROTOCOL_VERSION, REQUEST_BYTES_MAX,
@@ -532,6 +532,7 @@ fn answer_when_ready(
     scopes: Option<&[Vec<u8>]>,
     deadline: Instant,
 ) -> Result<(query::Answer, conn::Permit<'static>), Failure> {
+    let mut asked_scoped = false;
     loop {
         let completed = ctx
             .shared
@@ -585,8 +586,30 @@ fn answer_when_ready(
         {
             return Ok((answer, building));
         }
+        if !asked_scoped {
+            asked_scoped = true;
+            ask_scoped_catchup(q, &answer, &roots);
+        }
         drop((answer, building));
         std::thread::sleep(WAIT_POLL);
+    }
+}
+
+/// A waiting query whose rescans are subtrees of a root (a worktree in a
+/// big filesystem) asks for them to be reconciled first (design 11.8).
+fn ask_scoped_catchup(q: &crate::inbox::Queue, answer: &query::Answer, roots: &[RootState]) {
+    let closable = |r: &RescanReason| match r {
+        RescanReason::Gap(g) => *g != cj_types::GapReason::JournalDamaged,
+        RescanReason::UnresolvedObject => true,
+        _ => false,
+    };
+    for r in &answer.rescans {
+        let below_a_root = roots.iter().any(|x| {
+            x.unavailable.is_none() && is_at_or_below(&r.path, &x.path) && r.path != x.path
+        });
+        if below_a_root && r.reasons.iter().all(closable) {
+            q.ask_scope(&r.path);
+        }
     }
 }
 
@@ -753,6 +776,8 @@ fn reconcile_status(ctx: &Context) -> Value {
     );
     m.insert("last_walk_ms".into(), Value::from(st.last_walk_ms));
     m.insert("last_resolve_ms".into(), Value::from(st.last_resolve_ms));
+    m.insert("scoped_catchups".into(), Value::from(st.scoped_catchups));
+    m.insert("last_scoped_ms".into(), Value::from(st.last_scoped_ms));
     m.insert(
         "baseline_refreshes".into(),
         Value::from(st.baseline_refreshes),

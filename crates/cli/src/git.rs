@@ -6,7 +6,8 @@
 //! everything) or the changed paths relative to the worktree, each followed
 //! by NUL, directories whose whole cone may have changed with a trailing
 //! `/`. The token is a cj cursor, so it stays valid across daemon restarts
-//! and reboots. One `changes` request, no walk.
+//! and reboots. One `changes` request; the hook never walks (after a gap
+//! the daemon may reconcile the worktree first).
 
 use std::io::Write;
 use std::os::unix::ffi::OsStrExt;
@@ -15,6 +16,20 @@ use std::process::Command;
 
 use anyhow::{bail, Context, Result};
 use cj_client::{Client, EXIT_COMPLETE, EXIT_ERROR};
+
+/// How long the hook lets the daemon close a gap below the worktree (a
+/// scoped catch-up after a restart or an overflow, design 11.8) before it
+/// answers `/` (git then looks at everything itself, which costs about as
+/// much as that walk). `CJ_GIT_WAIT_MS` overrides it; 0 never waits.
+pub const HOOK_WAIT_MS: u64 = 2000;
+
+fn hook_wait() -> std::time::Duration {
+    let ms = std::env::var("CJ_GIT_WAIT_MS")
+        .ok()
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .unwrap_or(HOOK_WAIT_MS);
+    std::time::Duration::from_millis(ms)
+}
 
 /// The answer git gets: the new token, then `/` or the paths.
 pub fn fsmonitor(socket: &Path, version: &str, token: &str) -> Result<i32> {
@@ -50,7 +65,7 @@ pub fn fsmonitor(socket: &Path, version: &str, token: &str) -> Result<i32> {
         trivial(&mut out, &cursor);
         return emit(&out);
     }
-    let answer = match client.changes(token, Some(&worktree)) {
+    let answer = match client.changes_wait(token, Some(&worktree), Some(hook_wait())) {
         Ok(a) => a,
         Err(e) => {
             eprintln!("cj git-fsmonitor: {e}");

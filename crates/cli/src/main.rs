@@ -87,6 +87,9 @@ struct DaemonArgs {
     test_retain_bytes: Option<u64>,
     #[arg(long, hide = true)]
     test_consumer_cap_bytes: Option<u64>,
+    /// Testing only: a reconciliation of a gap waits this long first.
+    #[arg(long, hide = true)]
+    test_reconcile_delay_ms: Option<u64>,
 }
 
 #[derive(Subcommand)]
@@ -308,6 +311,9 @@ fn daemon(socket: Option<PathBuf>, a: DaemonArgs) -> Result<i32> {
     }
     if let Some(b) = a.test_consumer_cap_bytes {
         config.journal.pinned_cap_bytes = b;
+    }
+    if let Some(ms) = a.test_reconcile_delay_ms {
+        config.test_reconcile_delay = std::time::Duration::from_millis(ms);
     }
     init_logging();
     cj_service::run(config)?;

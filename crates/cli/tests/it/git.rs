@@ -27,17 +27,54 @@ fn git(dir: &Path, args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-/// `git status` with the configured fsmonitor, and with none.
-fn statuses(wt: &Path) -> (String, String) {
+/// `git status` with the configured fsmonitor (`incremental`: git must ask
+/// cj with its last token), and with none. The second
+/// one must not write the index: it would drop the fsmonitor token, and
+/// the next status with the hook would start from nothing ("add
+/// fsmonitor") instead of asking cj what changed since its token.
+fn statuses(wt: &Path, incremental: bool) -> (String, String) {
     let args = ["status", "--porcelain=v2", "-uall", "--ignored=no"];
-    let with = git(wt, &args);
-    let mut plain = vec!["-c", "core.fsmonitor=false"];
+    let out = Command::new("git")
+        .arg("-C")
+        .arg(wt)
+        .args(args)
+        .env("GIT_CONFIG_NOSYSTEM", "1")
+        .env("HOME", wt.parent().unwrap())
+        .env("GIT_TRACE_FSMONITOR", "2")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let trace = String::from_utf8_lossy(&out.stderr);
+    // An incremental answer: git read its last token from the index.
+    assert!(
+        !incremental || trace.contains("read fsmonitor extension successful 'cj1."),
+        "git did not ask cj with its last token:\n{trace}"
+    );
+    let with = String::from_utf8_lossy(&out.stdout).into_owned();
+    let mut plain = vec!["--no-optional-locks", "-c", "core.fsmonitor=false"];
     plain.extend_from_slice(&args);
     (with, git(wt, &plain))
 }
 
-fn setup(m: &Mount) -> (Daemon, std::path::PathBuf) {
-    let d = Daemon::start(&m.dir.path().join("daemon"), &[]);
+/// A daemon and a repository. `enclosing`: the whole filesystem is
+/// tracked (the worktree is a subtree of it), and reconciling it after a
+/// gap is made slow, so that the hook's answers after a restart come from
+/// scoped catch-ups of the worktree (design 11.8).
+fn setup(m: &Mount, enclosing: bool) -> (Daemon, std::path::PathBuf) {
+    let extra: &[&str] = if enclosing {
+        &["--test-reconcile-delay-ms", "120000"]
+    } else {
+        &[]
+    };
+    let d = Daemon::start(&m.dir.path().join("daemon"), extra);
+    if enclosing {
+        d.track(&m.mnt);
+        d.reconciled();
+    }
     let wt = m.mnt.join("repo");
     std::fs::create_dir_all(wt.join("src/sub")).unwrap();
     git(&wt, &["init", "-q"]);
@@ -63,7 +100,7 @@ fn setup(m: &Mount) -> (Daemon, std::path::PathBuf) {
     );
     d.reconciled();
     // The first status with the hook gets cj's first token.
-    let (a, b) = statuses(&wt);
+    let (a, b) = statuses(&wt, false);
     assert_eq!(a, b);
     // Git really asks cj (and cj answers).
     let out = Command::new("git")
@@ -104,9 +141,9 @@ fn batch(rng: &mut Rng, models: &mut [Model], ops: usize) {
     }
 }
 
-fn git_oracle(fs: Fs, seed: u64) {
+fn git_oracle(fs: Fs, seed: u64, enclosing: bool) {
     let m = Mount::new(fs);
-    let (mut d, wt) = setup(&m);
+    let (mut d, wt) = setup(&m, enclosing);
     let mut rng = Rng(seed);
     let mut models = models(&mut rng, &wt);
     for round in 0..8 {
@@ -131,7 +168,7 @@ fn git_oracle(fs: Fs, seed: u64) {
             }
             _ => batch(&mut rng, &mut models, 30),
         }
-        let (with, without) = statuses(&wt);
+        let (with, without) = statuses(&wt, true);
         assert_eq!(
             with,
             without,
@@ -139,19 +176,35 @@ fn git_oracle(fs: Fs, seed: u64) {
             d.log_text()
         );
     }
+    if enclosing {
+        // After the kill -9 and the downtime, the worktree was reconciled
+        // ahead of the filesystem (whose own reconciliation is still
+        // running).
+        let status = d.ok(&["status", "--json"]);
+        let v: serde_json::Value = serde_json::from_str(&status).unwrap();
+        let n = v["reconcile"]["scoped_catchups"].as_u64();
+        assert!(n.is_some_and(|n| n >= 2), "{status}\n{}", d.log_text());
+    }
 }
 
 #[test]
 fn git_status_with_the_hook_equals_git_status_without_ext4() {
     for seed in oracle::seeds(&[41, 42]) {
-        git_oracle(Fs::Ext4, seed);
+        git_oracle(Fs::Ext4, seed, false);
+    }
+}
+
+#[test]
+fn git_status_with_the_hook_equals_git_status_without_in_a_tracked_filesystem() {
+    for seed in oracle::seeds(&[44]) {
+        git_oracle(Fs::Ext4, seed, true);
     }
 }
 
 #[test]
 fn git_status_with_the_hook_equals_git_status_without_tmpfs() {
     for seed in oracle::seeds(&[43]) {
-        git_oracle(Fs::Tmpfs, seed);
+        git_oracle(Fs::Tmpfs, seed, false);
     }
 }
 
@@ -168,7 +221,7 @@ fn hook(d: &Daemon, wt: &Path, token: &str) -> std::process::Output {
 #[test]
 fn unknown_corrupted_and_unanswerable_tokens_make_git_look_at_everything() {
     let m = Mount::new(Fs::Tmpfs);
-    let (mut d, wt) = setup(&m);
+    let (mut d, wt) = setup(&m, false);
     let cursor = d.cursor();
     std::fs::write(wt.join("src/new.txt"), "n\n").unwrap();
     std::fs::create_dir_all(wt.join("src/dir/deep")).unwrap();
@@ -213,7 +266,7 @@ fn unknown_corrupted_and_unanswerable_tokens_make_git_look_at_everything() {
     // The daemon stopped: the hook fails, git status is still right.
     d.stop();
     std::fs::write(wt.join("src/while-down.txt"), "d\n").unwrap();
-    let (with, without) = statuses(&wt);
+    let (with, without) = statuses(&wt, true);
     assert_eq!(with, without);
     assert!(with.contains("while-down.txt"));
 }

@@ -330,7 +330,7 @@ impl Daemon {
         self.changes_args(since, path, &[])
     }
 
-    fn changes_args(&self, since: &str, path: Option<&Path>, extra: &[&str]) -> Answer {
+    pub fn changes_args(&self, since: &str, path: Option<&Path>, extra: &[&str]) -> Answer {
         let mut args = vec!["changes", "--json", "--since", since];
         args.extend_from_slice(extra);
         let p;

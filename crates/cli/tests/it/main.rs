@@ -10,6 +10,7 @@ mod harness;
 mod operations;
 mod oracle;
 mod restarts;
+mod scoped;
 mod service;
 mod snapshot;
 mod unmount;

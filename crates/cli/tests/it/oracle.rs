@@ -128,11 +128,32 @@ pub fn check(before: &snapshot::Snapshot, after: &snapshot::Snapshot, answer: &A
 
 /// Checks the immediate answer and the answer after reconciliation against
 /// the snapshots; on any failure, `detail` says what was missed and why.
-fn judge(d: &Daemon, c0: &str, before: &snapshot::Snapshot, after: &snapshot::Snapshot) -> Outcome {
+///
+/// A subtree (`scope`) is asked for with `--wait` before the whole root,
+/// so that after a gap it is reconciled ahead of its root (design 11.8);
+/// what it misses below `scope` counts as a miss after reconciliation.
+fn judge(
+    d: &Daemon,
+    c0: &str,
+    before: &snapshot::Snapshot,
+    after: &snapshot::Snapshot,
+    scope: &Path,
+) -> Outcome {
     let answer = d.changes(c0, None);
     let mut out = check(before, after, &answer);
+    let scoped = d.changes_args(c0, Some(scope), &["--wait", "120"]);
+    let mut s = check(before, after, &scoped);
+    s.misses.retain(|p| p.starts_with(scope));
+    if !s.misses.is_empty() {
+        out.detail += &format!(
+            "scoped answer for {}:\n{}\n",
+            scope.display(),
+            scoped.dump()
+        );
+    }
     let waited = d.changes_wait(c0, 120);
-    let w = check(before, after, &waited);
+    let mut w = check(before, after, &waited);
+    w.misses.extend(s.misses);
     for miss in out.misses.iter().chain(&w.misses) {
         out.detail += &format!(
             "missed {}:\n  before {:?}\n  after  {:?}\n",
@@ -302,11 +323,17 @@ pub fn scenario(fs: Fs, scenario: Scenario, seed: u64, ops: usize) -> Outcome {
     if scenario == Scenario::CrashImage {
         return crash_image(fs, seed, ops);
     }
-    let extra: &[&str] = if scenario == Scenario::Overflow {
-        &["--test-bounded-queue"]
+    let mut extra: Vec<&str> = if scenario == Scenario::Overflow {
+        vec!["--test-bounded-queue"]
     } else {
-        &[]
+        vec![]
     };
+    if seed % 3 == 2 {
+        // Gaps are reconciled slowly, as in a big tree: the scoped query
+        // in `judge` is answered by a scoped catch-up (design 11.8).
+        extra.extend(["--test-reconcile-delay-ms", "3000"]);
+    }
+    let extra = &extra[..];
     let mut s = setup(fs, extra, scenario == Scenario::Remount, seed);
     let mut rng = Rng(seed);
     let mut models = populate(&mut rng, &s.tree, &s.outside, WORKERS);
@@ -380,7 +407,7 @@ pub fn scenario(fs: Fs, scenario: Scenario, seed: u64, ops: usize) -> Outcome {
         Scenario::CrashImage => unreachable!("handled by crash_image"),
     }
     let after = snapshot::take(&s.tree);
-    let mut out = judge(&s.d, &c0, &before, &after);
+    let mut out = judge(&s.d, &c0, &before, &after, &s.tree.join("w0"));
     out.ops = done;
     out.crash_points = crash_points;
     drop(s.d);
@@ -411,7 +438,13 @@ fn syncfs(path: &Path) {
 fn crash_image(fs: Fs, seed: u64, ops: usize) -> Outcome {
     let host = Mount::new(Fs::Xfs);
     let mut m = Mount::new_in(fs, &host.mnt);
-    let mut d = Daemon::start(&m.mnt, &REFRESH);
+    let slow = ["--test-reconcile-delay-ms", "3000"];
+    let extra: Vec<&str> = REFRESH
+        .iter()
+        .chain(if seed % 3 == 2 { &slow[..] } else { &[] })
+        .copied()
+        .collect();
+    let mut d = Daemon::start(&m.mnt, &extra);
     let tree = m.mnt.join("tree");
     let outside = m.mnt.join("outside");
     std::fs::create_dir_all(&tree).unwrap();
@@ -452,7 +485,7 @@ fn crash_image(fs: Fs, seed: u64, ops: usize) -> Outcome {
     m.mount_image(&copy);
     d.spawn();
     let after = snapshot::take(&tree);
-    let mut out = judge(&d, &c0, &before, &after);
+    let mut out = judge(&d, &c0, &before, &after, &tree.join("w0"));
     out.ops = done;
     out.crash_points = 1;
     drop(d);

@@ -62,8 +62,10 @@ fn replay_then_live_loses_and_repeats_nothing_at_the_seam() {
         .filter(|l| matches!(l, FollowLine::HistoryDone { .. }))
         .collect();
     assert_eq!(done.len(), 1, "{others:?}");
-    // The replay ended no earlier than what was durable at the request.
-    assert!(seq_of(done[0].cursor()) >= 301);
+    // The replay ended no earlier than what was durable at the request
+    // (records 1..=300; exactly 300 when the follower read no further
+    // before it said so, which a loaded machine shows).
+    assert!(seq_of(done[0].cursor()) >= 300);
 }
 
 #[test]
