@@ -53,7 +53,7 @@ impl fmt::Display for WalkError {
                     cj_types::log_path(path)
                 )
             }
-            WalkError::Cancelled => f.write_str("the walk was cancelled (root untracked)"),
+            WalkError::Cancelled => f.write_str("the walk was interrupted (a scoped catch-up, an untrack or a stop)"),
         }
     }
 }
