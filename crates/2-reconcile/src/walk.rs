@@ -53,7 +53,9 @@ impl fmt::Display for WalkError {
                     cj_types::log_path(path)
                 )
             }
-            WalkError::Cancelled => f.write_str("the walk was interrupted (a scoped catch-up, an untrack or a stop)"),
+            WalkError::Cancelled => {
+                f.write_str("the walk was interrupted (a scoped catch-up, an untrack or a stop)")
+            }
         }
     }
 }

@@ -115,6 +115,35 @@ pub fn user_name(uid: u32) -> Option<String> {
     Some(name.to_string_lossy().into_owned())
 }
 
+/// The groups (numbers) user `uid` is in, primary group included; empty if
+/// the user is unknown.
+pub fn groups_of(uid: u32) -> Vec<u32> {
+    let mut buf = vec![0u8; NSS_BUFFER_BYTES];
+    // SAFETY: passwd is plain data; getpwuid_r writes into pwd and buf.
+    let mut pwd: libc::passwd = unsafe { std::mem::zeroed() };
+    let mut out: *mut libc::passwd = std::ptr::null_mut();
+    let rc =
+        unsafe { libc::getpwuid_r(uid, &mut pwd, buf.as_mut_ptr().cast(), buf.len(), &mut out) };
+    if rc != 0 || out.is_null() {
+        return Vec::new();
+    }
+    let gid = pwd.pw_gid;
+    let mut gids = vec![0 as libc::gid_t; GROUPS_MAX];
+    let mut n = GROUPS_MAX as libc::c_int;
+    // SAFETY: pw_name points into buf, NUL-terminated; gids has room for n.
+    let rc = unsafe { libc::getgrouplist(pwd.pw_name, gid, gids.as_mut_ptr(), &mut n) };
+    let n = if rc < 0 {
+        GROUPS_MAX
+    } else {
+        n.max(0) as usize
+    };
+    gids.truncate(n);
+    if !gids.contains(&gid) {
+        gids.push(gid);
+    }
+    gids
+}
+
 /// The names of the groups `user` is in (primary group `gid` included).
 fn group_names(user: &str, gid: u32) -> Vec<String> {
     let Ok(cuser) = CString::new(user) else {

@@ -21,6 +21,8 @@ pub const CONSUMER_IDLE_DEFAULT_DAYS: u64 = 30;
 pub struct Config {
     pub state_dir: PathBuf,
     pub socket: PathBuf,
+    /// The Watchman-protocol socket, if any (docs/watchman.md).
+    pub watchman_socket: Option<PathBuf>,
     /// `KernelDefault` only to force overflows in tests.
     pub queue: QueueLimit,
     pub journal: cj_journal::Options,
@@ -60,6 +62,7 @@ impl Default for Config {
         Config {
             state_dir: DEFAULT_STATE_DIR.into(),
             socket: DEFAULT_SOCKET.into(),
+            watchman_socket: None,
             queue: QueueLimit::Unlimited,
             journal: cj_journal::Options::default(),
             commit_interval: Duration::from_millis(pipeline::COMMIT_INTERVAL_DEFAULT_MS),
@@ -129,6 +132,9 @@ pub fn differences(old: &Config, new: &Config) -> (Vec<String>, Vec<&'static str
     }
     if old.socket != new.socket {
         restart.push("socket");
+    }
+    if old.watchman_socket != new.watchman_socket {
+        restart.push("watchman_socket");
     }
     if old.commit_interval != new.commit_interval {
         restart.push("commit_interval_ms");

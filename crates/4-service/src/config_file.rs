@@ -20,6 +20,8 @@ pub const CONFIG_BYTES_MAX: u64 = 1 << 20;
 pub struct Settings {
     pub state_dir: Option<PathBuf>,
     pub socket: Option<PathBuf>,
+    /// The Watchman-protocol socket (issue 14); none by default.
+    pub watchman_socket: Option<PathBuf>,
     pub retain_mib: Option<u64>,
     pub retain_days: Option<u64>,
     pub commit_interval_ms: Option<u64>,
@@ -134,7 +136,11 @@ impl Settings {
                 ));
             }
         }
-        for (key, p) in [("state_dir", &s.state_dir), ("socket", &s.socket)] {
+        for (key, p) in [
+            ("state_dir", &s.state_dir),
+            ("socket", &s.socket),
+            ("watchman_socket", &s.watchman_socket),
+        ] {
             if p.as_ref().is_some_and(|p| !p.is_absolute()) {
                 return Err(format!(
                     "line {}: {key} must be an absolute path",
@@ -157,6 +163,7 @@ impl Settings {
         pick!(
             state_dir,
             socket,
+            watchman_socket,
             retain_mib,
             retain_days,
             commit_interval_ms,
@@ -175,6 +182,7 @@ impl Settings {
         crate::Config {
             state_dir: self.state_dir.clone().unwrap_or(d.state_dir),
             socket: self.socket.clone().unwrap_or(d.socket),
+            watchman_socket: self.watchman_socket.clone(),
             queue: d.queue,
             journal: cj_journal::Options {
                 retain_bytes: self

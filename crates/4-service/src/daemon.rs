@@ -159,6 +159,30 @@ impl Daemon {
         Ok(())
     }
 
+    /// The Watchman-protocol socket to serve, if configured.
+    pub fn watchman_socket(&self) -> Option<std::path::PathBuf> {
+        self.config.watchman_socket.clone()
+    }
+
+    /// Answers Watchman clients on `listener` (issue 14).
+    pub fn serve_watchman(&self, listener: UnixListener) -> Result<(), Error> {
+        let Some(path) = self.config.watchman_socket.clone() else {
+            return Ok(());
+        };
+        let ep = Arc::new(crate::watchman::Endpoint::new(
+            self.ctx.clone(),
+            path.clone(),
+            vec![self.ctx.state_dir.as_os_str().as_bytes().to_vec()],
+        ));
+        let shutdown = self.shutdown.clone();
+        std::thread::Builder::new()
+            .name("cj-wm-accept".into())
+            .spawn(move || crate::watchman::serve(listener, ep, &shutdown))
+            .map_err(io(&path, "start the Watchman thread"))?;
+        log(format!("Watchman protocol on {}", path.display()));
+        Ok(())
+    }
+
     /// Where signals and fatal errors are sent to end [`Daemon::wait`].
     pub fn exit_sender(&self) -> SyncSender<Exit> {
         self.exit_tx.clone()
@@ -239,6 +263,10 @@ impl Daemon {
         // Wake the accept loop so it sees the flag.
         let _ = std::os::unix::net::UnixStream::connect(&self.config.socket);
         let _ = fs::remove_file(&self.config.socket);
+        if let Some(w) = &self.config.watchman_socket {
+            let _ = std::os::unix::net::UnixStream::connect(w);
+            let _ = fs::remove_file(w);
+        }
         let sig = match exit {
             Exit::Signal(sig) => sig,
             Exit::Reload => 0,

@@ -30,6 +30,7 @@ pub mod server;
 pub mod shared;
 pub mod start;
 pub mod state;
+pub mod watchman;
 mod writer;
 
 use std::fs;
@@ -61,6 +62,9 @@ pub fn run(config: Config) -> Result<(), Error> {
         .map_err(io(&socket, "start signal thread"))?;
     let mut daemon = daemon;
     daemon.serve(bind_socket(&socket)?)?;
+    if let Some(w) = daemon.watchman_socket() {
+        daemon.serve_watchman(bind_socket(&w)?)?;
+    }
     loop {
         match daemon.wait() {
             Exit::Reload => daemon.reload(),

@@ -771,7 +771,7 @@ impl Reconciler {
         let mut old = old;
         if let (Some(base), Some(Ok((touched, forced)))) = (old.as_mut(), &touched) {
             match self.method(&root_fd, base, &marks, *forced) {
-                Ok(method) => match self.fast_pass(fsid, base, touched, method, &root_fd) {
+                Ok(method) => match self.fast_whole(fsid, base, touched, method, &root_fd) {
                     Ok(recs) => {
                         self.status(|s| s.last_method = method.as_str());
                         let after = base.valid_after_seq;
@@ -844,6 +844,20 @@ impl Reconciler {
             std::thread::sleep(Duration::from_millis(10));
         }
         Ok(())
+    }
+
+    /// A fast path costs what changed, about what a scoped walk would: it
+    /// is not interrupted for one (design 11.8).
+    fn fast_whole(
+        &self,
+        fsid: u64,
+        base: &mut Snapshot,
+        touched: &Touched,
+        method: Method,
+        root_fd: &std::os::fd::OwnedFd,
+    ) -> Result<Vec<RecordBody>, String> {
+        self.queue().preemptible.store(false, Ordering::SeqCst);
+        self.fast_pass(fsid, base, touched, method, root_fd)
     }
 
     /// The XFS or btrfs fast path (design 11.1): brings `base` up to date

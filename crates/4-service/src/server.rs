@@ -70,8 +70,8 @@ pub(crate) use consumer_ops::refresh_pin;
 pub use follow::{FOLLOWERS_MAX, FOLLOW_BUFFER_BYTES, FOLLOW_STALL_DEFAULT, HEARTBEAT_DEFAULT};
 
 pub(crate) struct Failure {
-    code: &'static str,
-    message: String,
+    pub(crate) code: &'static str,
+    pub(crate) message: String,
 }
 
 pub(crate) fn fail(code: &'static str, message: impl Into<String>) -> Failure {
@@ -128,7 +128,7 @@ impl Context {
             .unwrap_or_else(|e| e.into_inner())
     }
 
-    fn roots(&self) -> Vec<RootState> {
+    pub(crate) fn roots(&self) -> Vec<RootState> {
         self.shared
             .roots
             .lock()
@@ -197,7 +197,7 @@ fn peer_cred(stream: &UnixStream) -> Option<(u32, u32)> {
 
 /// Who the peer is and what it may see; `Err` with the refusal if it
 /// may see nothing.
-fn client_of(stream: &UnixStream, ctx: &Context) -> Result<Client, String> {
+pub(crate) fn client_of(stream: &UnixStream, ctx: &Context) -> Result<Client, String> {
     let (uid, gid) = peer_cred(stream).ok_or("permission denied: cannot tell who you are")?;
     let grants = ctx
         .shared
@@ -361,7 +361,7 @@ pub(crate) fn check_tracked(ctx: &Context, path: &[u8]) -> Result<(), Failure> {
     ))
 }
 
-fn track(ctx: &Context, path: Vec<u8>, add: bool) -> Result<(), Failure> {
+pub(crate) fn track(ctx: &Context, path: Vec<u8>, add: bool) -> Result<(), Failure> {
     let _guard = ctx.roots_lock.lock().unwrap_or_else(|e| e.into_inner());
     let (tx, rx) = mpsc::sync_channel(1);
     let msg = if add {
@@ -526,7 +526,7 @@ pub(crate) fn consumer_start(
 
 /// The answer for `(since, now]`, once the gaps in range are closed, the
 /// reconciler has nothing left to do, or `deadline` has passed.
-fn answer_when_ready(
+pub(crate) fn answer_when_ready(
     ctx: &Context,
     since: Result<Cursor, RescanReason>,
     scopes: Option<&[Vec<u8>]>,

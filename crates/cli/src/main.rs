@@ -14,6 +14,7 @@ use clap::{Parser, Subcommand};
 
 mod git;
 mod stream;
+mod watchman;
 
 #[derive(Parser)]
 #[command(
@@ -75,6 +76,10 @@ struct DaemonArgs {
     /// so, and resumes from its cursor) [default: 30000]
     #[arg(long, value_name = "MS")]
     follow_stall_ms: Option<u64>,
+    /// Also speak the Watchman protocol on this socket (point WATCHMAN_SOCK
+    /// at it; docs/watchman.md)
+    #[arg(long, value_name = "PATH")]
+    watchman_socket: Option<PathBuf>,
     /// Testing only: use the kernel's bounded event queue so that
     /// overflows can be forced.
     #[arg(long, hide = true)]
@@ -184,6 +189,15 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    // Run as `watchman` (a symlink): a Watchman client (docs/watchman.md).
+    let args: Vec<String> = std::env::args().collect();
+    let name = args
+        .first()
+        .map(|a| a.rsplit('/').next().unwrap_or(a).to_string())
+        .unwrap_or_default();
+    if name == "watchman" {
+        return ExitCode::from(watchman::main(args) as u8);
+    }
     let cli = Cli::parse();
     match run(cli) {
         Ok(code) => ExitCode::from(code as u8),
@@ -279,6 +293,7 @@ fn daemon(socket: Option<PathBuf>, a: DaemonArgs) -> Result<i32> {
     let flags = Settings {
         state_dir: a.state_dir,
         socket: socket.or_else(|| std::env::var_os("CJ_SOCKET").map(PathBuf::from)),
+        watchman_socket: a.watchman_socket,
         retain_mib: a.retain_mib,
         retain_days: a.retain_days,
         commit_interval_ms: a.commit_interval_ms,

@@ -115,6 +115,7 @@ pub fn parse(v: &Val, clocks: &mut Clocks) -> Result<Expr, String> {
     parse_at(v, clocks, 0)
 }
 
+// long: one arm per term of the expression language, read as a table
 fn parse_at(v: &Val, clocks: &mut Clocks, depth: usize) -> Result<Expr, String> {
     if depth > EXPR_DEPTH_MAX {
         return Err("expression nested too deeply".into());
@@ -123,13 +124,16 @@ fn parse_at(v: &Val, clocks: &mut Clocks, depth: usize) -> Result<Expr, String> 
     let (name, args): (&str, &[Val]) = match v {
         Val::Str(_) | Val::Bytes(_) => (v.as_str().unwrap_or(""), &[]),
         Val::Array(a) if !a.is_empty() => (
-            a[0].as_str().ok_or("an expression term name must be a string")?,
+            a[0].as_str()
+                .ok_or("an expression term name must be a string")?,
             &a[1..],
         ),
         _ => return Err(format!("expected an expression term, got {}", short(v))),
     };
     let sub = |vals: &[Val], clocks: &mut Clocks| -> Result<Vec<Expr>, String> {
-        vals.iter().map(|x| parse_at(x, clocks, depth + 1)).collect()
+        vals.iter()
+            .map(|x| parse_at(x, clocks, depth + 1))
+            .collect()
     };
     let arg = |i: usize| -> Result<&Val, String> {
         args.get(i)
@@ -217,7 +221,11 @@ fn parse_at(v: &Val, clocks: &mut Clocks, depth: usize) -> Result<Expr, String> 
                 let field = args.get(1).and_then(Val::as_str).unwrap_or("oclock");
                 match field {
                     "oclock" | "cclock" => {}
-                    _ => return Err(format!("\"since\" with a clock compares oclock or cclock, not {field}")),
+                    _ => {
+                        return Err(format!(
+                            "\"since\" with a clock compares oclock or cclock, not {field}"
+                        ))
+                    }
                 }
                 clocks.0.push(c.to_string());
                 Expr::SinceClock(clocks.0.len() - 1)
@@ -240,7 +248,11 @@ fn strings(v: &Val) -> Result<Vec<Vec<u8>>, String> {
     match v {
         Val::Array(a) => a
             .iter()
-            .map(|x| x.as_bytes().map(<[u8]>::to_vec).ok_or("expected strings".to_string()))
+            .map(|x| {
+                x.as_bytes()
+                    .map(<[u8]>::to_vec)
+                    .ok_or("expected strings".to_string())
+            })
             .collect(),
         other => Ok(vec![other
             .as_bytes()
@@ -274,6 +286,7 @@ fn lower(b: &[u8]) -> Vec<u8> {
 }
 
 impl Expr {
+    // long: one arm per term of the expression language, read as a table
     pub fn eval(&self, f: &FileView<'_>) -> bool {
         match self {
             Expr::True => true,
@@ -286,7 +299,7 @@ impl Expr {
                 match base.iter().rposition(|&b| b == b'.') {
                     Some(i) if i + 1 < base.len() => {
                         let ext = lower(&base[i + 1..]);
-                        list.iter().any(|s| *s == ext)
+                        list.contains(&ext)
                     }
                     _ => false,
                 }
@@ -309,7 +322,11 @@ impl Expr {
                 };
                 wildmatch(pattern, subject, opts)
             }
-            Expr::Name { names, scope, icase } => {
+            Expr::Name {
+                names,
+                scope,
+                icase,
+            } => {
                 let subject = match scope {
                     Scope::Basename => basename(f.name),
                     Scope::Wholename => f.name,
@@ -343,7 +360,9 @@ impl Expr {
                     _ => false,
                 }
             }
-            Expr::Type(t) => f.exists && f.kind == *t,
+            // A file that is gone keeps the type last seen; one whose type
+            // nobody saw (`?`) may have been any (a false positive at worst).
+            Expr::Type(t) => f.kind == *t || f.kind == b'?',
             Expr::Exists => f.exists,
             Expr::Empty => {
                 f.exists && ((f.kind == b'f' && f.size == 0) || (f.kind == b'd' && f.empty_dir))
@@ -440,9 +459,7 @@ fn wm_step(p: &[u8], t: &[u8], pi: usize, ti: usize, o: Wild, memo: &mut [Option
             }
         }
         b'*' => star(p, t, pi + 1, ti, o, memo),
-        b'?' => {
-            ti < t.len() && t[ti] != b'/' && !hidden(ti) && wm(p, t, pi + 1, ti + 1, o, memo)
-        }
+        b'?' => ti < t.len() && t[ti] != b'/' && !hidden(ti) && wm(p, t, pi + 1, ti + 1, o, memo),
         b'[' => match class(p, pi, t.get(ti).copied(), o) {
             Some((matched, next)) => {
                 matched && t[ti] != b'/' && !hidden(ti) && wm(p, t, next, ti + 1, o, memo)

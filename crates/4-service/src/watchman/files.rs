@@ -233,7 +233,10 @@ mod tests {
         assert_eq!(stat(lb).unwrap().kind(), b'l');
         assert_eq!(symlink_target(lb).unwrap(), b"f");
         let c = Sha1Cache::default();
-        assert_eq!(c.hex(fb, &i).unwrap(), "a9993e364706816aba3e25717850c26c9cd0d89d");
+        assert_eq!(
+            c.hex(fb, &i).unwrap(),
+            "a9993e364706816aba3e25717850c26c9cd0d89d"
+        );
         assert!(c.hex(lb, &stat(lb).unwrap()).is_err());
         assert!(!dir_is_empty(d.path().as_os_str().as_bytes()));
         std::fs::create_dir(d.path().join("e")).unwrap();

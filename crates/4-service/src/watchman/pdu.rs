@@ -171,6 +171,8 @@ mod tests {
             assert!(read(&mut io::BufReader::new(bad)).is_err(), "{bad:?}");
         }
         assert!(read(&mut io::BufReader::new(&b""[..])).unwrap().is_none());
-        assert!(read(&mut io::BufReader::new(&b"\n\n"[..])).unwrap().is_none());
+        assert!(read(&mut io::BufReader::new(&b"\n\n"[..]))
+            .unwrap()
+            .is_none());
     }
 }

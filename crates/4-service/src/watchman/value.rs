@@ -223,7 +223,10 @@ mod tests {
     fn values_round_trip_through_both_encodings() {
         let v = Val::obj([
             ("a", Val::Int(-5)),
-            ("b", Val::Array(vec![Val::Bool(true), Val::Null, Val::Real(1.5)])),
+            (
+                "b",
+                Val::Array(vec![Val::Bool(true), Val::Null, Val::Real(1.5)]),
+            ),
             ("name", Val::Bytes(b"bad\xff\nname".to_vec())),
             ("big", Val::Int(1 << 40)),
         ]);
@@ -233,7 +236,10 @@ mod tests {
         let json = serde_json::to_string(&v.to_json()).unwrap();
         let back: Val = serde_json::from_str(&json).unwrap();
         assert_eq!(back.get("a"), Some(&Val::Int(-5)));
-        assert_eq!(back.get("name").and_then(Val::as_str), Some("bad\u{fffd}\nname"));
+        assert_eq!(
+            back.get("name").and_then(Val::as_str),
+            Some("bad\u{fffd}\nname")
+        );
     }
 
     #[test]

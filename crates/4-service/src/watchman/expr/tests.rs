@@ -132,9 +132,14 @@ fn every_term_matches_as_documented() {
         exists: false,
         ..file("a")
     };
-    for e in ["\"exists\"", "[\"type\", \"f\"]", "[\"size\", \"ge\", 0]", "\"empty\""] {
+    for e in ["\"exists\"", "[\"size\", \"ge\", 0]", "\"empty\""] {
         assert!(!expr(e).eval(&gone), "{e}");
     }
+    // A deleted file keeps its type; an unknown one matches any.
+    assert!(expr("[\"type\", \"f\"]").eval(&gone));
+    assert!(!expr("[\"type\", \"d\"]").eval(&gone));
+    let unknown = FileView { kind: b'?', ..gone };
+    assert!(expr("[\"type\", \"d\"]").eval(&unknown));
     let empty = FileView {
         size: 0,
         ..file("e")
@@ -150,7 +155,8 @@ fn every_term_matches_as_documented() {
 
 #[test]
 fn since_clock_terms_name_their_clocks() {
-    let v: Val = serde_json::from_str(r#"["anyof", ["since", "c:x"], ["since", "c:y", "cclock"]]"#).unwrap();
+    let v: Val =
+        serde_json::from_str(r#"["anyof", ["since", "c:x"], ["since", "c:y", "cclock"]]"#).unwrap();
     let mut clocks = Clocks::default();
     let e = parse(&v, &mut clocks).unwrap();
     assert_eq!(clocks.0, vec!["c:x".to_string(), "c:y".to_string()]);
