@@ -713,6 +713,10 @@ fn status(ctx: &Context) -> Value {
         "config": ctx.shared.config.lock().unwrap_or_else(|e| e.into_inner()).clone(),
         "gaps": gaps_status(ctx),
         "reconcile": reconcile_status(ctx),
+        "watchman": {
+            "queries": crate::watchman::QUERIES.load(Ordering::Relaxed),
+            "fresh_instances": crate::watchman::FRESH_INSTANCES.load(Ordering::Relaxed),
+        },
     })
 }
 

@@ -87,11 +87,16 @@ pub fn fsmonitor(socket: &Path, version: &str, token: &str) -> Result<i32> {
         if rel.is_empty() || is_git_dir(rel) {
             continue;
         }
+        // The name itself: git matches `name/` only against entries
+        // below it, so a file that replaced a directory or a symlink (or
+        // the reverse) must be listed without the slash too (found by
+        // git's t3903-stash.sh run through this hook).
         out.extend_from_slice(rel);
-        if e.subtree && !rel.ends_with(b"/") {
-            out.push(b'/');
-        }
         out.push(0);
+        if e.subtree && !rel.ends_with(b"/") {
+            out.extend_from_slice(rel);
+            out.extend_from_slice(b"/\0");
+        }
     }
     emit(&out)
 }

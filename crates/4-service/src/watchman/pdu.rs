@@ -118,7 +118,12 @@ pub fn encode(v: &Val, encoding: Encoding) -> Vec<u8> {
             out
         }
         Encoding::Bser2 | Encoding::Bser1 => {
-            let Ok(mut out) = serde_bser::ser::serialize(Vec::new(), v) else {
+            let encoded = if encoding == Encoding::Bser1 {
+                serde_bser::ser::serialize(Vec::new(), super::value::AsV1(v))
+            } else {
+                serde_bser::ser::serialize(Vec::new(), v)
+            };
+            let Ok(mut out) = encoded else {
                 return encode(&Val::obj([("error", Val::str("cannot encode"))]), encoding);
             };
             if encoding == Encoding::Bser1 && out.len() >= 6 {

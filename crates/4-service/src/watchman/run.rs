@@ -399,6 +399,10 @@ pub fn run_query(
     }
     let clock = clock_of(&cursor);
     let out = files_of(&q, found, fresh, &changed, &clock);
+    super::QUERIES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    if fresh {
+        super::FRESH_INSTANCES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
     let response = Val::obj([
         ("version", Val::str(VERSION)),
         ("clock", Val::str(clock)),

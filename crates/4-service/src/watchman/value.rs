@@ -136,6 +136,41 @@ impl Serialize for Val {
     }
 }
 
+/// BSER version 1 has no UTF-8 string type (0x0d came with version 2):
+/// every string, keys included, is sent as a byte string.
+pub struct AsV1<'a>(pub &'a Val);
+
+struct BytesKey<'a>(&'a str);
+
+impl Serialize for BytesKey<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_bytes(self.0.as_bytes())
+    }
+}
+
+impl Serialize for AsV1<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self.0 {
+            Val::Str(v) => s.serialize_bytes(v.as_bytes()),
+            Val::Array(a) => {
+                let mut seq = s.serialize_seq(Some(a.len()))?;
+                for v in a {
+                    seq.serialize_element(&AsV1(v))?;
+                }
+                seq.end()
+            }
+            Val::Object(m) => {
+                let mut map = s.serialize_map(Some(m.len()))?;
+                for (k, v) in m {
+                    map.serialize_entry(&BytesKey(k), &AsV1(v))?;
+                }
+                map.end()
+            }
+            other => other.serialize(s),
+        }
+    }
+}
+
 struct ValVisitor {
     depth: usize,
 }

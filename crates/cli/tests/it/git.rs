@@ -269,3 +269,37 @@ fn unknown_corrupted_and_unanswerable_tokens_make_git_look_at_everything() {
     assert_eq!(with, without);
     assert!(with.contains("while-down.txt"));
 }
+
+/// A path whose type changed (symlink to file, file to directory and
+/// back) is listed with and without its trailing slash: git matches
+/// `name/` only against entries below `name`, so with the slash alone it
+/// kept the old symlink as unchanged (found by git's own t3903-stash.sh
+/// run through the hook: `rm link; cp file link; git stash` saw nothing).
+#[test]
+fn a_path_whose_type_changed_is_seen_by_git() {
+    let m = Mount::new(Fs::Tmpfs);
+    let (d, wt) = setup(&m, false);
+    // At the top of the worktree: no parent directory is listed with it.
+    std::os::unix::fs::symlink("src/a.txt", wt.join("link")).unwrap();
+    git(&wt, &["add", "-A"]);
+    git(&wt, &["commit", "-qm", "link"]);
+    let (a, b) = statuses(&wt, true);
+    assert_eq!(a, b);
+    // Past git's racy-timestamp window, so that git trusts its index.
+    std::thread::sleep(std::time::Duration::from_millis(2500));
+    let (a, b) = statuses(&wt, true);
+    assert_eq!(a, b);
+    let token = d.cursor();
+    std::fs::remove_file(wt.join("link")).unwrap();
+    std::fs::copy(wt.join("src/a.txt"), wt.join("link")).unwrap();
+    let out = hook(&d, &wt, &token);
+    let parts: Vec<&[u8]> = out.stdout.split(|b| *b == 0).collect();
+    assert!(
+        parts.contains(&&b"link"[..]),
+        "{:?}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let (with, without) = statuses(&wt, true);
+    assert_eq!(with, without, "{}", d.log_text());
+    assert!(with.contains("link"), "{with}");
+}
