@@ -714,8 +714,8 @@ fn status(ctx: &Context) -> Value {
         "gaps": gaps_status(ctx),
         "reconcile": reconcile_status(ctx),
         "watchman": {
-            "queries": crate::watchman::QUERIES.load(Ordering::Relaxed),
-            "fresh_instances": crate::watchman::FRESH_INSTANCES.load(Ordering::Relaxed),
+            "queries": crate::shared::WATCHMAN_QUERIES.load(Ordering::Relaxed),
+            "fresh_instances": crate::shared::WATCHMAN_FRESH.load(Ordering::Relaxed),
         },
     })
 }

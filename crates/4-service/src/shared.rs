@@ -114,3 +114,9 @@ pub enum Exit {
 
 /// Answered with the durable sequence number that covers the request.
 pub type Completion = SyncSender<Result<u64, String>>;
+
+/// Watchman queries answered, and how many were fresh instances (`cj
+/// status`: a client whose answers are often fresh instances rescans a
+/// lot).
+pub static WATCHMAN_QUERIES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+pub static WATCHMAN_FRESH: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);

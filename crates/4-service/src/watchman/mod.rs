@@ -109,11 +109,6 @@ pub const CAPABILITIES: &[&str] = &[
     "wildmatch-multislash",
 ];
 
-/// Queries answered, and how many of them were fresh instances (`cj
-/// status`: a client whose answers are often fresh instances rescans a lot).
-pub static QUERIES: AtomicU64 = AtomicU64::new(0);
-pub static FRESH_INSTANCES: AtomicU64 = AtomicU64::new(0);
-
 /// A state asserted on a root: its name and the connection that did.
 pub type Asserted = (String, u64);
 

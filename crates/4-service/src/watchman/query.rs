@@ -279,6 +279,23 @@ pub fn generated(spec: &Spec, rel: &[u8], kind: u8) -> bool {
     !any || hit
 }
 
+/// Why a walk for a query failed.
+#[derive(Debug)]
+pub enum WalkFailure {
+    /// The directory is gone or no longer a directory.
+    Vanished,
+    Other(String),
+}
+
+impl From<WalkFailure> for String {
+    fn from(w: WalkFailure) -> String {
+        match w {
+            WalkFailure::Vanished => "the directory is gone".into(),
+            WalkFailure::Other(m) => m,
+        }
+    }
+}
+
 /// Every file below `dir` (absolute; relative names from `base`) from a
 /// walk of it below the tracked `root`.
 pub fn walk_files(
@@ -288,18 +305,28 @@ pub fn walk_files(
     excluded: &[Vec<u8>],
     out: &mut BTreeMap<Vec<u8>, Candidate>,
     new: bool,
-) -> Result<(), String> {
+) -> Result<(), WalkFailure> {
     let progress = cj_reconcile::WalkProgress::default();
     let entries =
-        cj_reconcile::walk_scope(root, dir, excluded, &progress).map_err(|e| e.to_string())?;
+        cj_reconcile::walk_scope(root, dir, excluded, &progress).map_err(|e| match &e {
+            cj_reconcile::WalkError::Root { source, .. }
+                if matches!(
+                    source.raw_os_error(),
+                    Some(libc::ENOENT) | Some(libc::ENOTDIR)
+                ) =>
+            {
+                WalkFailure::Vanished
+            }
+            _ => WalkFailure::Other(e.to_string()),
+        })?;
     for (path, st) in entries.iter() {
         if path == base || !is_at_or_below(path, base) {
             continue;
         }
         if out.len() >= QUERY_FILES_MAX {
-            return Err(format!(
+            return Err(WalkFailure::Other(format!(
                 "more than {QUERY_FILES_MAX} files: narrow the query (relative_root, path, suffix)"
-            ));
+            )));
         }
         let rel = relative(path, base).to_vec();
         out.entry(rel).or_insert(Candidate {
@@ -347,10 +374,29 @@ pub fn from_answer(
             _ => b'?',
         };
         if e.subtree {
-            if e.exists {
-                walk_files(root, &e.path, base, excluded, &mut out, true)?;
-            } else {
-                gone.push(e.path.clone());
+            // What is below it now...
+            if files::stat(&e.path).is_some_and(|i| i.kind() == b'd') {
+                match walk_files(root, &e.path, base, excluded, &mut out, true) {
+                    Ok(()) => {}
+                    // Gone or replaced meanwhile: the next answer says so.
+                    Err(WalkFailure::Vanished) => {}
+                    Err(WalkFailure::Other(m)) => return Err(m),
+                }
+            }
+            // ... and what was below it at the clock, if it was renamed
+            // away: then nothing named its contents. (A directory that was
+            // deleted was empty; what it held was deleted first, and the
+            // answer names each; one replaced by a rename was empty too.)
+            // Renamed within the tree: what is below its new name now (and
+            // what the answer names there), under the old name; else
+            // `expand_gone`.
+            if !created && e.changes.contains(Changes::RENAMED_FROM) {
+                match e.renamed_to.as_deref() {
+                    Some(to) if is_at_or_below(to, root) => {
+                        moved_back(answer, root, &e.path, to, base, excluded, &mut out)?
+                    }
+                    _ => gone.push(e.path.clone()),
+                }
             }
         }
         out.insert(
@@ -365,19 +411,65 @@ pub fn from_answer(
     Ok((out, gone))
 }
 
+/// The names below `from` at the clock of a directory renamed to `to`:
+/// what is below `to` now and what the answer names below it, under the
+/// old name (exists: false unless something is there again).
+fn moved_back(
+    answer: &crate::query::Answer,
+    root: &[u8],
+    from: &[u8],
+    to: &[u8],
+    base: &[u8],
+    excluded: &[Vec<u8>],
+    out: &mut Files,
+) -> Result<(), String> {
+    let mut now = Files::new();
+    match walk_files(root, to, to, excluded, &mut now, false) {
+        Ok(()) | Err(WalkFailure::Vanished) => {}
+        Err(WalkFailure::Other(m)) => return Err(m),
+    }
+    let named = answer
+        .entries
+        .iter()
+        .filter(|e| e.path != to && is_at_or_below(&e.path, to))
+        .map(|e| (relative(&e.path, to).to_vec(), b'?'));
+    let moved: Vec<(Vec<u8>, u8)> = now
+        .into_iter()
+        .map(|(r, c)| (r, c.kind))
+        .chain(named)
+        .collect();
+    for (rel, kind) in moved {
+        let mut old = from.to_vec();
+        old.push(b'/');
+        old.extend_from_slice(&rel);
+        if is_at_or_below(&old, base) {
+            out.entry(relative(&old, base).to_vec())
+                .or_insert(Candidate {
+                    new: false,
+                    kind,
+                    since_clocks: Vec::new(),
+                });
+        }
+    }
+    Ok(())
+}
+
 /// Every path that may have been below the directories `gone` (absolute)
-/// at the clock: the root's baseline entries below them and every path
-/// the journal names below them since that baseline. `None` if that cannot
-/// be known (no baseline, or the journal since it has expired): the query
-/// is then a fresh instance.
+/// at the clock `since`: the root's baseline entries below them and every
+/// path the journal names below them since that baseline. `None` if that
+/// cannot be known: no baseline, one taken after the clock (it no longer
+/// holds what was there), the journal since it expired, or a directory
+/// renamed into one of them (the journal does not name what it held). The
+/// query is then a fresh instance.
 pub fn expand_gone(
     reader: &cj_journal::Reader,
     snapshots: &std::path::Path,
     root: &[u8],
     gone: &[Vec<u8>],
+    since: u64,
 ) -> Option<Vec<(Vec<u8>, u8)>> {
     let snap = cj_reconcile::Snapshot::load(snapshots, root).ok()??;
-    if snap.through_seq + 1 < reader.first_seq() {
+    if snap.through_seq > since || snap.through_seq + 1 < reader.first_seq() {
         return None;
     }
     let below = |p: &[u8]| {
@@ -401,6 +493,7 @@ pub fn expand_gone(
         }
     }
     let mut too_many = false;
+    let mut unknown = false;
     let end = reader.durable_seq();
     let scanned = reader.scan(snap.through_seq, end, |item| {
         if let cj_journal::Item::Record(r) = item {
@@ -411,6 +504,12 @@ pub fn expand_gone(
                     cj_types::ObjectKind::File => b'f',
                     _ => b'?',
                 };
+                let dir_moved_in = kind != b'f'
+                    && e.changes.contains(cj_types::Changes::RENAMED_TO)
+                    && gone.iter().any(|g| is_at_or_below(&e.path, g));
+                if dir_moved_in {
+                    unknown = true;
+                }
                 for p in [e.path, e.old_path] {
                     if below(&p) {
                         out.entry(p).or_insert(kind);
@@ -419,9 +518,9 @@ pub fn expand_gone(
             }
         }
         too_many = out.len() > QUERY_FILES_MAX;
-        !too_many
+        !too_many && !unknown
     });
-    if scanned.is_err() || too_many {
+    if scanned.is_err() || too_many || unknown {
         return None;
     }
     Some(out.into_iter().collect())

@@ -299,6 +299,7 @@ impl Q<'_> {
     /// The files changed since `clock`; `None`: a fresh instance.
     fn since_clock(&self, clock: &str) -> Result<(Option<query::Files>, Cursor), String> {
         let a = self.answer_since(clock)?;
+        let since_seq = cursor_of(clock).map_or(0, |c| c.seq);
         if !a.rescans.is_empty() {
             return Ok((None, a.cursor));
         }
@@ -312,6 +313,7 @@ impl Q<'_> {
             &self.ep.ctx.snapshots,
             &self.tracked,
             &gone,
+            since_seq,
         ) else {
             return Ok((None, a.cursor));
         };
@@ -341,6 +343,7 @@ impl Q<'_> {
             into,
             new,
         )
+        .map_err(String::from)
     }
 }
 
@@ -399,9 +402,9 @@ pub fn run_query(
     }
     let clock = clock_of(&cursor);
     let out = files_of(&q, found, fresh, &changed, &clock);
-    super::QUERIES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    crate::shared::WATCHMAN_QUERIES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     if fresh {
-        super::FRESH_INSTANCES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        crate::shared::WATCHMAN_FRESH.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     }
     let response = Val::obj([
         ("version", Val::str(VERSION)),

@@ -14,4 +14,5 @@ mod scoped;
 mod service;
 mod snapshot;
 mod unmount;
+mod watchman;
 mod workload;

@@ -35,4 +35,5 @@ const run = (c) => new Promise((ok, no) => client.command(c, (e, r) => (e ? no(e
   }
   client.end();
   console.log(JSON.stringify(out));
+  process.exit(0);
 })().catch(fail);

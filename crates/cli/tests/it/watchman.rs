@@ -1,0 +1,381 @@
+//! The Watchman endpoint with the real clients (issue 14): pywatchman
+//! (BSER v2), fb-watchman (BSER v1, the client Jest uses) and
+//! jest-haste-map, installed by `scripts/test-clients` (which
+//! `scripts/test` runs). Each watches a tree, takes a clock, and gets
+//! answers since it that cover every change (an oracle over random
+//! operations, checked against snapshots), across a kill -9 and a clean
+//! restart with changes made while the daemon was down, without a fresh
+//! instance.
+
+use std::collections::BTreeSet;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use serde_json::Value;
+
+use crate::harness::{Daemon, Fs, Mount, CJ};
+use crate::snapshot;
+use crate::workload::{self, Model, Rng};
+
+fn clients_dir() -> PathBuf {
+    let d = std::env::var_os("CJ_TEST_CLIENTS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/test-clients"));
+    assert!(
+        d.join("venv/bin/python").exists() && d.join("node_modules/fb-watchman").exists(),
+        "the Watchman clients are not installed in {}: run scripts/test-clients \
+         (scripts/test does)",
+        d.display()
+    );
+    d
+}
+
+fn script(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/it/clients")
+        .join(name)
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Kind {
+    Python,
+    Node,
+}
+
+fn client(kind: Kind, sock: &Path, args: &[&str]) -> Value {
+    let dir = clients_dir();
+    let mut cmd = match kind {
+        Kind::Python => {
+            let mut c = Command::new(dir.join("venv/bin/python"));
+            c.arg(script("wm.py")).arg(sock);
+            c
+        }
+        Kind::Node => {
+            let mut c = Command::new("node");
+            c.arg(script("wm.js"));
+            c
+        }
+    };
+    let out = cmd
+        .args(args)
+        .env("WATCHMAN_SOCK", sock)
+        .env("CJ_TEST_CLIENTS", &dir)
+        .output()
+        .expect("python3 and node are installed (.ci/run)");
+    assert!(
+        out.status.success(),
+        "{kind:?} client {args:?}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    serde_json::from_str(text.lines().last().unwrap_or("")).unwrap()
+}
+
+fn unhex(s: &str) -> Vec<u8> {
+    (0..s.len() / 2)
+        .map(|i| u8::from_str_radix(&s[2 * i..2 * i + 2], 16).unwrap())
+        .collect()
+}
+
+/// Every path that differs between the snapshots, relative to `root`,
+/// is named by the answer (fb-watchman reads names as UTF-8: compared
+/// lossily for it).
+#[allow(clippy::too_many_arguments)]
+fn assert_covers(
+    kind: Kind,
+    root: &Path,
+    before: &snapshot::Snapshot,
+    after: &snapshot::Snapshot,
+    since: &str,
+    answer: &Value,
+    what: &str,
+    d: &Daemon,
+) {
+    assert_eq!(
+        answer["fresh"],
+        false,
+        "{what}: a fresh instance: {answer}\n{}",
+        d.log_text()
+    );
+    let names: BTreeSet<Vec<u8>> = answer["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| unhex(n.as_str().unwrap()))
+        .collect();
+    let mut missed = Vec::new();
+    for p in snapshot::diff(before, after) {
+        let Ok(rel) = p.strip_prefix(root) else {
+            continue;
+        };
+        let rel = rel.as_os_str().as_bytes();
+        if rel.is_empty() {
+            continue;
+        }
+        let want = match kind {
+            Kind::Python => rel.to_vec(),
+            Kind::Node => String::from_utf8_lossy(rel).as_bytes().to_vec(),
+        };
+        if !names.contains(&want) {
+            missed.push(String::from_utf8_lossy(rel).into_owned());
+        }
+    }
+    if !missed.is_empty() {
+        let since = since.strip_prefix("c:").unwrap_or(since);
+        let journal = d.ok(&[
+            "changes",
+            "--json",
+            "--since",
+            since,
+            root.to_str().unwrap(),
+        ]);
+        panic!(
+            "{what}: {kind:?} missed {missed:?}\nanswer: {answer}\ncj's answer:\n{journal}\n{}",
+            d.log_text()
+        );
+    }
+}
+
+fn models(rng: &mut Rng, proj: &Path, outside: &Path) -> Vec<Model> {
+    (0..2)
+        .map(|k| {
+            let own = proj.join(format!("w{k}"));
+            std::fs::create_dir_all(own.join("sub")).unwrap();
+            std::fs::create_dir_all(outside).unwrap();
+            let mut m = Model::new(
+                vec![own.clone(), own.join("sub"), proj.join("shared")],
+                vec![outside.to_path_buf()],
+            );
+            workload::run(rng, &mut m, 10);
+            m
+        })
+        .collect()
+}
+
+fn batch(rng: &mut Rng, models: &mut [Model], ops: usize) {
+    for m in models.iter_mut() {
+        workload::run(rng, m, ops);
+    }
+}
+
+fn oracle(kind: Kind, fs: Fs, seed: u64) {
+    let m = Mount::new(fs);
+    let sock = m.dir.path().join("wm.sock");
+    let sock_s = sock.to_str().unwrap().to_string();
+    let mut d = Daemon::start(
+        &m.dir.path().join("daemon"),
+        &["--watchman-socket", &sock_s],
+    );
+    let proj = m.mnt.join("proj");
+    std::fs::create_dir_all(proj.join("shared")).unwrap();
+    std::fs::write(proj.join(".watchmanconfig"), "{}").unwrap();
+    let p = proj.to_str().unwrap();
+    // The first watch tracks the project; the baseline, then the clock.
+    client(kind, &sock, &["clock", p]);
+    d.reconciled();
+    let mut rng = Rng(seed);
+    let mut models = models(&mut rng, &proj, &m.mnt.join("outside"));
+    let c0 = client(kind, &sock, &["clock", p]);
+    let before = snapshot::take(&proj);
+    batch(&mut rng, &mut models, 25);
+    let after1 = snapshot::take(&proj);
+    let q1 = client(kind, &sock, &["query", p, c0["clock"].as_str().unwrap()]);
+
+    let c0 = c0["clock"].as_str().unwrap().to_string();
+    assert_covers(kind, &proj, &before, &after1, &c0, &q1, "while up", &d);
+    // Killed, changes while down, started: the old clock still answers.
+    d.kill9();
+    batch(&mut rng, &mut models, 25);
+    d.spawn();
+    let after2 = snapshot::take(&proj);
+    let q2 = client(kind, &sock, &["query", p, q1["clock"].as_str().unwrap()]);
+    let c1 = q1["clock"].as_str().unwrap();
+    assert_covers(kind, &proj, &after1, &after2, c1, &q2, "after kill -9", &d);
+    // A clean stop, changes while down, a start.
+    d.stop();
+    batch(&mut rng, &mut models, 25);
+    d.spawn();
+    let after3 = snapshot::take(&proj);
+    let q3 = client(kind, &sock, &["query", p, q2["clock"].as_str().unwrap()]);
+    let c2 = q2["clock"].as_str().unwrap();
+    assert_covers(
+        kind,
+        &proj,
+        &after2,
+        &after3,
+        c2,
+        &q3,
+        "after a downtime",
+        &d,
+    );
+    // A subscription sees a new file.
+    let s = client(
+        kind,
+        &sock,
+        &[
+            "subscribe",
+            p,
+            q3["clock"].as_str().unwrap(),
+            "subscribed.js",
+        ],
+    );
+    assert_eq!(s["seen"], true, "{s}\n{}", d.log_text());
+}
+
+#[test]
+fn pywatchman_answers_cover_every_change_across_restarts() {
+    for seed in crate::oracle::seeds(&[61]) {
+        oracle(Kind::Python, Fs::Ext4, seed);
+    }
+}
+
+#[test]
+fn fb_watchman_answers_cover_every_change_across_restarts() {
+    for seed in crate::oracle::seeds(&[62]) {
+        oracle(Kind::Node, Fs::Xfs, seed);
+    }
+}
+
+fn haste(bin: &Path, sock: &Path, proj: &Path, crawler: &str, cache: &Path) -> Vec<String> {
+    std::fs::create_dir_all(cache).unwrap();
+    let path = format!(
+        "{}:{}",
+        bin.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let out = Command::new("node")
+        .arg(script("haste.js"))
+        .arg(proj)
+        .arg(crawler)
+        .arg(cache)
+        .env("PATH", path)
+        .env("WATCHMAN_SOCK", sock)
+        .env("CJ_TEST_CLIENTS", clients_dir())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "jest-haste-map ({crawler}): {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(
+        out.stdout
+            .trim_ascii_end()
+            .rsplit(|b| *b == b'\n')
+            .next()
+            .unwrap(),
+    )
+    .unwrap()
+}
+
+fn watchman_stats(d: &Daemon) -> (u64, u64) {
+    let v: Value = serde_json::from_str(&d.ok(&["status", "--json"])).unwrap();
+    (
+        v["watchman"]["queries"].as_u64().unwrap(),
+        v["watchman"]["fresh_instances"].as_u64().unwrap(),
+    )
+}
+
+#[test]
+fn jest_haste_map_crawls_through_cj_and_stays_incremental_across_a_restart() {
+    let m = Mount::new(Fs::Ext4);
+    let sock = m.dir.path().join("wm.sock");
+    let sock_s = sock.to_str().unwrap().to_string();
+    let mut d = Daemon::start(
+        &m.dir.path().join("daemon"),
+        &["--watchman-socket", &sock_s],
+    );
+    // `watchman` on PATH is cj (jest runs `watchman --version` first).
+    let bin = m.dir.path().join("bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    std::os::unix::fs::symlink(CJ, bin.join("watchman")).unwrap();
+    let proj = m.mnt.join("proj");
+    for dir in ["src/a", "src/b", "lib", "node_modules/dep"] {
+        std::fs::create_dir_all(proj.join(dir)).unwrap();
+    }
+    std::fs::write(proj.join(".watchmanconfig"), "{}").unwrap();
+    std::fs::write(proj.join("package.json"), "{\"name\": \"p\"}").unwrap();
+    for (i, f) in [
+        "src/a/one.js",
+        "src/b/two.js",
+        "lib/three.js",
+        "node_modules/dep/index.js",
+        "src/a/data.json",
+        "src/a/skip.txt",
+    ]
+    .iter()
+    .enumerate()
+    {
+        std::fs::write(proj.join(f), format!("module.exports = {i};\n")).unwrap();
+    }
+    let cache = m.dir.path().join("cache");
+    let first = haste(&bin, &sock, &proj, "watchman", &cache);
+    d.reconciled();
+    let node = haste(&bin, &sock, &proj, "node", &m.dir.path().join("n1"));
+    assert_eq!(first, node);
+    assert!(first.contains(&"src/a/one.js".to_string()), "{first:?}");
+    // Killed; changes while down; started: jest asks since its clock.
+    d.kill9();
+    std::fs::write(proj.join("src/b/new.js"), "1").unwrap();
+    std::fs::remove_file(proj.join("lib/three.js")).unwrap();
+    std::fs::rename(proj.join("src/a"), proj.join("src/renamed")).unwrap();
+    d.spawn();
+    let second = haste(&bin, &sock, &proj, "watchman", &cache);
+    let node = haste(&bin, &sock, &proj, "node", &m.dir.path().join("n2"));
+    assert_eq!(second, node);
+    assert!(
+        second.contains(&"src/renamed/one.js".to_string()),
+        "{second:?}"
+    );
+    let (queries, fresh) = watchman_stats(&d);
+    assert!(queries >= 1, "jest did not query cj");
+    assert_eq!(
+        fresh,
+        0,
+        "jest's clock gave a fresh instance after the restart\n{}",
+        d.log_text()
+    );
+}
+
+#[test]
+fn the_watchman_command_is_cj_under_that_name() {
+    let m = Mount::new(Fs::Tmpfs);
+    let sock = m.dir.path().join("wm.sock");
+    let sock_s = sock.to_str().unwrap().to_string();
+    let _d = Daemon::start(
+        &m.dir.path().join("daemon"),
+        &["--watchman-socket", &sock_s],
+    );
+    let bin = m.dir.path().join("bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    std::os::unix::fs::symlink(CJ, bin.join("watchman")).unwrap();
+    let wm = |args: &[&str]| {
+        Command::new(bin.join("watchman"))
+            .args(args)
+            .env("WATCHMAN_SOCK", &sock)
+            .output()
+            .unwrap()
+    };
+    let v = wm(&["--version"]);
+    assert!(v.status.success());
+    assert!(String::from_utf8_lossy(&v.stdout).trim().starts_with("20"));
+    let s = wm(&["--no-pretty", "get-sockname"]);
+    let j: Value = serde_json::from_slice(&s.stdout).unwrap();
+    assert_eq!(j["sockname"], sock_s.as_str());
+    let p = m.mnt.to_str().unwrap();
+    let w = wm(&["--no-pretty", "watch-project", p]);
+    let j: Value = serde_json::from_slice(&w.stdout).unwrap();
+    assert_eq!(j["watch"], p, "{j}");
+    // Refused politely, with what to do instead.
+    let r = wm(&["shutdown-server"]);
+    assert!(!r.status.success());
+    assert!(String::from_utf8_lossy(&r.stdout).contains("refused"));
+    // A bad request is an error answer, not a dropped connection.
+    let e = wm(&["--no-pretty", "query", p, "not-an-object"]);
+    assert!(!e.status.success());
+    let j: Value = serde_json::from_slice(&e.stdout).unwrap();
+    assert!(j["error"].is_string(), "{j}");
+}
