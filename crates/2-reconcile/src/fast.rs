@@ -251,7 +251,19 @@ pub fn distrust(method: Method, then: &FsMarks, now: &FsMarks) -> Option<&'stati
 pub fn changed_inodes(fd: RawFd, method: Method, since: &FsMarks) -> std::io::Result<HashSet<u64>> {
     match method {
         Method::Xfs => xfs_changed(fd, since.realtime_ns.saturating_sub(CTIME_MARGIN_NS)),
-        Method::Btrfs => btrfs_changed(fd, since.generation),
+        Method::Btrfs => {
+            // The tree holds an inode's new transaction id only once its
+            // dirty data and delayed inode item are written back: a file
+            // appended to while cj was down, not yet written back, still
+            // carries its old id even after a transaction commit (found
+            // by the Watchman oracle, `btrfs_changes_not_yet_written_back_
+            // are_found`). `syncfs` writes them back first.
+            // SAFETY: a valid descriptor.
+            if unsafe { libc::syncfs(fd) } != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            btrfs_changed(fd, since.generation)
+        }
         Method::Walk => Err(std::io::Error::from_raw_os_error(libc::EOPNOTSUPP)),
     }
 }

@@ -1,5 +1,6 @@
 //! The Watchman endpoint with the real clients (issue 14): pywatchman
-//! (BSER v2), fb-watchman (BSER v1, the client Jest uses) and
+//! (BSER v2), fb-watchman (BSER v1, the client Jest uses), the
+//! `watchman_client` crate (BSER v2, a dev-dependency) and
 //! jest-haste-map, installed by `scripts/test-clients` (which
 //! `scripts/test` runs). Each watches a tree, takes a clock, and gets
 //! answers since it that cover every change (an oracle over random
@@ -41,9 +42,14 @@ fn script(name: &str) -> PathBuf {
 enum Kind {
     Python,
     Node,
+    /// The `watchman_client` crate (crates.io).
+    Rust,
 }
 
 fn client(kind: Kind, sock: &Path, args: &[&str]) -> Value {
+    if let Kind::Rust = kind {
+        return rust_client(sock, args);
+    }
     let dir = clients_dir();
     let mut cmd = match kind {
         Kind::Python => {
@@ -56,6 +62,7 @@ fn client(kind: Kind, sock: &Path, args: &[&str]) -> Value {
             c.arg(script("wm.js"));
             c
         }
+        Kind::Rust => unreachable!(),
     };
     let out = cmd
         .args(args)
@@ -71,6 +78,93 @@ fn client(kind: Kind, sock: &Path, args: &[&str]) -> Value {
     );
     let text = String::from_utf8_lossy(&out.stdout);
     serde_json::from_str(text.lines().last().unwrap_or("")).unwrap()
+}
+
+/// Names as bytes: the crate's own `NameField` is a `PathBuf`, which
+/// serde fills only from UTF-8, and the workload makes other names too.
+#[derive(serde::Deserialize, Debug, Clone)]
+struct NameExists {
+    name: serde_bytes::ByteBuf,
+    #[allow(dead_code)]
+    exists: bool,
+}
+
+impl watchman_client::prelude::QueryFieldList for NameExists {
+    fn field_list() -> Vec<&'static str> {
+        vec!["name", "exists"]
+    }
+}
+
+/// The commands of `clients/wm.py`, through the `watchman_client` crate.
+fn rust_client(sock: &Path, args: &[&str]) -> Value {
+    use watchman_client::prelude::*;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let result: Result<Value, Box<dyn std::error::Error>> = rt.block_on(async {
+        let client = Connector::new().unix_domain_socket(sock).connect().await?;
+        let root = client
+            .resolve_root(CanonicalPath::canonicalize(args[1])?)
+            .await?;
+        let clock_of = |c: Clock| match c {
+            Clock::Spec(ClockSpec::StringClock(s)) => s,
+            other => panic!("unexpected clock {other:?}"),
+        };
+        let since = |c: &str| Some(Clock::Spec(ClockSpec::StringClock(c.to_string())));
+        match args[0] {
+            "clock" => {
+                let c = client.clock(&root, SyncTimeout::Default).await?;
+                Ok(serde_json::json!({"clock": clock_of(Clock::Spec(c))}))
+            }
+            "query" => {
+                let r = client
+                    .query::<NameExists>(
+                        &root,
+                        QueryRequestCommon {
+                            since: since(args[2]),
+                            ..Default::default()
+                        },
+                    )
+                    .await?;
+                let files: Vec<String> = r
+                    .files
+                    .unwrap_or_default()
+                    .iter()
+                    .map(|f| f.name.iter().map(|b| format!("{b:02x}")).collect())
+                    .collect();
+                Ok(serde_json::json!({"fresh": r.is_fresh_instance, "clock": clock_of(r.clock), "files": files}))
+            }
+            "subscribe" => {
+                let (mut sub, _) = client
+                    .subscribe::<NameOnly>(
+                        &root,
+                        SubscribeRequest {
+                            since: since(args[2]),
+                            ..Default::default()
+                        },
+                    )
+                    .await?;
+                std::fs::write(Path::new(args[1]).join(args[3]), "x")?;
+                let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
+                let mut seen = false;
+                while !seen {
+                    let next = tokio::time::timeout_at(deadline, sub.next()).await;
+                    let Ok(Ok(data)) = next else { break };
+                    if let watchman_client::SubscriptionData::FilesChanged(r) = data {
+                        seen = r
+                            .files
+                            .unwrap_or_default()
+                            .iter()
+                            .any(|f| *f.name == Path::new(args[3]));
+                    }
+                }
+                Ok(serde_json::json!({"seen": seen}))
+            }
+            other => panic!("unknown command {other}"),
+        }
+    });
+    result.unwrap_or_else(|e| panic!("watchman_client {args:?}: {e}"))
 }
 
 fn unhex(s: &str) -> Vec<u8> {
@@ -115,11 +209,16 @@ fn assert_covers(
             continue;
         }
         let want = match kind {
-            Kind::Python => rel.to_vec(),
+            Kind::Python | Kind::Rust => rel.to_vec(),
             Kind::Node => String::from_utf8_lossy(rel).as_bytes().to_vec(),
         };
         if !names.contains(&want) {
-            missed.push(String::from_utf8_lossy(rel).into_owned());
+            missed.push(format!(
+                "{} (before {:?}, after {:?})",
+                String::from_utf8_lossy(rel),
+                before.get(&p),
+                after.get(&p)
+            ));
         }
     }
     if !missed.is_empty() {
@@ -228,6 +327,13 @@ fn oracle(kind: Kind, fs: Fs, seed: u64) {
 fn pywatchman_answers_cover_every_change_across_restarts() {
     for seed in crate::oracle::seeds(&[61]) {
         oracle(Kind::Python, Fs::Ext4, seed);
+    }
+}
+
+#[test]
+fn watchman_client_crate_answers_cover_every_change_across_restarts() {
+    for seed in crate::oracle::seeds(&[63]) {
+        oracle(Kind::Rust, Fs::Btrfs, seed);
     }
 }
 
