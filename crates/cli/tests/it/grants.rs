@@ -218,3 +218,115 @@ fn grants_show_each_user_exactly_its_paths_and_nothing_else() {
     let o = alice.cj(&d, &["changes", "--consumer", "mine"]);
     assert_eq!(o.status.code(), Some(0), "{}", text(&o));
 }
+
+/// The Watchman endpoint under the same grants (issue 14): a user watches
+/// and queries only what is granted, and gets content hashes only of files
+/// it could read itself.
+#[test]
+fn watchman_clients_see_only_their_grants() {
+    let m = Mount::new(Fs::Tmpfs);
+    let t = m.mnt.join("tree");
+    for d in ["alice", "bob"] {
+        std::fs::create_dir_all(t.join(d)).unwrap();
+    }
+    std::fs::write(t.join("alice/mine.js"), b"m").unwrap();
+    std::fs::write(t.join("alice/root-only"), b"secret").unwrap();
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let p = std::fs::Permissions::from_mode(0o600);
+        std::fs::set_permissions(t.join("alice/root-only"), p).unwrap();
+    }
+    std::fs::write(t.join("bob/theirs.js"), b"t").unwrap();
+    let alice = TestUser::new("w", None);
+    let conf = m.dir.path().join("cj.toml");
+    std::fs::write(
+        &conf,
+        format!(
+            "[[grant]]\nuser = \"{}\"\npaths = [\"{}\"]\n",
+            alice.name,
+            t.join("alice").display()
+        ),
+    )
+    .unwrap();
+    let dir = m.dir.path().join("daemon");
+    let wm_sock = m.dir.path().join("wm.sock");
+    let d = Daemon::start(
+        &dir,
+        &[
+            "--config",
+            conf.to_str().unwrap(),
+            "--watchman-socket",
+            wm_sock.to_str().unwrap(),
+        ],
+    );
+    let bin = m.dir.path().join("bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    std::os::unix::fs::symlink(CJ, bin.join("watchman")).unwrap();
+    open_up(&dir);
+    open_up(&bin);
+    open_up(&t);
+    d.track(&t);
+    d.reconciled();
+    let ask = |cmd: &str| -> serde_json::Value {
+        let mut c = Command::new(bin.join("watchman"));
+        c.args(["-j", "--no-pretty"])
+            .env("WATCHMAN_SOCK", &wm_sock)
+            .uid(alice.uid)
+            .gid(alice.gid)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = c.spawn().unwrap();
+        use std::io::Write;
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(cmd.as_bytes())
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|e| panic!("{cmd}: {e}: {}", text(&out)))
+    };
+    let a = t.join("alice");
+    let b = t.join("bob");
+    let w = ask(&format!("[\"watch-project\", \"{}\"]", a.display()));
+    assert_eq!(w["watch"], a.to_str().unwrap(), "{w}");
+    let refused = ask(&format!("[\"watch-project\", \"{}\"]", b.display()));
+    assert!(
+        refused["error"]
+            .as_str()
+            .unwrap_or("")
+            .contains("permission denied"),
+        "{refused}"
+    );
+    let q = ask(&format!(
+        "[\"query\", \"{}\", {{\"fields\": [\"name\", \"content.sha1hex\"]}}]",
+        a.display()
+    ));
+    let files = q["files"].to_string();
+    assert!(
+        files.contains("mine.js") && !files.contains("theirs"),
+        "{q}"
+    );
+    let hidden = q["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["name"] == "root-only")
+        .unwrap();
+    assert!(hidden["content.sha1hex"]["error"].is_string(), "{q}");
+    let clock = ask(&format!("[\"clock\", \"{}\"]", a.display()))["clock"].clone();
+    std::fs::write(b.join("new-bob"), b"1").unwrap();
+    std::fs::write(a.join("new-alice"), b"1").unwrap();
+    let since = ask(&format!(
+        "[\"query\", \"{}\", {{\"since\": {clock}, \"fields\": [\"name\"]}}]",
+        a.display()
+    ));
+    let files = since["files"].to_string();
+    assert!(
+        files.contains("new-alice") && !files.contains("bob"),
+        "{since}"
+    );
+    assert_eq!(since["is_fresh_instance"], false, "{since}");
+}
