@@ -31,6 +31,9 @@ use value::Val;
 pub const WATCHMAN_CLIENTS_MAX: usize = 64;
 /// Subscriptions one connection may hold.
 pub const SUBSCRIPTIONS_MAX: usize = 64;
+/// An answer listing this many files is followed by `malloc_trim`, so the
+/// daemon's resident memory goes back down after it.
+pub const TRIM_AFTER_FILES: usize = 100_000;
 /// Watched roots kept (a watch is also a tracked tree or inside one).
 pub const WATCHES_MAX: usize = 1024;
 
@@ -243,7 +246,17 @@ fn connection(ep: &Arc<Endpoint>, stream: UnixStream) {
             }
             Err(e) => error(e),
         };
-        if conn.send(&answer).is_err() {
+        let big = answer
+            .get("files")
+            .and_then(Val::as_array)
+            .is_some_and(|f| f.len() >= TRIM_AFTER_FILES);
+        let sent = conn.send(&answer);
+        if big {
+            drop(answer);
+            // SAFETY: malloc_trim only returns free heap pages to the kernel.
+            unsafe { libc::malloc_trim(0) };
+        }
+        if sent.is_err() {
             break;
         }
     }
