@@ -285,8 +285,7 @@ fn watchman_clients_see_only_their_grants() {
             .write_all(cmd.as_bytes())
             .unwrap();
         let out = child.wait_with_output().unwrap();
-        serde_json::from_slice(&out.stdout)
-            .unwrap_or_else(|e| panic!("{cmd}: {e}: {}", text(&out)))
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{cmd}: {e}: {}", text(&out)))
     };
     let a = t.join("alice");
     let b = t.join("bob");
