@@ -12,6 +12,7 @@ use cj_client::{Client, EXIT_COMPLETE, EXIT_ERROR, EXIT_INCOMPLETE};
 use cj_types::{escape_path, Cursor};
 use clap::{Parser, Subcommand};
 
+mod export;
 mod git;
 mod stream;
 mod watchman;
@@ -156,6 +157,10 @@ enum Command {
     /// restarts and hold back retention until acknowledged.
     #[command(subcommand)]
     Consumer(stream::ConsumerCommand),
+    /// Publish the journal to an existing distributed log (NATS
+    /// JetStream), as a durable consumer: docs/export.md.
+    #[command(subcommand)]
+    Export(export::ExportCommand),
     /// Git's fsmonitor hook (protocol version 2): run by git as
     /// `HOOK 2 TOKEN` from the worktree; prints a new token, NUL, then the
     /// paths that changed since TOKEN (or `/` when git must look at
@@ -254,6 +259,10 @@ fn run(cli: Cli) -> Result<i32> {
         Command::Follow(args) => stream::follow(&socket, args),
         Command::Consumer(c) => stream::consumer(&socket, c),
         Command::Reconcile { wait } => reconcile(&socket, wait),
+        Command::Export(c) => {
+            init_logging();
+            export::run(&socket, c)
+        }
         Command::Generate { what } => generate(&what),
         Command::GitFsmonitor { version, token } => git::fsmonitor(&socket, &version, &token),
         Command::GitSetup { repo, undo } => {

@@ -2,6 +2,7 @@
 //! devices) and mkfs.ext4, mkfs.xfs and mkfs.btrfs; `.ci/run` installs them.
 
 mod bad_input;
+mod export;
 mod follow;
 mod git;
 mod grants;

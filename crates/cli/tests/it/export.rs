@@ -1,0 +1,323 @@
+//! `cj export nats` with a real `nats-server -js` (Debian's nats-server,
+//! started by the test on loopback, issue 15): the stream holds exactly
+//! one message per journal record, in seq order, whatever happens to the
+//! exporter (kill -9), the NATS server (stopped and started again) or the
+//! daemon (a downtime: the rescan, the reconciled records and the resolved
+//! message arrive in order).
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::harness::{Daemon, Fs, Mount, CJ};
+use crate::workload::{self, Model, Rng};
+
+struct Nats {
+    port: u16,
+    store: PathBuf,
+    child: Option<Child>,
+}
+
+impl Nats {
+    fn start(dir: &Path) -> Nats {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut n = Nats {
+            port,
+            store: dir.join("jetstream"),
+            child: None,
+        };
+        n.spawn();
+        n
+    }
+
+    fn spawn(&mut self) {
+        let child = Command::new("nats-server")
+            .args([
+                "-js",
+                "-a",
+                "127.0.0.1",
+                "-p",
+                &self.port.to_string(),
+                "-sd",
+            ])
+            .arg(&self.store)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("nats-server is installed (.ci/run installs it)");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(Instant::now() < deadline, "nats-server did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for Nats {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+struct Exporter {
+    args: Vec<String>,
+    log: PathBuf,
+    child: Option<Child>,
+}
+
+impl Exporter {
+    fn start(d: &Daemon, nats: &Nats, consumer: &str, log: &Path) -> Exporter {
+        let mut e = Exporter {
+            args: vec![
+                "--socket".into(),
+                d.socket.to_str().unwrap().into(),
+                "export".into(),
+                "nats".into(),
+                "--url".into(),
+                nats.url(),
+                "--stream".into(),
+                "CJ".into(),
+                "--subject".into(),
+                "cj.fleet.test".into(),
+                "--consumer".into(),
+                consumer.into(),
+                "--host".into(),
+                "testhost".into(),
+            ],
+            log: log.to_path_buf(),
+            child: None,
+        };
+        e.spawn();
+        e
+    }
+
+    fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .unwrap();
+        self.child = Some(
+            Command::new(CJ)
+                .args(&self.args)
+                .stdout(Stdio::null())
+                .stderr(log)
+                .spawn()
+                .unwrap(),
+        );
+    }
+
+    fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for Exporter {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// (journal seq from the message id, the message) for every message of
+/// the stream, in stream order.
+fn stream_messages(url: &str) -> Vec<(u64, Value)> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let client = async_nats::connect(url).await.unwrap();
+        let js = async_nats::jetstream::new(client);
+        let mut s = match js.get_stream("CJ").await {
+            Ok(s) => s,
+            Err(_) => return Vec::new(),
+        };
+        let last = s.info().await.unwrap().state.last_sequence;
+        let mut out = Vec::new();
+        for n in 1..=last {
+            let m = s.get_raw_message(n).await.unwrap();
+            let id = m
+                .headers
+                .get(async_nats::header::NATS_MESSAGE_ID)
+                .unwrap_or_else(|| panic!("no Nats-Msg-Id in {:?}", m.headers))
+                .as_str()
+                .to_string();
+            let seq: u64 = id.rsplit('.').next().unwrap().parse().unwrap();
+            out.push((seq, serde_json::from_slice(&m.payload).unwrap()));
+        }
+        out
+    })
+}
+
+/// The seqs of the records the consumer's stream holds from `since` to
+/// now (what the exporter must publish).
+fn journal_records(d: &Daemon, since: &str) -> Vec<u64> {
+    let mut f =
+        cj_client::Follow::start(&d.socket, cj_client::FollowOptions::since(since)).unwrap();
+    let mut out = Vec::new();
+    for line in f.by_ref() {
+        let line = line.unwrap();
+        if let cj_client::FollowLine::HistoryDone { .. } = line {
+            break;
+        }
+        if let Some(m) = cj_export::message(&line, "x") {
+            out.push(m.seq);
+        }
+    }
+    out
+}
+
+/// Waits until the stream holds every record up to now, then checks it
+/// holds exactly those, once each, in order.
+fn assert_exactly_once(d: &Daemon, nats: &Nats, since: &str, log: &Path) -> Vec<(u64, Value)> {
+    d.cursor();
+    let want = journal_records(d, since);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let got = stream_messages(&nats.url());
+        let seqs: Vec<u64> = got.iter().map(|(s, _)| *s).collect();
+        if seqs == want {
+            return got;
+        }
+        if Instant::now() > deadline {
+            let dups = seqs.windows(2).filter(|w| w[0] >= w[1]).count();
+            panic!(
+                "the stream does not hold each record once in order: {} messages, {} records, \
+                 {dups} out of order or twice\nfirst differences: {:?}\nexporter log:\n{}\n{}",
+                seqs.len(),
+                want.len(),
+                seqs.iter()
+                    .zip(&want)
+                    .filter(|(a, b)| a != b)
+                    .take(5)
+                    .collect::<Vec<_>>(),
+                std::fs::read_to_string(log).unwrap_or_default(),
+                d.log_text()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn consumer_cursor(d: &Daemon, name: &str) -> String {
+    let out = d.ok(&["consumer", "add", name]);
+    out.split_whitespace()
+        .find(|w| w.starts_with("cj1."))
+        .unwrap_or_else(|| panic!("no cursor in {out:?}"))
+        .to_string()
+}
+
+#[test]
+fn every_record_once_in_order_across_exporter_kills_and_a_nats_restart() {
+    let m = Mount::new(Fs::Ext4);
+    let d = Daemon::start(&m.dir.path().join("daemon"), &[]);
+    let tree = m.mnt.join("tree");
+    std::fs::create_dir_all(tree.join("w/sub")).unwrap();
+    d.track(&tree);
+    d.reconciled();
+    let mut nats = Nats::start(m.dir.path());
+    let c0 = consumer_cursor(&d, "fleet");
+    let log = m.dir.path().join("export.log");
+    let mut exp = Exporter::start(&d, &nats, "fleet", &log);
+    let mut rng = Rng(151);
+    let mut model = Model::new(vec![tree.join("w"), tree.join("w/sub")], Vec::new());
+    for round in 0..6 {
+        let ops = workload::run(&mut rng, &mut model, 60);
+        assert!(!ops.is_empty());
+        match round {
+            // The exporter killed mid-stream, at a random moment.
+            1 | 3 => {
+                std::thread::sleep(Duration::from_millis(rng.below(40) as u64));
+                exp.kill9();
+                workload::run(&mut rng, &mut model, 30);
+                exp.spawn();
+            }
+            // The server down for a while: the exporter waits, then goes on.
+            4 => {
+                nats.kill();
+                workload::run(&mut rng, &mut model, 30);
+                std::thread::sleep(Duration::from_millis(1500));
+                nats.spawn();
+            }
+            _ => {}
+        }
+    }
+    let got = assert_exactly_once(&d, &nats, &c0, &log);
+    assert!(got.len() > 100, "{}", got.len());
+    // The outage was seen (and waited out: by the NATS client's own
+    // reconnection, or by the exporter's retries).
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(
+        text.contains("retrying") || text.contains("client error"),
+        "{text}"
+    );
+    let first = &got[0].1;
+    assert_eq!(first["host"], "testhost");
+    assert!(
+        first["journal"].is_string() && first["cursor"].is_string(),
+        "{first}"
+    );
+    // Retention may drop what the exporter acknowledged: the consumer is
+    // at the end.
+    let list = d.ok(&["consumer", "list"]);
+    assert!(list.contains("fleet"), "{list}");
+}
+
+#[test]
+fn a_downtime_arrives_as_a_rescan_then_the_reconciled_records_then_resolved() {
+    let m = Mount::new(Fs::Tmpfs);
+    let mut d = Daemon::start(&m.dir.path().join("daemon"), &[]);
+    let tree = m.mnt.join("tree");
+    std::fs::create_dir_all(&tree).unwrap();
+    std::fs::write(tree.join("before"), b"1").unwrap();
+    d.track(&tree);
+    d.reconciled();
+    let nats = Nats::start(m.dir.path());
+    let c0 = consumer_cursor(&d, "fleet");
+    let log = m.dir.path().join("export.log");
+    let mut exp = Exporter::start(&d, &nats, "fleet", &log);
+    std::fs::write(tree.join("live"), b"1").unwrap();
+    d.cursor();
+    std::thread::sleep(Duration::from_millis(300));
+    exp.kill9();
+    d.stop();
+    std::fs::write(tree.join("while-down"), b"1").unwrap();
+    std::fs::remove_file(tree.join("before")).unwrap();
+    d.spawn();
+    d.reconciled();
+    exp.spawn();
+    let got = assert_exactly_once(&d, &nats, &c0, &log);
+    let pos = |f: &dyn Fn(&Value) -> bool| got.iter().position(|(_, v)| f(v));
+    let named =
+        |name: &'static str| move |v: &Value| v["path"].as_str().is_some_and(|p| p.ends_with(name));
+    let rescan = pos(&|v| v["rescan"].is_array()).expect("a rescan message");
+    let down = pos(&named("/while-down")).expect("the reconciled creation");
+    let gone = pos(&named("/before")).expect("the reconciled deletion");
+    let resolved = pos(&|v| v["resolved"].is_array()).expect("a resolved message");
+    let live = pos(&named("/live")).expect("the live creation");
+    assert!(live < rescan && rescan < down && rescan < gone, "{got:?}");
+    assert!(down < resolved && gone < resolved, "{got:?}");
+    assert!(got[down].1["changes"].to_string().contains("reconciled"));
+}
