@@ -33,6 +33,29 @@ pub struct Settings {
     /// `[[grant]]` tables: paths ordinary users may ask about.
     #[serde(default, rename = "grant")]
     pub grants: Vec<GrantSpec>,
+    /// `[export.nats]`: the daemon's service also runs `cj export nats`
+    /// (docs/export.md). Read by the `cj` binary, not by the daemon.
+    #[serde(default)]
+    pub export: Option<ExportSpec>,
+}
+
+/// The `[export]` section.
+#[derive(Deserialize, Debug, Clone, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct ExportSpec {
+    pub nats: Option<NatsExportSpec>,
+}
+
+/// `[export.nats]`: what `cj export nats` takes.
+#[derive(Deserialize, Debug, Clone, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct NatsExportSpec {
+    pub url: String,
+    pub stream: String,
+    pub subject: String,
+    pub consumer: Option<String>,
+    pub host: Option<String>,
+    pub path: Option<PathBuf>,
 }
 
 /// One `[[grant]]`: `user = "alice"` or `group = "devs"`, and `paths`.
@@ -158,6 +181,7 @@ impl Settings {
             ($($f:ident),*) => { Settings {
                 $($f: over.$f.clone().or_else(|| self.$f.clone()),)*
                 grants: self.grants.clone(),
+                export: self.export.clone(),
             } };
         }
         pick!(

@@ -159,6 +159,7 @@ pub fn run(
     let mut client = Client::connect(&opts.socket)?;
     ensure_consumer(&mut client, opts)?;
     let mut follow = Follow::start(&opts.socket, FollowOptions::consumer(&opts.consumer))?;
+    tracing::info!("cj export: following consumer {}", opts.consumer);
     let mut skip_through: Option<(String, u64)> = None;
     let mut batch: Vec<Message> = Vec::new();
     let mut bytes = 0usize;

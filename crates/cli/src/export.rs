@@ -91,3 +91,40 @@ pub fn run(socket: &Path, cmd: ExportCommand) -> Result<i32> {
     );
     Ok(0)
 }
+
+/// `[export.nats]` in the configuration: the daemon's process also runs
+/// the exporter, in a thread that waits for the socket and starts again
+/// (with backoff) whenever it stops with an error.
+pub fn in_daemon(socket: PathBuf, spec: cj_service::config_file::NatsExportSpec) -> Result<()> {
+    let opts = cj_export::Options {
+        socket,
+        consumer: spec
+            .consumer
+            .clone()
+            .unwrap_or_else(|| format!("export-nats-{}", spec.stream)),
+        path: spec.path.as_ref().map(|p| {
+            use std::os::unix::ffi::OsStrExt;
+            p.as_os_str().as_bytes().to_vec()
+        }),
+        host: spec.host.clone().unwrap_or_else(hostname),
+    };
+    let mut sink = NatsSink::new(&spec.url, &spec.stream, &spec.subject)?;
+    std::thread::Builder::new()
+        .name("cj-export".into())
+        .spawn(move || {
+            let progress = Arc::new(cj_export::Progress::default());
+            let mut wait = cj_export::RETRY_FIRST;
+            loop {
+                match cj_export::run(&opts, &mut sink, &STOP, &progress) {
+                    Ok(()) => wait = cj_export::RETRY_FIRST,
+                    Err(e) => {
+                        tracing::warn!("cj export: {e}; starting again in {} ms", wait.as_millis());
+                        wait = (wait * 2).min(cj_export::RETRY_MAX);
+                    }
+                }
+                std::thread::sleep(wait);
+            }
+        })
+        .context("starting the exporter thread")?;
+    Ok(())
+}

@@ -312,6 +312,7 @@ fn daemon(socket: Option<PathBuf>, a: DaemonArgs) -> Result<i32> {
         consumer_idle_days: a.consumer_idle_days,
         follow_stall_ms: a.follow_stall_ms,
         grants: Vec::new(),
+        export: None,
     };
     // An explicit --config must exist; the default one is used if present.
     let file = a.config.or_else(|| {
@@ -322,6 +323,13 @@ fn daemon(socket: Option<PathBuf>, a: DaemonArgs) -> Result<i32> {
         Some(f) => Settings::load(f)?.overridden_by(&flags),
         None => flags.clone(),
     };
+    if let Some(n) = settings.export.as_ref().and_then(|e| e.nats.clone()) {
+        let socket = settings
+            .socket
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(cj_service::DEFAULT_SOCKET));
+        export::in_daemon(socket, n)?;
+    }
     let mut config = settings.to_config();
     config.reload = file.map(|file| cj_service::config::Reload { file, flags });
     if a.test_bounded_queue {

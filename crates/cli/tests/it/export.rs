@@ -321,3 +321,48 @@ fn a_downtime_arrives_as_a_rescan_then_the_reconciled_records_then_resolved() {
     assert!(down < resolved && gone < resolved, "{got:?}");
     assert!(got[down].1["changes"].to_string().contains("reconciled"));
 }
+
+/// `[export.nats]` in the configuration: the daemon's own process exports.
+#[test]
+fn the_daemon_runs_the_exporter_from_its_configuration() {
+    let m = Mount::new(Fs::Tmpfs);
+    let nats = Nats::start(m.dir.path());
+    let conf = m.dir.path().join("cj.toml");
+    std::fs::write(
+        &conf,
+        format!(
+            "[export.nats]\nurl = \"{}\"\nstream = \"CJ\"\nsubject = \"cj.fleet.test\"\nconsumer = \"fleet\"\nhost = \"testhost\"\n",
+            nats.url()
+        ),
+    )
+    .unwrap();
+    let d = Daemon::start(
+        &m.dir.path().join("daemon"),
+        &["--config", conf.to_str().unwrap()],
+    );
+    let tree = m.mnt.join("tree");
+    std::fs::create_dir_all(&tree).unwrap();
+    d.track(&tree);
+    d.reconciled();
+    // The exporter's consumer starts when it is first created: after that,
+    // nothing is missed.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !d.ok(&["consumer", "list"]).contains("fleet") {
+        assert!(Instant::now() < deadline, "{}", d.log_text());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::fs::write(tree.join("exported"), b"1").unwrap();
+    d.cursor();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let got = stream_messages(&nats.url());
+        if got
+            .iter()
+            .any(|(_, v)| v["path"].as_str().is_some_and(|p| p.ends_with("/exported")))
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{got:?}\n{}", d.log_text());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
