@@ -221,6 +221,28 @@ fn assert_exactly_once(d: &Daemon, nats: &Nats, since: &str, log: &Path) -> Vec<
     }
 }
 
+/// `examples/fleet_reader.py` (nats-py, installed by scripts/test-clients).
+fn fleet_reader(nats: &Nats, state: &Path) -> Value {
+    let clients = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/test-clients");
+    let clients = std::env::var_os("CJ_TEST_CLIENTS")
+        .map(PathBuf::from)
+        .unwrap_or(clients);
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/fleet_reader.py");
+    let out = Command::new(clients.join("venv/bin/python"))
+        .arg(script)
+        .arg(nats.url())
+        .arg("CJ")
+        .arg(state)
+        .output()
+        .expect("run scripts/test-clients (scripts/test does)");
+    assert!(
+        out.status.success(),
+        "fleet_reader: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
 fn consumer_cursor(d: &Daemon, name: &str) -> String {
     let out = d.ok(&["consumer", "add", name]);
     out.split_whitespace()
@@ -279,6 +301,15 @@ fn every_record_once_in_order_across_exporter_kills_and_a_nats_restart() {
         first["journal"].is_string() && first["cursor"].is_string(),
         "{first}"
     );
+    // The example reader builds its table from the stream, then resumes
+    // with nothing new to read.
+    let state = m.dir.path().join("reader");
+    let r1 = fleet_reader(&nats, &state);
+    assert_eq!(r1["read"], got.len() as u64, "{r1}");
+    assert_eq!(r1["out_of_order"], 0, "{r1}");
+    assert!(r1["paths"]["testhost"].as_u64().unwrap_or(0) > 10, "{r1}");
+    let r2 = fleet_reader(&nats, &state);
+    assert_eq!(r2["read"], 0, "{r2}");
     // Retention may drop what the exporter acknowledged: the consumer is
     // at the end.
     let list = d.ok(&["consumer", "list"]);
