@@ -101,23 +101,17 @@ pub fn of_peer(uid: u32, gid: u32, admin_uid: u32, grants: &[Grant]) -> Option<A
 
 /// The login name of `uid`, or its number.
 pub fn user_name(uid: u32) -> Option<String> {
-    let mut buf = vec![0u8; NSS_BUFFER_BYTES];
-    // SAFETY: passwd is plain data; getpwuid_r writes into pwd and buf.
-    let mut pwd: libc::passwd = unsafe { std::mem::zeroed() };
-    let mut out: *mut libc::passwd = std::ptr::null_mut();
-    let rc =
-        unsafe { libc::getpwuid_r(uid, &mut pwd, buf.as_mut_ptr().cast(), buf.len(), &mut out) };
-    if rc != 0 || out.is_null() {
-        return Some(uid.to_string());
-    }
-    // SAFETY: pw_name points into buf, NUL-terminated.
-    let name = unsafe { CStr::from_ptr(pwd.pw_name) };
-    Some(name.to_string_lossy().into_owned())
+    Some(passwd_of(uid).map_or_else(|| uid.to_string(), |(name, _)| name))
 }
 
 /// The groups (numbers) user `uid` is in, primary group included; empty if
 /// the user is unknown.
 pub fn groups_of(uid: u32) -> Vec<u32> {
+    passwd_of(uid).map_or_else(Vec::new, |(name, gid)| group_ids(&name, gid))
+}
+
+/// The login name and primary group of `uid`, if it is known.
+fn passwd_of(uid: u32) -> Option<(String, u32)> {
     let mut buf = vec![0u8; NSS_BUFFER_BYTES];
     // SAFETY: passwd is plain data; getpwuid_r writes into pwd and buf.
     let mut pwd: libc::passwd = unsafe { std::mem::zeroed() };
@@ -125,29 +119,17 @@ pub fn groups_of(uid: u32) -> Vec<u32> {
     let rc =
         unsafe { libc::getpwuid_r(uid, &mut pwd, buf.as_mut_ptr().cast(), buf.len(), &mut out) };
     if rc != 0 || out.is_null() {
-        return Vec::new();
+        return None;
     }
-    let gid = pwd.pw_gid;
-    let mut gids = vec![0 as libc::gid_t; GROUPS_MAX];
-    let mut n = GROUPS_MAX as libc::c_int;
-    // SAFETY: pw_name points into buf, NUL-terminated; gids has room for n.
-    let rc = unsafe { libc::getgrouplist(pwd.pw_name, gid, gids.as_mut_ptr(), &mut n) };
-    let n = if rc < 0 {
-        GROUPS_MAX
-    } else {
-        n.max(0) as usize
-    };
-    gids.truncate(n);
-    if !gids.contains(&gid) {
-        gids.push(gid);
-    }
-    gids
+    // SAFETY: pw_name points into buf, NUL-terminated.
+    let name = unsafe { CStr::from_ptr(pwd.pw_name) };
+    Some((name.to_string_lossy().into_owned(), pwd.pw_gid))
 }
 
-/// The names of the groups `user` is in (primary group `gid` included).
-fn group_names(user: &str, gid: u32) -> Vec<String> {
+/// The groups `user` is in (primary group `gid` included).
+fn group_ids(user: &str, gid: u32) -> Vec<u32> {
     let Ok(cuser) = CString::new(user) else {
-        return Vec::new();
+        return vec![gid];
     };
     let mut gids = vec![0 as libc::gid_t; GROUPS_MAX];
     let mut n = GROUPS_MAX as libc::c_int;
@@ -162,12 +144,20 @@ fn group_names(user: &str, gid: u32) -> Vec<String> {
     if !gids.contains(&gid) {
         gids.push(gid);
     }
-    gids.into_iter().filter_map(group_name).collect()
+    gids
+}
+
+/// The names of the groups `user` is in (primary group `gid` included).
+fn group_names(user: &str, gid: u32) -> Vec<String> {
+    group_ids(user, gid)
+        .into_iter()
+        .filter_map(group_name)
+        .collect()
 }
 
 fn group_name(gid: u32) -> Option<String> {
     let mut buf = vec![0u8; NSS_BUFFER_BYTES];
-    // SAFETY: as in user_name.
+    // SAFETY: as in passwd_of.
     let mut grp: libc::group = unsafe { std::mem::zeroed() };
     let mut out: *mut libc::group = std::ptr::null_mut();
     let rc =

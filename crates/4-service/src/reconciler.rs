@@ -771,7 +771,7 @@ impl Reconciler {
         let mut old = old;
         if let (Some(base), Some(Ok((touched, forced)))) = (old.as_mut(), &touched) {
             match self.method(&root_fd, base, &marks, *forced) {
-                Ok(method) => match self.fast_whole(fsid, base, touched, method, &root_fd) {
+                Ok(method) => match self.fast_pass(fsid, base, touched, method, &root_fd) {
                     Ok(recs) => {
                         self.status(|s| s.last_method = method.as_str());
                         let after = base.valid_after_seq;
@@ -846,20 +846,6 @@ impl Reconciler {
         Ok(())
     }
 
-    /// A fast path costs what changed, about what a scoped walk would: it
-    /// is not interrupted for one (design 11.8).
-    fn fast_whole(
-        &self,
-        fsid: u64,
-        base: &mut Snapshot,
-        touched: &Touched,
-        method: Method,
-        root_fd: &std::os::fd::OwnedFd,
-    ) -> Result<Vec<RecordBody>, String> {
-        self.queue().preemptible.store(false, Ordering::SeqCst);
-        self.fast_pass(fsid, base, touched, method, root_fd)
-    }
-
     /// The XFS or btrfs fast path (design 11.1): brings `base` up to date
     /// in place from the changed inodes and returns the records of what
     /// changed.
@@ -872,6 +858,9 @@ impl Reconciler {
         root_fd: &std::os::fd::OwnedFd,
     ) -> Result<Vec<RecordBody>, String> {
         use std::os::fd::AsRawFd;
+        // A fast path costs what changed, about what a scoped walk would:
+        // it is not interrupted for one (design 11.8).
+        self.queue().preemptible.store(false, Ordering::SeqCst);
         self.enter("finding changed inodes");
         let changed = fast::changed_inodes(root_fd.as_raw_fd(), method, &base.marks)
             .map_err(|e| e.to_string())?;

@@ -10,13 +10,16 @@ use crate::harness::{Daemon, Fs, Mount, CJ};
 use crate::oracle;
 use crate::workload::{self, Model, Rng};
 
-fn git(dir: &Path, args: &[&str]) -> String {
+/// `git -C dir ARGS` with the test's environment (no system config, HOME
+/// beside the worktree) and `env`; its output, which must be a success.
+fn git_with(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
     let out = Command::new("git")
         .arg("-C")
         .arg(dir)
         .args(args)
         .env("GIT_CONFIG_NOSYSTEM", "1")
         .env("HOME", dir.parent().unwrap())
+        .envs(env.iter().copied())
         .output()
         .expect("git is installed (.ci/run installs it)");
     assert!(
@@ -24,7 +27,11 @@ fn git(dir: &Path, args: &[&str]) -> String {
         "git {args:?}: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    out
+}
+
+fn git(dir: &Path, args: &[&str]) -> String {
+    String::from_utf8_lossy(&git_with(dir, args, &[]).stdout).into_owned()
 }
 
 /// `git status` with the configured fsmonitor (`incremental`: git must ask
@@ -34,20 +41,7 @@ fn git(dir: &Path, args: &[&str]) -> String {
 /// fsmonitor") instead of asking cj what changed since its token.
 fn statuses(wt: &Path, incremental: bool) -> (String, String) {
     let args = ["status", "--porcelain=v2", "-uall", "--ignored=no"];
-    let out = Command::new("git")
-        .arg("-C")
-        .arg(wt)
-        .args(args)
-        .env("GIT_CONFIG_NOSYSTEM", "1")
-        .env("HOME", wt.parent().unwrap())
-        .env("GIT_TRACE_FSMONITOR", "2")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = git_with(wt, &args, &[("GIT_TRACE_FSMONITOR", "2")]);
     let trace = String::from_utf8_lossy(&out.stderr);
     // An incremental answer: git read its last token from the index.
     assert!(
