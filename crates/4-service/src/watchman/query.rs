@@ -391,11 +391,12 @@ pub fn from_answer(
             // what the answer names there), under the old name; else
             // `expand_gone`.
             if !created && e.changes.contains(Changes::RENAMED_FROM) {
-                match e.renamed_to.as_deref() {
-                    Some(to) if is_at_or_below(to, root) => {
-                        moved_back(answer, root, &e.path, to, base, excluded, &mut out)?
-                    }
-                    _ => gone.push(e.path.clone()),
+                let known = match e.renamed_to.as_deref() {
+                    Some(to) => moved_back(answer, root, &e.path, to, base, excluded, &mut out)?,
+                    None => false,
+                };
+                if !known {
+                    gone.push(e.path.clone());
                 }
             }
         }
@@ -422,22 +423,41 @@ fn moved_back(
     base: &[u8],
     excluded: &[Vec<u8>],
     out: &mut Files,
-) -> Result<(), String> {
+) -> Result<bool, String> {
+    // Renamed again (and again) since: follow the names to where the tree
+    // is now; every name on the way may hold entries the answer names.
+    let mut chain = vec![to.to_vec()];
+    while let Some(next) = answer
+        .entries
+        .iter()
+        .find(|e| !e.exists && chain.last().is_some_and(|c| *c == e.path))
+        .and_then(|e| e.renamed_to.clone())
+    {
+        if chain.contains(&next) || chain.len() > answer.entries.len() {
+            break;
+        }
+        chain.push(next);
+    }
+    let last = chain.last().map_or(to, Vec::as_slice);
+    if !is_at_or_below(last, root) {
+        // Out of the tree: what it held is not known.
+        return Ok(false);
+    }
     let mut now = Files::new();
-    match walk_files(root, to, to, excluded, &mut now, false) {
+    match walk_files(root, last, last, excluded, &mut now, false) {
         Ok(()) | Err(WalkFailure::Vanished) => {}
         Err(WalkFailure::Other(m)) => return Err(m),
     }
-    let named = answer
-        .entries
-        .iter()
-        .filter(|e| e.path != to && is_at_or_below(&e.path, to))
-        .map(|e| (relative(&e.path, to).to_vec(), b'?'));
-    let moved: Vec<(Vec<u8>, u8)> = now
-        .into_iter()
-        .map(|(r, c)| (r, c.kind))
-        .chain(named)
-        .collect();
+    let mut moved: Vec<(Vec<u8>, u8)> = now.into_iter().map(|(r, c)| (r, c.kind)).collect();
+    for name in &chain {
+        moved.extend(
+            answer
+                .entries
+                .iter()
+                .filter(|e| e.path != *name && is_at_or_below(&e.path, name))
+                .map(|e| (relative(&e.path, name).to_vec(), b'?')),
+        );
+    }
     for (rel, kind) in moved {
         let mut old = from.to_vec();
         old.push(b'/');
@@ -451,7 +471,7 @@ fn moved_back(
                 });
         }
     }
-    Ok(())
+    Ok(true)
 }
 
 /// Every path that may have been below the directories `gone` (absolute)

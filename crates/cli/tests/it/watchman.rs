@@ -485,3 +485,43 @@ fn the_watchman_command_is_cj_under_that_name() {
     let j: Value = serde_json::from_slice(&e.stdout).unwrap();
     assert!(j["error"].is_string(), "{j}");
 }
+
+/// A directory renamed twice since the clock (d -> t -> u): its old
+/// names are listed (exists: false) from where the tree is now, through
+/// every name on the way.
+#[test]
+fn a_directory_renamed_twice_lists_its_old_names() {
+    let m = Mount::new(Fs::Tmpfs);
+    let sock = m.dir.path().join("wm.sock");
+    let sock_s = sock.to_str().unwrap().to_string();
+    let d = Daemon::start(
+        &m.dir.path().join("daemon"),
+        &["--watchman-socket", &sock_s],
+    );
+    let proj = m.mnt.join("proj");
+    std::fs::create_dir_all(proj.join("d/sub")).unwrap();
+    std::fs::write(proj.join(".watchmanconfig"), "{}").unwrap();
+    std::fs::write(proj.join("d/x"), "1").unwrap();
+    std::fs::write(proj.join("d/sub/y"), "1").unwrap();
+    let p = proj.to_str().unwrap();
+    client(Kind::Python, &sock, &["clock", p]);
+    d.reconciled();
+    let c = client(Kind::Python, &sock, &["clock", p]);
+    std::fs::rename(proj.join("d"), proj.join("t")).unwrap();
+    std::fs::rename(proj.join("t"), proj.join("u")).unwrap();
+    let q = client(
+        Kind::Python,
+        &sock,
+        &["query", p, c["clock"].as_str().unwrap()],
+    );
+    assert_eq!(q["fresh"], false, "{q}");
+    let names: BTreeSet<Vec<u8>> = q["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| unhex(n.as_str().unwrap()))
+        .collect();
+    for want in ["d", "d/x", "d/sub", "d/sub/y", "u/x", "u/sub/y"] {
+        assert!(names.contains(want.as_bytes()), "{want} missing: {q}");
+    }
+}
