@@ -361,6 +361,9 @@ pub struct Request {
     pub cursor: Option<String>,
     /// `follow`: how often a quiet stream sends a heartbeat line.
     pub heartbeat_ms: Option<u64>,
+    /// `consumer_ack`: what the consumer says about itself (shown by
+    /// `status` and `consumer_list`; `""` clears it).
+    pub note: Option<String>,
 }
 
 /// Decodes one request line (without or with its newline). The error says
@@ -388,6 +391,7 @@ pub fn decode_request(line: &[u8]) -> Result<Request, String> {
         consumer: get_str(&map, "consumer")?.map(str::to_owned),
         cursor: get_str(&map, "cursor")?.map(str::to_owned),
         heartbeat_ms: get_u64(&map, "heartbeat_ms")?,
+        note: get_str(&map, "note")?.map(str::to_owned),
     })
 }
 

@@ -16,6 +16,7 @@ pub mod format;
 mod highwater;
 mod reader;
 mod shared;
+mod skips;
 pub mod storage;
 mod writer;
 
@@ -126,6 +127,7 @@ pub fn open_with(
         retain_bytes: std::sync::atomic::AtomicU64::new(options.retain_bytes),
         retain_age_secs: std::sync::atomic::AtomicU64::new(options.retain_age.as_secs()),
         pinned_cap_bytes: std::sync::atomic::AtomicU64::new(options.pinned_cap_bytes),
+        skips: Default::default(),
     });
     let writer = Writer::new(
         shared.clone(),

@@ -108,6 +108,14 @@ impl Reader {
         self.shared.pinned_cap_bytes.store(pinned_cap_bytes, SeqCst);
     }
 
+    /// The sampled frame at or before `seq` in the segment beginning at
+    /// `segment`, as (seq, offset).
+    #[cfg(test)]
+    pub(crate) fn mark_before(&self, segment: u64, seq: u64) -> Option<(u64, u64)> {
+        let m = self.shared.skips.before(segment, seq)?;
+        Some((m.seq, m.offset))
+    }
+
     /// Waits until `seq` is durable. False on timeout.
     pub fn wait_durable(&self, seq: u64, timeout: Duration) -> bool {
         let deadline = Instant::now() + timeout;
@@ -176,12 +184,24 @@ impl Reader {
             if view.last_seq <= after || view.first_seq > upto || view.last_seq < view.first_seq {
                 continue;
             }
-            let start = at.filter(|p| {
-                p.segment == view.first_seq
-                    && p.next_seq == after + 1
-                    && p.offset <= view.durable_len
-            });
-            let (go_on, next) = scan_segment(&view, after, upto, start, &mut f)?;
+            let start = at
+                .filter(|p| {
+                    p.segment == view.first_seq
+                        && p.next_seq == after + 1
+                        && p.offset <= view.durable_len
+                })
+                .map(Start::Known)
+                .or_else(|| {
+                    // The nearest sampled frame (a hint, checked at use).
+                    let m = self.shared.skips.before(view.first_seq, after + 1)?;
+                    (m.offset < view.durable_len).then_some(Start::Mark(Position {
+                        segment: view.first_seq,
+                        offset: m.offset,
+                        next_seq: m.seq,
+                    }))
+                });
+            let (go_on, next) =
+                scan_segment(&view, &self.shared.skips, after, upto, start, &mut f)?;
             *at = next;
             if !go_on {
                 break;
@@ -198,6 +218,15 @@ pub struct Position {
     segment: u64,
     offset: u64,
     next_seq: u64,
+}
+
+/// Where a segment scan begins, when not at the header.
+#[derive(Clone, Copy)]
+enum Start {
+    /// Left by the previous scan of this reader: trusted.
+    Known(Position),
+    /// A sampled frame (`crate::skips`): checked before it is used.
+    Mark(Position),
 }
 
 /// Sliding window over the durable prefix of one segment file.
@@ -241,9 +270,10 @@ impl Window {
 /// read (when the scan read records cleanly up to it).
 fn scan_segment(
     view: &SegView,
+    skips: &crate::skips::Skips,
     after: u64,
     upto: u64,
-    start: Option<Position>,
+    start: Option<Start>,
     f: &mut impl FnMut(Item) -> bool,
 ) -> Result<(bool, Option<Position>), Error> {
     let place = |off: u64, next_seq: u64| {
@@ -276,6 +306,15 @@ fn scan_segment(
         base: 0,
         buf: Vec::new(),
     };
+    let start = match start {
+        Some(Start::Mark(p)) => {
+            let ok = check_frame(w.at(p.offset)?).is_ok_and(|(seq, _)| seq == p.next_seq);
+            ok.then_some(p)
+        }
+        Some(Start::Known(p)) => Some(p),
+        None => None,
+    };
+    let mut next_mark = skips.next_at(view.first_seq);
     let (mut off, mut expected) = match start {
         Some(p) => (p.offset, p.next_seq),
         None => {
@@ -297,6 +336,9 @@ fn scan_segment(
         }
         match check_frame(bytes) {
             Ok((seq, len)) if seq == expected => {
+                if off >= next_mark {
+                    next_mark = skips.note(view.first_seq, seq, off);
+                }
                 let next = off + len as u64;
                 if seq > after {
                     let item = match decode_record(bytes) {

@@ -73,6 +73,8 @@ pub(crate) struct Shared {
     pub retain_bytes: AtomicU64,
     pub retain_age_secs: AtomicU64,
     pub pinned_cap_bytes: AtomicU64,
+    /// Sampled record offsets per segment (a hint, `crate::skips`).
+    pub skips: crate::skips::Skips,
 }
 
 pub(crate) const SEGMENT_SUFFIX: &str = ".cjseg";

@@ -623,3 +623,53 @@ fn enospc_on_write_or_sync_is_cut_back_and_writing_resumes() {
         assert_eq!((rec.last_seq, rec.truncated_bytes, rec.lost), (11, 0, None));
     }
 }
+
+/// Scans that begin at sampled frames (design 5.10) give what one scan
+/// from the start gives: with the writer's marks, with none (after a
+/// reopen), with the marks readers take, and when the frame a mark points
+/// at is damaged.
+#[test]
+fn scans_from_sampled_frames_equal_one_scan_from_the_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = Options {
+        segment_bytes: 1 << 20,
+        ..small()
+    };
+    let (mut w, r, _) = open(dir.path(), opts.clone()).unwrap();
+    let mut last = 0;
+    for round in 0..20 {
+        last = write_n(&mut w, 1500 + round);
+    }
+    let all = seqs(&collect(&r, 0, last));
+    assert_eq!(all, (1..=last).collect::<Vec<_>>());
+    let segments = list_segments(dir.path()).unwrap();
+    assert!(segments.len() >= 3, "{segments:?}");
+    let probe = |r: &Reader| {
+        for after in (0..last).step_by(997).chain([last - 1, last]) {
+            let got = seqs(&collect(r, after, last));
+            assert_eq!(
+                got,
+                ((after + 1)..=last).collect::<Vec<_>>(),
+                "after {after}"
+            );
+        }
+    };
+    // The writer sampled what it wrote.
+    let (s1, _) = r.mark_before(segments[1], u64::MAX).unwrap();
+    assert!(s1 > segments[1], "the writer left marks past the start");
+    probe(&r);
+    drop((w, r));
+    // Reopened: no marks until a scan takes them.
+    let (w, r, _) = open(dir.path(), opts.clone()).unwrap();
+    assert_eq!(r.mark_before(segments[1], u64::MAX), None);
+    probe(&r);
+    let (m, off) = r.mark_before(segments[1], u64::MAX).unwrap();
+    assert!(m > segments[1] && off > SEGMENT_HEADER_LEN as u64);
+    // The frame a mark points at is damaged: the scan reads the segment
+    // from its start, and reports just that record.
+    corrupt_record(dir.path(), m);
+    let items = collect(&r, m - 1, last);
+    assert_eq!(items[0], Item::Damaged { first: m, last: m });
+    assert_eq!(seqs(&items), ((m + 1)..=last).collect::<Vec<_>>());
+    drop((w, r));
+}

@@ -173,6 +173,7 @@ impl Writer {
             self.poisoned = true;
             return Err(e);
         }
+        self.note_marks();
         self.file_len += self.pending.len() as u64;
         self.pending.clear();
         self.pending_records = 0;
@@ -185,6 +186,25 @@ impl Writer {
             tracing::warn!("cj daemon: {e} (the mark stays at an older seq)");
         }
         Ok(durable)
+    }
+
+    /// Samples where the frames just written start (`crate::skips`), before
+    /// they are published as durable.
+    fn note_marks(&self) {
+        let skips = &self.shared.skips;
+        let mut next = skips.next_at(self.seg_first_seq);
+        let mut o = 0usize;
+        while o + 16 <= self.pending.len() {
+            let len = u32::from_le_bytes(self.pending[o..o + 4].try_into().unwrap_or([0; 4]));
+            let seq = u64::from_le_bytes(self.pending[o + 8..o + 16].try_into().unwrap_or([0; 8]));
+            let at = self.file_len + o as u64;
+            if at >= next {
+                next = skips.note(self.seg_first_seq, seq, at);
+            }
+            let framed = (len as usize).div_ceil(RECORD_ALIGN) * RECORD_ALIGN;
+            assert!(framed > 0, "a pending frame of length zero");
+            o += framed;
+        }
     }
 
     /// Writes the high-water mark for everything durable now (a clean stop
@@ -221,6 +241,7 @@ impl Writer {
         self.file
             .sync_all()
             .map_err(io(&path, "fsync after cutting back"))?;
+        self.shared.skips.cut(self.seg_first_seq, self.file_len);
         self.pending.clear();
         self.pending_records = 0;
         self.next_seq = self.next_seq_durable() + 1;
@@ -332,6 +353,11 @@ impl Writer {
             removed += 1;
         }
         if removed > 0 {
+            let first = {
+                let state = self.shared.state.read().unwrap_or_else(|e| e.into_inner());
+                state.segments.first().map_or(0, |s| s.first_seq)
+            };
+            self.shared.skips.forget_before(first);
             fsync_dir(&self.shared.dir)?;
         }
         Ok(removed)

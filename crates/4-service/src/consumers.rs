@@ -11,6 +11,7 @@
 //!
 //! Stored in `<state>/consumers.json`, replaced atomically on every change.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::Duration;
@@ -29,6 +30,8 @@ pub const NAME_BYTES_MAX: usize = 64;
 /// changes, for the idle policy.
 const SEEN_SAVE_INTERVAL_NS: u64 = 3600 * 1_000_000_000;
 const FILE: &str = "consumers.json";
+/// Longest note a consumer may leave (longer ones are cut).
+pub const NOTE_BYTES_MAX: usize = 256;
 const FORMAT_VERSION: u64 = 1;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -118,6 +121,18 @@ pub struct Consumers {
     file: PathBuf,
     list: Mutex<Vec<Consumer>>,
     idle_expire: Mutex<Option<Duration>>,
+    /// What each consumer last said about itself (`consumer_ack` with a
+    /// note): in memory only, at most one per consumer.
+    notes: Mutex<HashMap<String, Note>>,
+}
+
+/// A consumer's word about its own state, e.g. an exporter whose sink is
+/// down.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Note {
+    pub text: String,
+    /// When this text was first given (repeating it keeps the time).
+    pub since_ns: u64,
 }
 
 impl Consumers {
@@ -138,6 +153,7 @@ impl Consumers {
             file,
             list: Mutex::new(list),
             idle_expire: Mutex::new(idle_expire),
+            notes: Mutex::new(HashMap::new()),
         })
     }
 
@@ -198,6 +214,8 @@ impl Consumers {
             if list.len() == before {
                 return Err(Refusal::Unknown(name.into()));
             }
+            let mut notes = self.notes.lock().unwrap_or_else(|e| e.into_inner());
+            notes.remove(name);
             Ok(())
         })
     }
@@ -214,6 +232,36 @@ impl Consumers {
             c.seen_ns = now;
             Ok(())
         })
+    }
+
+    /// Sets (or with `""` clears) the consumer's note.
+    pub fn set_note(&self, name: &str, text: &str, by: Option<u32>) -> Result<(), Refusal> {
+        if !self.lock().iter().any(|c| c.name == name && owned(c, by)) {
+            return Err(Refusal::Unknown(name.into()));
+        }
+        let mut notes = self.notes.lock().unwrap_or_else(|e| e.into_inner());
+        if text.is_empty() {
+            notes.remove(name);
+            return Ok(());
+        }
+        let mut end = text.len().min(NOTE_BYTES_MAX);
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        let text: String = text[..end]
+            .chars()
+            .map(|c| if c.is_control() { ' ' } else { c })
+            .collect();
+        if notes.get(name).is_none_or(|n| n.text != text) {
+            let since_ns = cj_types::sys::now_ns();
+            notes.insert(name.into(), Note { text, since_ns });
+        }
+        Ok(())
+    }
+
+    pub fn note(&self, name: &str) -> Option<Note> {
+        let notes = self.notes.lock().unwrap_or_else(|e| e.into_inner());
+        notes.get(name).cloned()
     }
 
     /// The consumer, marked as used now.
@@ -393,5 +441,39 @@ mod tests {
             e.contains("consumers.json") && e.contains("removing it"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn a_note_is_bounded_printable_kept_in_memory_and_owned() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = Consumers::load(dir.path(), None).unwrap();
+        c.add("exp", None, cursor(1), 1000).unwrap();
+        assert_eq!(
+            c.set_note("nope", "x", None),
+            Err(Refusal::Unknown("nope".into()))
+        );
+        assert_eq!(
+            c.set_note("exp", "x", Some(1001)),
+            Err(Refusal::Unknown("exp".into()))
+        );
+        let long = format!("down\n\u{1b}[2J{}", "é".repeat(400));
+        c.set_note("exp", &long, Some(1000)).unwrap();
+        let n = c.note("exp").unwrap();
+        assert!(
+            n.text.len() <= NOTE_BYTES_MAX && n.text.starts_with("down  [2J"),
+            "{n:?}"
+        );
+        // The same text again keeps its time; "" clears it.
+        c.set_note("exp", &long, None).unwrap();
+        assert_eq!(c.note("exp").unwrap().since_ns, n.since_ns);
+        c.set_note("exp", "", None).unwrap();
+        assert_eq!(c.note("exp"), None);
+        // Not saved: a reload has no note.
+        c.set_note("exp", "down", None).unwrap();
+        let again = Consumers::load(dir.path(), None).unwrap();
+        assert_eq!(again.note("exp"), None);
+        // Removing the consumer drops its note.
+        c.remove("exp", None).unwrap();
+        assert_eq!(c.note("exp"), None);
     }
 }

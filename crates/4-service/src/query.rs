@@ -510,11 +510,12 @@ fn usable_cursor(
 /// Looks at each path now (exists, kind; no symlink followed) and drops
 /// the ephemeral ones (section 10).
 fn as_now(mut entries: Vec<Entry>) -> Vec<Entry> {
+    let mut look = nsys::StatNofollow::default();
     for e in &mut entries {
         if may_have_subtree(e.kind) && e.changes.intersects(SUBTREE_CHANGES) {
             e.subtree = true;
         }
-        if let Ok(Some(st)) = nsys::stat_path_nofollow(&e.path) {
+        if let Ok(Some(st)) = look.stat(&e.path) {
             e.exists = true;
             e.kind = st.kind;
         }

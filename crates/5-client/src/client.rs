@@ -207,6 +207,14 @@ impl Client {
         self.line().map(|_| ())
     }
 
+    /// Leaves a note about the consumer's state (for example why it is not
+    /// moving), shown by `cj status` and `consumer_list` until the next
+    /// note; `""` clears it. The consumer's place does not move.
+    pub fn consumer_note(&mut self, name: &str, note: &str) -> Result<(), Error> {
+        self.request(json!({"op": "consumer_ack", "consumer": name, "note": note}))?;
+        self.line().map(|_| ())
+    }
+
     pub fn consumer_remove(&mut self, name: &str) -> Result<(), Error> {
         self.request(json!({"op": "consumer_remove", "consumer": name}))?;
         self.line().map(|_| ())

@@ -160,6 +160,13 @@ pub fn run(
     ensure_consumer(&mut client, opts)?;
     let mut follow = Follow::start(&opts.socket, FollowOptions::consumer(&opts.consumer))?;
     tracing::info!("cj export: following consumer {}", opts.consumer);
+    // The sink's state, as a note on the consumer (`cj status`), on its
+    // own connection.
+    let mut note = Noter {
+        client: Client::connect(&opts.socket).ok(),
+        consumer: opts.consumer.clone(),
+        said: false,
+    };
     let mut skip_through: Option<(String, u64)> = None;
     let mut batch: Vec<Message> = Vec::new();
     let mut bytes = 0usize;
@@ -170,7 +177,7 @@ pub fn run(
         if let Some(m) = message(&line, &opts.host) {
             let journal = m.id.split('.').next().unwrap_or("").to_string();
             if skip_through.as_ref().is_none_or(|(j, _)| *j != journal) {
-                let last = with_retry(stop, progress, || sink.last_seq(&journal))?;
+                let last = with_retry(stop, progress, &mut note, || sink.last_seq(&journal))?;
                 skip_through = Some((journal, last.unwrap_or(0)));
             }
             if skip_through.as_ref().is_none_or(|(_, s)| m.seq > *s) {
@@ -181,7 +188,7 @@ pub fn run(
         let full = batch.len() >= BATCH_MAX || bytes >= BATCH_BYTES_MAX;
         if full || !follow.pending() {
             if !batch.is_empty() {
-                with_retry(stop, progress, || sink.publish(&batch))?;
+                with_retry(stop, progress, &mut note, || sink.publish(&batch))?;
                 let top = batch.last().map_or(0, |m| m.seq);
                 progress.published_seq.store(top, Ordering::SeqCst);
                 progress
@@ -222,19 +229,52 @@ fn ensure_consumer(client: &mut Client, opts: &Options) -> Result<(), Error> {
     Ok(())
 }
 
+/// Tells the daemon what the sink is doing (best effort: a note is only
+/// for people reading `cj status`).
+struct Noter {
+    client: Option<Client>,
+    consumer: String,
+    /// A note is standing.
+    said: bool,
+}
+
+impl Noter {
+    fn say(&mut self, text: &str) {
+        if let Some(c) = self.client.as_mut() {
+            if c.consumer_note(&self.consumer, text).is_err() {
+                self.client = None;
+            }
+        }
+        self.said = !text.is_empty();
+    }
+}
+
 /// Runs `f` until it succeeds, the sink refuses, or `stop`; waits with
-/// doubling backoff between attempts.
+/// doubling backoff between attempts, and says so in the consumer's note
+/// while it does.
 fn with_retry<T>(
     stop: &AtomicBool,
     progress: &Progress,
+    note: &mut Noter,
     mut f: impl FnMut() -> Result<T, SinkError>,
 ) -> Result<T, Error> {
     let mut wait = RETRY_FIRST;
     loop {
         match f() {
-            Ok(v) => return Ok(v),
-            Err(SinkError::Refused(m)) => return Err(Error::Sink(SinkError::Refused(m))),
+            Ok(v) => {
+                if note.said {
+                    note.say("");
+                }
+                return Ok(v);
+            }
+            Err(SinkError::Refused(m)) => {
+                note.say(&format!("stopped: the sink refused: {m}"));
+                return Err(Error::Sink(SinkError::Refused(m)));
+            }
             Err(SinkError::Unavailable(m)) => {
+                if !note.said {
+                    note.say(&format!("the sink is unavailable, retrying: {m}"));
+                }
                 progress.failures.fetch_add(1, Ordering::SeqCst);
                 tracing::warn!(
                     "cj export: sink unavailable ({m}); retrying in {} ms",

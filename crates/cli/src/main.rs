@@ -517,6 +517,15 @@ fn status_daemon(out: &mut impl Write, s: &serde_json::Value) -> Result<()> {
                 format!("; EXPIRED: {}", expired.join(", "))
             }
         )?;
+        for c in k["list"].as_array().into_iter().flatten() {
+            writeln!(
+                out,
+                "            {}: {}{}",
+                c["name"].as_str().unwrap_or("?"),
+                stream::lag_text(c),
+                stream::note_text(c).replace('\t', "; ")
+            )?;
+        }
     }
     let c = &s["commit"];
     writeln!(

@@ -257,16 +257,39 @@ fn list_text(m: &serde_json::Value) -> Result<()> {
             "holding records back"
         };
         say(format_args!(
-            "{}\t{}\t{} records behind\t{}\t{}",
+            "{}\t{}\t{}\t{}\t{}{}",
             c["name"].as_str().unwrap_or("?"),
             scope,
-            c["lag_records"],
+            lag_text(&c),
             state,
-            c["cursor"].as_str().unwrap_or("")
+            c["cursor"].as_str().unwrap_or(""),
+            note_text(&c)
         ))?;
     }
     say(format_args!(
         "records are held for consumers until the journal reaches {} MiB",
         m["cap_bytes"].as_u64().unwrap_or(0) >> 20
     ))
+}
+
+/// "N records (S s) behind" for a consumer of `consumer_list` or `status`.
+pub fn lag_text(c: &serde_json::Value) -> String {
+    let n = c["lag_records"].as_u64().unwrap_or(0);
+    if n == 0 {
+        return "up to date".into();
+    }
+    format!(
+        "{n} records ({:.1} s) behind",
+        c["lag_s"].as_f64().unwrap_or(0.0)
+    )
+}
+
+/// "\tnote: TEXT (for S s)" when the consumer left a note.
+pub fn note_text(c: &serde_json::Value) -> String {
+    let Some(text) = c["note"].as_str() else {
+        return String::new();
+    };
+    let since = c["note_since_ns"].as_u64().unwrap_or(0);
+    let age = cj_types::sys::now_ns().saturating_sub(since) / 1_000_000_000;
+    format!("\tnote: {text} (for {age} s)")
 }

@@ -69,14 +69,23 @@ pub(super) fn handle(req: &Request, ctx: &Context, client: &Client) -> Result<Va
         }
         Op::ConsumerAck => {
             let name = name?;
-            let text = req.cursor.as_deref().ok_or_else(|| {
-                fail(
-                    "bad_request",
-                    "consumer_ack needs \"cursor\" (the cursor to acknowledge)",
-                )
-            })?;
-            let at = acceptable(ctx, text)?;
-            ctx.consumers.ack(name, at, by).map_err(refused)?;
+            let text = match (&req.cursor, &req.note) {
+                (Some(text), _) => Some(text.as_str()),
+                (None, Some(_)) => None,
+                (None, None) => {
+                    return Err(fail(
+                        "bad_request",
+                        "consumer_ack needs \"cursor\" (the cursor to acknowledge) or \"note\"",
+                    ))
+                }
+            };
+            if let Some(text) = text {
+                let at = acceptable(ctx, text)?;
+                ctx.consumers.ack(name, at, by).map_err(refused)?;
+            }
+            if let Some(note) = &req.note {
+                ctx.consumers.set_note(name, note, by).map_err(refused)?;
+            }
             json!({"ok": true})
         }
         Op::ConsumerRemove => {
@@ -128,8 +137,19 @@ pub(super) fn summary(ctx: &Context) -> Value {
         .filter(|c| c.cursor.journal_id != ctx.reader.journal_id() || c.cursor.seq + 1 < first)
         .map(|c| c.name.as_str())
         .collect();
+    let durable = ctx.reader.durable_seq();
+    let each: Vec<Value> = list
+        .iter()
+        .map(|c| {
+            let mut m = Map::new();
+            m.insert("name".into(), Value::from(c.name.clone()));
+            lag(ctx, c, now, durable, &mut m);
+            Value::Object(m)
+        })
+        .collect();
     json!({
         "count": list.len(),
+        "list": each,
         "pin_seq": ctx.consumers.pin(ctx.reader.journal_id(), now),
         "cap_bytes": ctx.shared.tunables.consumer_cap_bytes.load(std::sync::atomic::Ordering::SeqCst),
         "expired": expired,
@@ -163,10 +183,7 @@ fn describe(ctx: &Context, c: &Consumer, now: u64, durable: u64, first: u64) -> 
     let ours = c.cursor.journal_id == ctx.reader.journal_id();
     m.insert("cursor".into(), Value::from(c.cursor.encode()));
     m.insert("seq".into(), Value::from(c.cursor.seq));
-    m.insert(
-        "lag_records".into(),
-        Value::from(durable.saturating_sub(c.cursor.seq)),
-    );
+    lag(ctx, c, now, durable, &mut m);
     let idle = ctx.consumers.idle(c, now);
     m.insert("idle".into(), Value::from(idle));
     m.insert("pinning".into(), Value::from(ours && !idle));
@@ -177,4 +194,34 @@ fn describe(ctx: &Context, c: &Consumer, now: u64, durable: u64, first: u64) -> 
     m.insert("created_ns".into(), Value::from(c.created_ns));
     m.insert("seen_ns".into(), Value::from(c.seen_ns));
     m
+}
+
+/// `lag_records` (records after the consumer's cursor), `lag_s` (how old
+/// the oldest of them is; 0 when there are none) and the consumer's note
+/// (`note`, `note_since_ns`).
+fn lag(ctx: &Context, c: &Consumer, now: u64, durable: u64, m: &mut Map<String, Value>) {
+    let ours = c.cursor.journal_id == ctx.reader.journal_id();
+    let behind = if ours {
+        durable.saturating_sub(c.cursor.seq)
+    } else {
+        durable
+    };
+    m.insert("lag_records".into(), Value::from(behind));
+    let mut oldest = None;
+    if behind > 0 {
+        let after = if ours { c.cursor.seq } else { 0 };
+        let after = after.max(ctx.reader.first_seq().saturating_sub(1));
+        let _ = ctx.reader.scan(after, after + 1, |item| {
+            if let cj_journal::Item::Record(r) = item {
+                oldest = Some(r.time_ns);
+            }
+            false
+        });
+    }
+    let lag_ns = oldest.map_or(0, |t| now.saturating_sub(t));
+    m.insert("lag_s".into(), Value::from(lag_ns as f64 / 1e9));
+    if let Some(n) = ctx.consumers.note(&c.name) {
+        m.insert("note".into(), Value::from(n.text));
+        m.insert("note_since_ns".into(), Value::from(n.since_ns));
+    }
 }

@@ -95,7 +95,7 @@ fn parent(p: &[u8]) -> Option<Vec<u8>> {
 /// of every name added, removed or renamed (docs/protocol.md: follow does
 /// not send those as lines of their own), and every rescan scope that no
 /// later `resolved` line closed.
-fn as_answer(lines: &[Value]) -> Answer {
+pub fn as_answer(lines: &[Value]) -> Answer {
     let mut entries: Vec<Value> = Vec::new();
     let mut changes = Vec::new();
     let mut add = |path: Vec<u8>, subtree: bool| {
