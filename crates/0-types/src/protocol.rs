@@ -230,6 +230,39 @@ impl Change {
         m
     }
 
+    /// The entry line, as `Value::Object(self.to_json())` prints it (the
+    /// same keys in the same order, the same escapes) but written straight
+    /// into `out`, without building a map: a big answer is mostly these
+    /// lines. No newline.
+    pub fn write_json(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(b"{\"changes\":[");
+        for (i, k) in self.changes.iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            write_str(out, k.as_str());
+        }
+        out.extend_from_slice(b"],\"exists\":");
+        out.extend_from_slice(if self.exists { b"true" } else { b"false" });
+        if let Some(g) = self.gap {
+            out.extend_from_slice(b",\"gap\":");
+            out.extend_from_slice(g.to_string().as_bytes());
+        }
+        out.extend_from_slice(b",\"kind\":");
+        write_str(out, self.kind.as_str());
+        write_path(out, "path", &self.path);
+        if let Some(f) = self.renamed_from.as_ref().filter(|f| !f.is_empty()) {
+            write_path(out, "renamed_from", f);
+        }
+        if let Some(t) = &self.renamed_to {
+            write_path(out, "renamed_to", t);
+        }
+        if self.subtree {
+            out.extend_from_slice(b",\"subtree\":true");
+        }
+        out.push(b'}');
+    }
+
     /// Reads an entry line's object. A change kind this version does not
     /// know (a newer daemon) is left out.
     pub fn from_json(m: &Map<String, Value>) -> Result<Change, String> {
@@ -395,6 +428,30 @@ pub fn decode_request(line: &[u8]) -> Result<Request, String> {
     })
 }
 
+/// A JSON string, escaped as serde_json escapes it.
+fn write_str(out: &mut Vec<u8>, s: &str) {
+    // Writing into a Vec cannot fail.
+    let _ = serde_json::to_writer(&mut *out, s);
+}
+
+/// `,"stem":"path"` (or `,"stem_b64":"..."`), as [`put_path`] names it.
+fn write_path(out: &mut Vec<u8>, stem: &str, bytes: &[u8]) {
+    out.push(b',');
+    match std::str::from_utf8(bytes) {
+        Ok(text) => {
+            write_str(out, stem);
+            out.push(b':');
+            write_str(out, text);
+        }
+        Err(_) => {
+            let t = PathText::from_bytes(bytes);
+            write_str(out, &t.key(stem));
+            out.push(b':');
+            write_str(out, t.value());
+        }
+    }
+}
+
 /// Inserts a byte path under `stem` (or `stem_b64`).
 pub fn put_path(obj: &mut Map<String, Value>, stem: &str, bytes: &[u8]) {
     let t = PathText::from_bytes(bytes);
@@ -454,6 +511,49 @@ fn wrong_type(field: &str, want: &str, got: &Value) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The direct writer prints what the map prints, byte for byte, for
+    /// every combination of optional fields, path bytes that are not
+    /// UTF-8, control characters and quotes.
+    #[test]
+    fn an_entry_written_directly_equals_its_json_object() {
+        let paths: [&[u8]; 5] = [
+            b"/r/a",
+            b"/r/new\nline \"q\" \\ \t\x01",
+            b"/r/\xff\xfe",
+            b"/r/caf\xc3\xa9/\xe2\x80\xa8",
+            b"",
+        ];
+        let kinds = [ObjectKind::File, ObjectKind::Dir, ObjectKind::Unknown];
+        let mut n = 0;
+        for (i, path) in paths.iter().enumerate() {
+            for (j, kind) in kinds.iter().enumerate() {
+                for bits in 0u32..16 {
+                    let other = paths[(i + j + 1) % paths.len()].to_vec();
+                    let change = Change {
+                        path: path.to_vec(),
+                        kind: *kind,
+                        exists: bits & 1 != 0,
+                        changes: ChangeKind::ALL
+                            .iter()
+                            .map(|(k, _)| *k)
+                            .filter(|k| !(*k as u32 + bits).is_multiple_of(3))
+                            .collect(),
+                        renamed_from: (bits & 2 != 0).then(|| other.clone()),
+                        renamed_to: (bits & 4 != 0).then(|| other.clone()),
+                        subtree: bits & 8 != 0,
+                        gap: (bits % 5 == 0).then_some(u64::MAX - bits as u64),
+                    };
+                    let mut direct = Vec::new();
+                    change.write_json(&mut direct);
+                    let via_map = Value::Object(change.to_json()).to_string();
+                    assert_eq!(String::from_utf8_lossy(&direct), via_map);
+                    n += 1;
+                }
+            }
+        }
+        assert_eq!(n, 5 * 3 * 16);
+    }
 
     #[test]
     fn answers_round_trip_through_their_json_lines() {

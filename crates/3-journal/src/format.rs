@@ -388,7 +388,90 @@ fn split_exact<const N: usize>(mut p: &[u8], lens: [usize; N]) -> Result<[&[u8];
     Ok(parts)
 }
 
+/// The fields of an event record that an answer folds, borrowed from the
+/// frame: reading a range without copying every handle, name and path.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct EventView<'a> {
+    pub changes: Changes,
+    pub kind: ObjectKind,
+    pub flags: u8,
+    pub fsid: u64,
+    pub path: &'a [u8],
+    pub old_path: &'a [u8],
+    pub gap_seq: u64,
+}
+
+impl<'a> EventView<'a> {
+    pub fn of(e: &'a EventRecord) -> EventView<'a> {
+        EventView {
+            changes: e.changes,
+            kind: e.kind,
+            flags: e.flags,
+            fsid: e.fsid,
+            path: &e.path,
+            old_path: &e.old_path,
+            gap_seq: e.gap_seq,
+        }
+    }
+}
+
+/// An event frame's view, if `b` starts with a whole, valid event frame
+/// (checked exactly as [`decode_record`] checks it); `Ok(None)` for a
+/// valid frame of another type.
+pub fn view_event(b: &[u8]) -> Result<Option<EventView<'_>>, DecodeError> {
+    check_frame(b)?;
+    if b[24] != RECORD_TYPE_EVENT {
+        return Ok(None);
+    }
+    let len = u32_at(b, 0) as usize;
+    let e = parse_event(&b[RECORD_HEADER_LEN..len])?;
+    Ok(Some(EventView {
+        changes: Changes(u32_at(e.fixed, 0)),
+        kind: e.kind,
+        flags: e.fixed[5] & !(EVENT_STAT_FLAG | EVENT_GAP_FLAG),
+        fsid: u64_at(e.fixed, 8),
+        path: e.parts[5],
+        old_path: e.parts[6],
+        gap_seq: e.gap_seq,
+    }))
+}
+
+/// An event payload, checked and cut into its parts.
+struct EventParts<'a> {
+    fixed: &'a [u8],
+    kind: ObjectKind,
+    /// object, dir, old_dir handles, name, old name, path, old path.
+    parts: [&'a [u8]; 7],
+    stat: Option<Stat>,
+    gap_seq: u64,
+}
+
 fn decode_event(p: &[u8]) -> Result<EventRecord, DecodeError> {
+    let e = parse_event(p)?;
+    let f = e.fixed;
+    let [object, dir, old_dir, name, old_name, path, old_path] = e.parts;
+    let handle = |t: usize, bytes: &[u8]| FileHandle {
+        handle_type: i32_at(f, t),
+        bytes: bytes.to_vec(),
+    };
+    Ok(EventRecord {
+        changes: Changes(u32_at(f, 0)),
+        kind: e.kind,
+        flags: f[5] & !(EVENT_STAT_FLAG | EVENT_GAP_FLAG),
+        fsid: u64_at(f, 8),
+        object: handle(16, object),
+        dir: handle(20, dir),
+        old_dir: handle(24, old_dir),
+        name: name.to_vec(),
+        old_name: old_name.to_vec(),
+        path: path.to_vec(),
+        old_path: old_path.to_vec(),
+        stat: e.stat,
+        gap_seq: e.gap_seq,
+    })
+}
+
+fn parse_event(p: &[u8]) -> Result<EventParts<'_>, DecodeError> {
     if p.len() < EVENT_FIXED_LEN {
         return Err(DecodeError::Invalid("event payload too short"));
     }
@@ -442,24 +525,12 @@ fn decode_event(p: &[u8]) -> Result<EventRecord, DecodeError> {
     } else {
         None
     };
-    let [object, dir, old_dir, name, old_name, path, old_path] = split_exact(rest, lens)?;
+    let parts = split_exact(rest, lens)?;
     let kind = ObjectKind::from_u8(f[4]).ok_or(DecodeError::Invalid("unknown object kind"))?;
-    let handle = |t: usize, bytes: &[u8]| FileHandle {
-        handle_type: i32_at(f, t),
-        bytes: bytes.to_vec(),
-    };
-    Ok(EventRecord {
-        changes: Changes(u32_at(f, 0)),
+    Ok(EventParts {
+        fixed: f,
         kind,
-        flags: f[5] & !(EVENT_STAT_FLAG | EVENT_GAP_FLAG),
-        fsid: u64_at(f, 8),
-        object: handle(16, object),
-        dir: handle(20, dir),
-        old_dir: handle(24, old_dir),
-        name: name.to_vec(),
-        old_name: old_name.to_vec(),
-        path: path.to_vec(),
-        old_path: old_path.to_vec(),
+        parts,
         stat,
         gap_seq,
     })
@@ -620,14 +691,22 @@ mod tests {
     fn any_damage_is_detected_never_panics() {
         let mut buf = Vec::new();
         encode_record(1, 2, &sample_event(1), &mut buf);
+        // The view reads what the decoder reads, and refuses what it refuses.
+        let (whole, _) = decode_record(&buf).unwrap();
+        let RecordBody::Event(e) = &whole.body else {
+            panic!("not an event")
+        };
+        assert_eq!(view_event(&buf).unwrap(), Some(EventView::of(e)));
         for cut in 0..buf.len() {
             assert!(decode_record(&buf[..cut]).is_err());
+            assert!(view_event(&buf[..cut]).is_err());
         }
         for i in 0..buf.len() {
             for bit in 0..8 {
                 let mut b = buf.clone();
                 b[i] ^= 1 << bit;
                 assert!(decode_record(&b).is_err(), "flip at {i}.{bit} undetected");
+                assert!(view_event(&b).is_err(), "flip at {i}.{bit} viewed");
             }
         }
         // Arbitrary bytes.
@@ -643,6 +722,7 @@ mod tests {
                 })
                 .collect();
             let _ = decode_record(&bytes);
+            let _ = view_event(&bytes);
         }
     }
 }

@@ -30,7 +30,7 @@ use cj_types::JournalId;
 
 pub use error::Error;
 pub use highwater::HIGHWATER_INTERVAL;
-pub use reader::{Item, Position, Reader};
+pub use reader::{Item, Position, Reader, View};
 pub use shared::Options;
 use shared::{now_ns, segment_path, SegMeta, Shared, State, LOCK_FILE, SEGMENT_SUFFIX};
 pub use writer::Writer;

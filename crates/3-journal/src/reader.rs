@@ -139,6 +139,33 @@ impl Reader {
         true
     }
 
+    /// The journal's directory (derived data of the layers above may live
+    /// in a subdirectory of it).
+    pub fn dir(&self) -> &std::path::Path {
+        &self.shared.dir
+    }
+
+    /// `(first_seq, last_seq)` of every sealed segment (all but the one
+    /// being written), oldest first: ranges that no longer change.
+    pub fn sealed_segments(&self) -> Vec<(u64, u64)> {
+        let state = self.shared.state.read().unwrap_or_else(|e| e.into_inner());
+        state
+            .segments
+            .windows(2)
+            .map(|w| (w[0].first_seq, w[1].first_seq - 1))
+            .filter(|(first, last)| first <= last)
+            .collect()
+    }
+
+    /// `(first_seq, last_seq)` of every segment, oldest first; the last
+    /// one (being written) ends at the durable seq.
+    pub fn segment_ranges(&self) -> Vec<(u64, u64)> {
+        self.views()
+            .iter()
+            .map(|v| (v.first_seq, v.last_seq))
+            .collect()
+    }
+
     fn views(&self) -> Vec<SegView> {
         let state = self.shared.state.read().unwrap_or_else(|e| e.into_inner());
         let n = state.segments.len();
@@ -180,6 +207,59 @@ impl Reader {
         at: &mut Option<Position>,
         mut f: impl FnMut(Item) -> bool,
     ) -> Result<(), Error> {
+        self.scan_raw(after, upto, at, &mut |raw| {
+            f(match raw {
+                Raw::Frame(seq, bytes) => match decode_record(bytes) {
+                    Ok((record, _)) => Item::Record(Box::new(record)),
+                    Err(_) => Item::Damaged {
+                        first: seq,
+                        last: seq,
+                    },
+                },
+                Raw::Damaged { first, last } => Item::Damaged { first, last },
+            })
+        })
+    }
+
+    /// [`Reader::scan`] that hands event records over as views into the
+    /// bytes read ([`format::EventView`]), without copying them; other
+    /// records and damage come as [`Item`]s. For folding big ranges.
+    pub fn scan_view(
+        &self,
+        after: u64,
+        upto: u64,
+        mut f: impl FnMut(View<'_>) -> bool,
+    ) -> Result<(), Error> {
+        self.scan_raw(after, upto, &mut None, &mut |raw| match raw {
+            Raw::Frame(seq, bytes) => match format::view_event(bytes) {
+                Ok(Some(event)) => f(View::Event {
+                    seq,
+                    event,
+                    frame: bytes,
+                }),
+                Ok(None) => f(View::Other(match decode_record(bytes) {
+                    Ok((record, _)) => Item::Record(Box::new(record)),
+                    Err(_) => Item::Damaged {
+                        first: seq,
+                        last: seq,
+                    },
+                })),
+                Err(_) => f(View::Other(Item::Damaged {
+                    first: seq,
+                    last: seq,
+                })),
+            },
+            Raw::Damaged { first, last } => f(View::Other(Item::Damaged { first, last })),
+        })
+    }
+
+    fn scan_raw(
+        &self,
+        after: u64,
+        upto: u64,
+        at: &mut Option<Position>,
+        f: &mut dyn FnMut(Raw<'_>) -> bool,
+    ) -> Result<(), Error> {
         for view in self.views() {
             if view.last_seq <= after || view.first_seq > upto || view.last_seq < view.first_seq {
                 continue;
@@ -200,8 +280,7 @@ impl Reader {
                         next_seq: m.seq,
                     }))
                 });
-            let (go_on, next) =
-                scan_segment(&view, &self.shared.skips, after, upto, start, &mut f)?;
+            let (go_on, next) = scan_segment(&view, &self.shared.skips, after, upto, start, f)?;
             *at = next;
             if !go_on {
                 break;
@@ -218,6 +297,26 @@ pub struct Position {
     segment: u64,
     offset: u64,
     next_seq: u64,
+}
+
+/// One step of a scan through [`Reader::scan_view`].
+pub enum View<'a> {
+    /// An event record, as a view into its frame (`frame`: the whole
+    /// frame, for [`format::decode_record`] when the owned record is
+    /// needed).
+    Event {
+        seq: u64,
+        event: format::EventView<'a>,
+        frame: &'a [u8],
+    },
+    /// Any other record, or damage.
+    Other(Item),
+}
+
+/// A checked frame (its seq and bytes) or a damaged range.
+enum Raw<'a> {
+    Frame(u64, &'a [u8]),
+    Damaged { first: u64, last: u64 },
 }
 
 /// Where a segment scan begins, when not at the header.
@@ -274,7 +373,7 @@ fn scan_segment(
     after: u64,
     upto: u64,
     start: Option<Start>,
-    f: &mut impl FnMut(Item) -> bool,
+    f: &mut dyn FnMut(Raw<'_>) -> bool,
 ) -> Result<(bool, Option<Position>), Error> {
     let place = |off: u64, next_seq: u64| {
         Some(Position {
@@ -283,11 +382,11 @@ fn scan_segment(
             next_seq,
         })
     };
-    let damaged_all = |f: &mut dyn FnMut(Item) -> bool, first: u64| {
+    let damaged_all = |f: &mut dyn FnMut(Raw<'_>) -> bool, first: u64| {
         let first = first.max(after + 1);
         let last = view.last_seq.min(upto);
         if first <= last {
-            f(Item::Damaged { first, last })
+            f(Raw::Damaged { first, last })
         } else {
             true
         }
@@ -340,17 +439,8 @@ fn scan_segment(
                     next_mark = skips.note(view.first_seq, seq, off);
                 }
                 let next = off + len as u64;
-                if seq > after {
-                    let item = match decode_record(bytes) {
-                        Ok((record, _)) => Item::Record(Box::new(record)),
-                        Err(_) => Item::Damaged {
-                            first: seq,
-                            last: seq,
-                        },
-                    };
-                    if !f(item) {
-                        return Ok((false, place(next, seq + 1)));
-                    }
+                if seq > after && !f(Raw::Frame(seq, &bytes[..len])) {
+                    return Ok((false, place(next, seq + 1)));
                 }
                 expected = seq + 1;
                 off = next;
@@ -360,7 +450,7 @@ fn scan_segment(
                 match resync_window(&mut w, off, expected, view.last_seq)? {
                     Some((at, seq)) => {
                         let (first, last) = (expected.max(after + 1), (seq - 1).min(upto));
-                        if first <= last && !f(Item::Damaged { first, last }) {
+                        if first <= last && !f(Raw::Damaged { first, last }) {
                             return Ok((false, None));
                         }
                         expected = seq;

@@ -138,6 +138,9 @@ impl Daemon {
                 }
             })
             .map_err(io(&self.config.socket, "start consumer thread"))?;
+        // Sealed segments get their summaries in the background (5.11).
+        crate::summary::spawn(self.ctx.reader.clone(), self.ctx.stopping.clone())
+            .map_err(io(&self.config.socket, "start summary thread"))?;
         let ready = format!(
             "ready: journal {} at seq {}, socket {}, {} root(s)",
             self.ctx.reader.journal_id(),

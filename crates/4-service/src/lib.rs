@@ -30,6 +30,7 @@ pub mod server;
 pub mod shared;
 pub mod start;
 pub mod state;
+pub mod summary;
 pub mod watchman;
 mod writer;
 

@@ -9,9 +9,8 @@
 //! then incomplete (exit 3). Every record that could be read is still
 //! reported.
 
-use std::collections::BTreeMap;
-
-use cj_journal::{Item, Reader};
+use cj_journal::format::EventView;
+use cj_journal::{Item, Reader, View};
 use cj_normalize::sys as nsys;
 use cj_types::path::is_at_or_below;
 use cj_types::protocol::RescanReason;
@@ -31,8 +30,6 @@ const ENTRY_CHANGES: Changes = Changes(
 /// Distinct paths one answer may hold. Past this the scope is reported for
 /// rescan instead of growing memory without bound.
 pub const QUERY_PATHS_MAX: usize = 2_000_000;
-/// Journal items read before they are folded into the answer.
-const SCAN_BATCH_MAX: usize = 65_536;
 
 /// A scope to rescan: the protocol's own type.
 pub use cj_types::protocol::Rescan;
@@ -54,6 +51,23 @@ pub struct Entry {
     /// The gap the latest reconciled record for this path belongs to (the
     /// seq of its gap or unknown-path record).
     pub gap: Option<u64>,
+    /// What the records folded into this entry did that a later fold
+    /// must know to give the same result as folding them one by one
+    /// (`Builder::absorb`, crate::summary).
+    pub(crate) trace: Trace,
+}
+
+/// See [`Entry::trace`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Trace {
+    /// A rename record set `renamed_to` (possibly to nothing).
+    pub renamed_to_set: bool,
+    /// A rename record set `renamed_from`.
+    pub renamed_from_set: bool,
+    /// A child's creation, deletion or rename made this a directory.
+    pub parent: bool,
+    /// A record of a kind that may have a subtree named this path.
+    pub subtree_kind: bool,
 }
 
 /// Changes that, on a directory, cover its whole subtree.
@@ -81,10 +95,17 @@ pub fn intersect(a: &[u8], b: &[u8]) -> Option<Vec<u8>> {
     }
 }
 
-struct Builder<'a> {
+pub(crate) struct Builder<'a> {
     scope: Option<&'a [u8]>,
     roots: &'a [RootState],
-    paths: BTreeMap<Vec<u8>, Entry>,
+    /// Folding a sealed segment for its summary (crate::summary): every
+    /// path counts, whatever the roots; records that are not about one
+    /// path are kept as they are in `raw`, and damage is only noted.
+    all: bool,
+    raw: Vec<(u64, RecordBody)>,
+    damaged: bool,
+    /// By path; sorted when the answer is made.
+    paths: hashbrown::HashMap<Vec<u8>, Entry, FastHash>,
     rescans: Vec<Rescan>,
     overflowed: bool,
     /// (seq, scope, reason) of gaps and unknown-path records.
@@ -93,10 +114,110 @@ struct Builder<'a> {
     resolutions: Vec<(u64, u64, Vec<u8>)>,
 }
 
-impl Builder<'_> {
+impl<'a> Builder<'a> {
+    pub(crate) fn new(roots: &'a [RootState], scope: Option<&'a [u8]>, all: bool) -> Builder<'a> {
+        Builder {
+            scope,
+            roots,
+            all,
+            raw: Vec::new(),
+            damaged: false,
+            paths: hashbrown::HashMap::with_hasher(FastHash),
+            rescans: Vec::new(),
+            overflowed: false,
+            pending: Vec::new(),
+            resolutions: Vec::new(),
+        }
+    }
+
+    /// Folds the records `(after, upto]`.
+    pub(crate) fn scan(
+        &mut self,
+        reader: &Reader,
+        after: u64,
+        upto: u64,
+    ) -> Result<(), cj_journal::Error> {
+        if after >= upto {
+            return Ok(());
+        }
+        reader.scan_view(after, upto, |v| {
+            match v {
+                View::Event { seq, event, frame } => self.add_event(seq, event, Some(frame)),
+                View::Other(item) => self.add(item),
+            }
+            true
+        })
+    }
+
+    /// What folding `(first, last]` of a sealed segment left (its
+    /// summary), or `None` if it cannot stand for the records: damage, or
+    /// more paths than an answer may hold.
+    pub(crate) fn into_summary(self) -> Option<crate::summary::Summary> {
+        if self.damaged || self.overflowed {
+            return None;
+        }
+        Some(crate::summary::Summary {
+            entries: sorted(self.paths),
+            raw: self.raw,
+        })
+    }
+
+    /// Folds a later part of the range that was folded already (a sealed
+    /// segment's summary): the result is what folding its records one by
+    /// one would give (`a_summary_answers_what_its_records_answer`).
+    pub(crate) fn absorb(&mut self, later: crate::summary::Summary) {
+        for (path, e) in later.entries {
+            if self.in_scope(&path) {
+                self.absorb_entry(&path, e);
+            }
+        }
+        for (seq, body) in later.raw {
+            self.add(Item::Record(Box::new(cj_types::Record {
+                seq,
+                time_ns: 0,
+                body,
+            })));
+        }
+    }
+
+    fn absorb_entry(&mut self, path: &[u8], later: Entry) {
+        let Some(en) = self.entry(path) else { return };
+        if en.changes.is_empty() {
+            en.first = later.first;
+        }
+        let before = en.changes;
+        en.changes |= later.changes;
+        // A child's change makes the path a directory for good; otherwise
+        // the first kind seen stays.
+        if later.trace.parent {
+            en.kind = ObjectKind::Dir;
+            en.trace.parent = true;
+        } else if en.kind == ObjectKind::Unknown {
+            en.kind = later.kind;
+        }
+        if later.subtree || (later.trace.subtree_kind && before.intersects(SUBTREE_CHANGES)) {
+            en.subtree = true;
+        }
+        en.trace.subtree_kind |= later.trace.subtree_kind;
+        if later.trace.renamed_to_set {
+            en.renamed_to = later.renamed_to;
+            en.trace.renamed_to_set = true;
+        }
+        if later.trace.renamed_from_set {
+            en.renamed_from = later.renamed_from;
+            en.trace.renamed_from_set = true;
+        }
+        if later.gap.is_some() {
+            en.gap = later.gap;
+        }
+    }
+
     /// Inside the query path and inside a tracked root: the other side of a
     /// rename out of the roots is not reported.
     fn in_scope(&self, path: &[u8]) -> bool {
+        if self.all {
+            return !path.is_empty();
+        }
         !path.is_empty()
             && self.scope.is_none_or(|s| is_at_or_below(path, s))
             && self.roots.iter().any(|r| is_at_or_below(path, &r.path))
@@ -186,20 +307,16 @@ impl Builder<'_> {
     }
 
     fn entry(&mut self, path: &[u8]) -> Option<&mut Entry> {
-        if !self.paths.contains_key(path) {
-            if self.paths.len() >= QUERY_PATHS_MAX {
+        let full = self.paths.len() >= QUERY_PATHS_MAX;
+        match self.paths.entry_ref(path) {
+            hashbrown::hash_map::EntryRef::Occupied(o) => Some(o.into_mut()),
+            hashbrown::hash_map::EntryRef::Vacant(_) if full => {
                 self.overflowed = true;
-                return None;
+                None
             }
-            self.paths.insert(
-                path.to_vec(),
-                Entry {
-                    path: path.to_vec(),
-                    ..Entry::default()
-                },
-            );
+            // The entry's own `path` is filled from its key at the end.
+            hashbrown::hash_map::EntryRef::Vacant(v) => Some(v.insert(Entry::default())),
         }
-        self.paths.get_mut(path)
     }
 
     /// Adding, removing or renaming an entry changes its directory (the
@@ -208,49 +325,62 @@ impl Builder<'_> {
         let Some((parent, _)) = nsys::split_parent(path) else {
             return;
         };
-        if !self.in_scope(parent) || !self.roots.iter().any(|r| is_at_or_below(parent, &r.path)) {
+        if !self.in_scope(parent) {
             return;
         }
-        let parent = parent.to_vec();
-        if let Some(en) = self.entry(&parent) {
+        if let Some(en) = self.entry(parent) {
             if en.changes.is_empty() {
                 en.first = Changes::MODIFIED;
             }
             en.changes |= Changes::MODIFIED;
             en.kind = ObjectKind::Dir;
+            en.trace.parent = true;
         }
     }
 
     /// One event record: its path (both sides of a rename) and parents.
-    fn add_event(&mut self, seq: u64, e: cj_types::EventRecord) {
+    /// `frame`: the record's frame, decoded only to keep a record whose
+    /// path is unknown in a summary.
+    fn add_event(&mut self, seq: u64, e: EventView<'_>, frame: Option<&[u8]>) {
+        if e.flags & EVENT_FLAG_PATH_UNKNOWN != 0 && self.all {
+            if let Some(Ok((r, _))) = frame.map(cj_journal::format::decode_record) {
+                self.raw.push((seq, r.body));
+            } else {
+                // A frame that checked out decodes; if not, the summary
+                // must not stand for this segment.
+                self.damaged = true;
+            }
+            return;
+        }
         if e.flags & EVENT_FLAG_PATH_UNKNOWN != 0 {
             self.resolvable(seq, None, Some(e.fsid), RescanReason::UnresolvedObject);
             return;
         }
         if e.changes.intersects(ENTRY_CHANGES) {
-            self.parent_modified(&e.path);
-            self.parent_modified(&e.old_path);
+            self.parent_modified(e.path);
+            self.parent_modified(e.old_path);
         }
         let rename = e
             .changes
             .contains(Changes::RENAMED_FROM | Changes::RENAMED_TO)
             && !e.old_path.is_empty();
         if rename {
-            if self.in_scope(&e.old_path) {
-                let to = (!e.path.is_empty()).then(|| e.path.clone());
-                if let Some(en) = self.entry(&e.old_path) {
+            if self.in_scope(e.old_path) {
+                let to = (!e.path.is_empty()).then(|| e.path.to_vec());
+                if let Some(en) = self.entry(e.old_path) {
                     if en.changes.is_empty() {
                         en.first = Changes::RENAMED_FROM;
                     }
                     en.changes |= Changes::RENAMED_FROM | (e.changes & Changes::RECONCILED);
                     en.renamed_to = to;
+                    en.trace.renamed_to_set = true;
                     merge_kind(en, e.kind);
                     note_gap(en, e.gap_seq);
                 }
             }
-            if self.in_scope(&e.path) {
-                let from = e.old_path.clone();
-                if let Some(en) = self.entry(&e.path) {
+            if self.in_scope(e.path) {
+                let from = e.old_path.to_vec();
+                if let Some(en) = self.entry(e.path) {
                     if en.changes.is_empty() {
                         en.first = Changes::RENAMED_TO;
                     }
@@ -259,17 +389,18 @@ impl Builder<'_> {
                     en.changes |= Changes::RENAMED_TO
                         | (e.changes & (Changes::RECONCILED | Changes::MODIFIED | Changes::ATTRIB));
                     en.renamed_from = Some(from);
+                    en.trace.renamed_from_set = true;
                     merge_kind(en, e.kind);
                     note_gap(en, e.gap_seq);
                 }
             }
-        } else if self.in_scope(&e.path) {
+        } else if self.in_scope(e.path) {
             let changes = if e.old_path.is_empty() && e.path.is_empty() {
                 return;
             } else {
                 e.changes
             };
-            if let Some(en) = self.entry(&e.path) {
+            if let Some(en) = self.entry(e.path) {
                 if en.changes.is_empty() {
                     en.first = changes;
                 }
@@ -280,10 +411,17 @@ impl Builder<'_> {
         }
     }
 
-    fn add(&mut self, item: Item) {
+    pub(crate) fn add(&mut self, item: Item) {
         match item {
+            Item::Record(r) if self.all && !matches!(r.body, RecordBody::Event(_)) => {
+                self.raw.push((r.seq, r.body));
+            }
+            Item::Damaged { .. } if self.all => self.damaged = true,
             Item::Record(r) => match r.body {
-                RecordBody::Event(e) => self.add_event(r.seq, e),
+                RecordBody::Event(e) if self.all && e.flags & EVENT_FLAG_PATH_UNKNOWN != 0 => {
+                    self.raw.push((r.seq, RecordBody::Event(e)))
+                }
+                RecordBody::Event(e) => self.add_event(r.seq, EventView::of(&e), None),
                 RecordBody::Gap(g) => {
                     let scope = (!g.scope.is_empty()).then_some(g.scope.as_slice());
                     self.resolvable(r.seq, scope, None, RescanReason::Gap(g.reason));
@@ -301,6 +439,64 @@ impl Builder<'_> {
                 self.rescan_roots(None, RescanReason::Gap(GapReason::JournalDamaged))
             }
         }
+    }
+}
+
+/// The folded paths in byte order.
+fn sorted(paths: hashbrown::HashMap<Vec<u8>, Entry, FastHash>) -> Vec<(Vec<u8>, Entry)> {
+    let mut v: Vec<(Vec<u8>, Entry)> = paths.into_iter().collect();
+    v.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+    v
+}
+
+/// A quick, not collision-resistant hash for the paths of one answer (the
+/// multiply-rotate of rustc's FxHasher over 8-byte words, then murmur3's
+/// final mix): paths come from the journal, and a path that collides only
+/// costs time.
+#[derive(Clone, Copy, Default)]
+pub(crate) struct FastHash;
+
+impl std::hash::BuildHasher for FastHash {
+    type Hasher = FastHasher;
+    fn build_hasher(&self) -> FastHasher {
+        FastHasher(0)
+    }
+}
+
+pub(crate) struct FastHasher(u64);
+
+impl FastHasher {
+    fn word(&mut self, w: u64) {
+        self.0 = (self.0.rotate_left(5) ^ w).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+    }
+}
+
+impl std::hash::Hasher for FastHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        let mut chunks = bytes.chunks_exact(8);
+        for c in &mut chunks {
+            self.word(u64::from_le_bytes(c.try_into().unwrap_or([0; 8])));
+        }
+        let mut last = [0u8; 8];
+        let rest = chunks.remainder();
+        last[..rest.len()].copy_from_slice(rest);
+        self.word(u64::from_le_bytes(last) ^ ((rest.len() as u64) << 56));
+    }
+
+    fn write_usize(&mut self, n: usize) {
+        self.word(n as u64);
+    }
+
+    fn finish(&self) -> u64 {
+        // A final mix (murmur3's): the table uses both the low bits (the
+        // bucket) and the top 7 bits (the tag), and paths that differ only
+        // in their last bytes must differ in both.
+        let mut h = self.0;
+        h ^= h >> 33;
+        h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
+        h ^= h >> 33;
+        h = h.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+        h ^ (h >> 33)
     }
 }
 
@@ -342,8 +538,11 @@ fn merge_kind(en: &mut Entry, kind: ObjectKind) {
     if en.kind == ObjectKind::Unknown {
         en.kind = kind;
     }
-    if may_have_subtree(kind) && en.changes.intersects(SUBTREE_CHANGES) {
-        en.subtree = true;
+    if may_have_subtree(kind) {
+        en.trace.subtree_kind = true;
+        if en.changes.intersects(SUBTREE_CHANGES) {
+            en.subtree = true;
+        }
     }
 }
 
@@ -385,22 +584,19 @@ pub fn answer(
         journal_id: reader.journal_id(),
         seq: end,
     };
-    let mut b = Builder {
-        scope,
-        roots,
-        paths: BTreeMap::new(),
-        rescans: Vec::new(),
-        overflowed: false,
-        pending: Vec::new(),
-        resolutions: Vec::new(),
-    };
+    let mut b = Builder::new(roots, scope, false);
     if let Some(c) = usable_cursor(reader, since, end, &mut b) {
-        let mut items = Vec::new();
-        reader.scan(c.seq, end, |item| {
-            items.push(item);
-            items.len() < SCAN_BATCH_MAX || flush(&mut items, &mut b)
-        })?;
-        flush(&mut items, &mut b);
+        // Segments (or their durable prefixes) wholly inside the range are
+        // folded from their summaries (crate::summary); the rest is read.
+        let mut from = c.seq;
+        for (first, last) in crate::summary::usable(reader, c.seq, end) {
+            if let Some(sum) = crate::summary::load(reader, first, last) {
+                b.scan(reader, from, first - 1)?;
+                b.absorb(sum);
+                from = last;
+            }
+        }
+        b.scan(reader, from, end)?;
         // A segment deleted by retention while we scanned.
         if c.seq + 1 < reader.first_seq() {
             b.rescan_roots(None, RescanReason::CursorExpired);
@@ -417,7 +613,12 @@ pub fn answer(
         }
     }
     let rescans = dedupe(std::mem::take(&mut b.rescans));
-    let entries = as_now(b.paths.into_values().collect());
+    let entries = as_now(
+        sorted(b.paths)
+            .into_iter()
+            .map(|(path, e)| Entry { path, ..e })
+            .collect(),
+    );
     Ok(Answer {
         entries,
         rescans,
@@ -510,8 +711,28 @@ fn usable_cursor(
 /// Looks at each path now (exists, kind; no symlink followed) and drops
 /// the ephemeral ones (section 10).
 fn as_now(mut entries: Vec<Entry>) -> Vec<Entry> {
+    // A big answer looks in two threads (one lookup is a few microseconds
+    // of kernel time; 100k of them are worth a second core).
+    if entries.len() >= AS_NOW_SPLIT_MIN {
+        let half = entries.len() / 2;
+        let (a, b) = entries.split_at_mut(half);
+        std::thread::scope(|s| {
+            s.spawn(|| look_now(a));
+            look_now(b);
+        });
+    } else {
+        look_now(&mut entries);
+    }
+    entries.retain(|e| !ephemeral(e));
+    entries
+}
+
+/// Entries at or above this many are looked at in two threads.
+const AS_NOW_SPLIT_MIN: usize = 8192;
+
+fn look_now(entries: &mut [Entry]) {
     let mut look = nsys::StatNofollow::default();
-    for e in &mut entries {
+    for e in entries {
         if may_have_subtree(e.kind) && e.changes.intersects(SUBTREE_CHANGES) {
             e.subtree = true;
         }
@@ -523,15 +744,6 @@ fn as_now(mut entries: Vec<Entry>) -> Vec<Entry> {
             e.subtree = true;
         }
     }
-    entries.retain(|e| !ephemeral(e));
-    entries
-}
-
-fn flush(items: &mut Vec<Item>, b: &mut Builder<'_>) -> bool {
-    for item in items.drain(..) {
-        b.add(item);
-    }
-    true
 }
 
 #[cfg(test)]

@@ -627,7 +627,8 @@ fn encode_answer(answer: query::Answer) -> Vec<u8> {
             subtree: e.subtree,
             gap: e.gap,
         };
-        let _ = writeln!(out, "{}", Value::Object(change.to_json()));
+        change.write_json(&mut out);
+        out.push(b'\n');
     }
     let last = protocol::Answer {
         entries: Vec::new(),
