@@ -117,12 +117,23 @@ impl Client {
     /// Reads one answer line; daemon errors become `Err`.
     pub(crate) fn line(&mut self) -> Result<Map<String, Value>, Error> {
         let mut buf = Vec::new();
+        self.line_bytes(&mut buf)?;
+        self.parse_line(&buf)
+    }
+
+    /// The next line's bytes, into `buf` (cleared first).
+    fn line_bytes(&mut self, buf: &mut Vec<u8>) -> Result<(), Error> {
+        buf.clear();
         let n = std::io::Read::take(&mut self.reader, RESPONSE_LINE_BYTES_MAX as u64)
-            .read_until(b'\n', &mut buf)?;
+            .read_until(b'\n', buf)?;
         if n == 0 {
             return Err(Error::Protocol("the daemon closed the connection".into()));
         }
-        let v: Value = serde_json::from_slice(&buf).map_err(|e| Error::Protocol(e.to_string()))?;
+        Ok(())
+    }
+
+    fn parse_line(&self, buf: &[u8]) -> Result<Map<String, Value>, Error> {
+        let v: Value = serde_json::from_slice(buf).map_err(|e| Error::Protocol(e.to_string()))?;
         let Value::Object(m) = v else {
             return Err(Error::Protocol("answer is not an object".into()));
         };
@@ -271,6 +282,47 @@ impl Client {
         wait: Option<std::time::Duration>,
         mut f: impl FnMut(&Map<String, Value>) -> Result<(), Error>,
     ) -> Result<Map<String, Value>, Error> {
+        self.request(Value::Object(Client::changes_request(from, path, wait)))?;
+        loop {
+            let m = self.line()?;
+            if m.contains_key("cursor") {
+                return Ok(m);
+            }
+            f(&m)?;
+        }
+    }
+
+    /// [`Client::changes_raw`] that hands over each entry as a [`Change`],
+    /// read straight from its line (no JSON map per line); returns the
+    /// final line's object.
+    pub fn changes_each(
+        &mut self,
+        from: Since<'_>,
+        path: Option<&[u8]>,
+        wait: Option<std::time::Duration>,
+        mut f: impl FnMut(Change) -> Result<(), Error>,
+    ) -> Result<Map<String, Value>, Error> {
+        self.request(Value::Object(Client::changes_request(from, path, wait)))?;
+        let mut buf = Vec::new();
+        loop {
+            self.line_bytes(&mut buf)?;
+            if let Some(change) = Change::from_json_line(&buf) {
+                f(change)?;
+                continue;
+            }
+            let m = self.parse_line(&buf)?;
+            if m.contains_key("cursor") {
+                return Ok(m);
+            }
+            f(parse_change(&m)?)?;
+        }
+    }
+
+    fn changes_request(
+        from: Since<'_>,
+        path: Option<&[u8]>,
+        wait: Option<std::time::Duration>,
+    ) -> Map<String, Value> {
         let mut req = Client::with_path("changes", path);
         match from {
             Since::Cursor(since) => req.insert("since".into(), Value::from(since)),
@@ -279,14 +331,7 @@ impl Client {
         if let Some(w) = wait {
             req.insert("wait_ms".into(), Value::from(w.as_millis() as u64));
         }
-        self.request(Value::Object(req))?;
-        loop {
-            let m = self.line()?;
-            if m.contains_key("cursor") {
-                return Ok(m);
-            }
-            f(&m)?;
-        }
+        req
     }
 
     /// Every change since `since`, coalesced per path.
@@ -302,8 +347,8 @@ impl Client {
         wait: Option<std::time::Duration>,
     ) -> Result<Answer, Error> {
         let mut entries = Vec::new();
-        let last = self.changes_raw(Since::Cursor(since), path, wait, |m| {
-            entries.push(parse_change(m)?);
+        let last = self.changes_each(Since::Cursor(since), path, wait, |c| {
+            entries.push(c);
             Ok(())
         })?;
         parse_final(&last, entries)

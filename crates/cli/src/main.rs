@@ -760,16 +760,19 @@ fn changes(
     let mut out = std::io::BufWriter::new(stdout.lock());
     let mut entries = Vec::new();
     let mut io_error: Option<std::io::Error> = None;
-    let last = client.changes_raw(from, path.as_deref(), wait, |m| {
-        if json {
+    let last = if json {
+        client.changes_raw(from, path.as_deref(), wait, |m| {
             if let Err(e) = writeln!(out, "{}", serde_json::Value::Object(m.clone())) {
                 io_error.get_or_insert(e);
             }
-        } else {
-            entries.push(cj_client::parse_change(m)?);
-        }
-        Ok(())
-    })?;
+            Ok(())
+        })?
+    } else {
+        client.changes_each(from, path.as_deref(), wait, |c| {
+            entries.push(c);
+            Ok(())
+        })?
+    };
     if let Some(e) = io_error {
         return Err(e.into());
     }
