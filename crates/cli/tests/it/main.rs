@@ -10,6 +10,7 @@ mod hardening;
 mod harness;
 mod operations;
 mod oracle;
+mod precision;
 mod restarts;
 mod scoped;
 mod service;
