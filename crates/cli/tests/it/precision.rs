@@ -17,6 +17,7 @@ use crate::snapshot;
 use crate::workload::Rng;
 
 type Workload = fn(&Path, &mut Rng);
+type Prepare = fn(&Path);
 
 fn write(p: &Path, bytes: &[u8]) {
     std::fs::write(p, bytes).unwrap();
@@ -159,7 +160,7 @@ fn tar_prepare(tree: &Path) {
 }
 
 /// (name, preparation before the cursor, workload after it)
-const WORKLOADS: [(&str, fn(&Path), Workload); 4] = [
+const WORKLOADS: [(&str, Prepare, Workload); 4] = [
     ("editor atomic saves", project, editor_saves),
     ("build (objects via temp names, temp files)", project, build),
     ("git checkout between branches", git_prepare, git_checkout),
@@ -168,7 +169,7 @@ const WORKLOADS: [(&str, fn(&Path), Workload); 4] = [
 
 /// One workload on one filesystem, live (`restart` false) or while the
 /// daemon is stopped: (changed paths, reported paths, false positives).
-fn measure(fs: Fs, prepare: fn(&Path), work: Workload, restart: bool) -> (usize, usize, usize) {
+fn measure(fs: Fs, prepare: Prepare, work: Workload, restart: bool) -> (usize, usize, usize) {
     let m = Mount::new(fs);
     let mut d = Daemon::start(&m.dir.path().join("daemon"), &[]);
     let tree = m.mnt.join("tree");
