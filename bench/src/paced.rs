@@ -7,7 +7,8 @@ use std::time::{Duration, Instant};
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
-    let dir = std::path::PathBuf::from(args.get(1).expect("usage: cj-bench-paced DIR RATE SECONDS"));
+    let dir =
+        std::path::PathBuf::from(args.get(1).expect("usage: cj-bench-paced DIR RATE SECONDS"));
     let rate: f64 = args.get(2).and_then(|s| s.parse().ok()).expect("RATE");
     let secs: f64 = args.get(3).and_then(|s| s.parse().ok()).expect("SECONDS");
     let payload = [b'x'; 100];
