@@ -75,6 +75,40 @@ const SUBTREE_CHANGES: Changes = Changes(
     Changes::CREATED.0 | Changes::DELETED.0 | Changes::RENAMED_FROM.0 | Changes::RENAMED_TO.0,
 );
 
+/// Records folded already: one entry per path and the records that are not
+/// about one path (a segment summary, crate::summary).
+#[derive(Debug, Default)]
+pub struct Summary {
+    /// By path, in byte order.
+    pub(crate) entries: Vec<(Vec<u8>, Entry)>,
+    /// Records that are not about one path (gaps, resolutions, tracking,
+    /// records whose path is unknown), by seq.
+    pub(crate) raw: Vec<(u64, RecordBody)>,
+}
+
+/// Parts of the journal folded already, which an answer folds instead of
+/// reading their records (crate::summary keeps them on disk).
+pub trait Folds {
+    /// `(first, last)` of the parts an answer over `(after, end]` folds,
+    /// in order, none overlapping.
+    fn plan(&self, reader: &Reader, after: u64, end: u64) -> Vec<(u64, u64)>;
+    /// The part `first..=last`, if it can be had.
+    fn load(&self, reader: &Reader, first: u64, last: u64) -> Option<Summary>;
+}
+
+/// No folded parts: every record is read.
+pub struct NoFolds;
+
+impl Folds for NoFolds {
+    fn plan(&self, _: &Reader, _: u64, _: u64) -> Vec<(u64, u64)> {
+        Vec::new()
+    }
+
+    fn load(&self, _: &Reader, _: u64, _: u64) -> Option<Summary> {
+        None
+    }
+}
+
 pub struct Answer {
     pub entries: Vec<Entry>,
     pub rescans: Vec<Rescan>,
@@ -152,11 +186,11 @@ impl<'a> Builder<'a> {
     /// What folding `(first, last]` of a sealed segment left (its
     /// summary), or `None` if it cannot stand for the records: damage, or
     /// more paths than an answer may hold.
-    pub(crate) fn into_summary(self) -> Option<crate::summary::Summary> {
+    pub(crate) fn into_summary(self) -> Option<Summary> {
         if self.damaged || self.overflowed {
             return None;
         }
-        Some(crate::summary::Summary {
+        Some(Summary {
             entries: sorted(self.paths),
             raw: self.raw,
         })
@@ -165,7 +199,7 @@ impl<'a> Builder<'a> {
     /// Folds a later part of the range that was folded already (a sealed
     /// segment's summary): the result is what folding its records one by
     /// one would give (`a_summary_answers_what_its_records_answer`).
-    pub(crate) fn absorb(&mut self, later: crate::summary::Summary) {
+    pub(crate) fn absorb(&mut self, later: Summary) {
         for (path, e) in later.entries {
             if self.in_scope(&path) {
                 self.absorb_entry(&path, e);
@@ -580,6 +614,19 @@ pub fn answer(
     scope: Option<&[u8]>,
     end: u64,
 ) -> Result<Answer, cj_journal::Error> {
+    answer_with(reader, roots, since, scope, end, &NoFolds)
+}
+
+/// [`answer`], folding the parts of the range `folds` has instead of
+/// reading their records.
+pub fn answer_with(
+    reader: &Reader,
+    roots: &[RootState],
+    since: Result<Cursor, RescanReason>,
+    scope: Option<&[u8]>,
+    end: u64,
+    folds: &dyn Folds,
+) -> Result<Answer, cj_journal::Error> {
     let cursor = Cursor {
         journal_id: reader.journal_id(),
         seq: end,
@@ -589,8 +636,8 @@ pub fn answer(
         // Segments (or their durable prefixes) wholly inside the range are
         // folded from their summaries (crate::summary); the rest is read.
         let mut from = c.seq;
-        for (first, last) in crate::summary::usable(reader, c.seq, end) {
-            if let Some(sum) = crate::summary::load(reader, first, last) {
+        for (first, last) in folds.plan(reader, c.seq, end) {
+            if let Some(sum) = folds.load(reader, first, last) {
                 b.scan(reader, from, first - 1)?;
                 b.absorb(sum);
                 from = last;
@@ -635,13 +682,14 @@ pub fn answer_scopes(
     since: Result<Cursor, RescanReason>,
     scopes: Option<&[Vec<u8>]>,
     end: u64,
+    folds: &dyn Folds,
 ) -> Result<Answer, cj_journal::Error> {
     let Some(scopes) = scopes else {
-        return answer(reader, roots, since, None, end);
+        return answer_with(reader, roots, since, None, end, folds);
     };
     let mut merged: Option<Answer> = None;
     for scope in scopes {
-        let a = answer(reader, roots, since.clone(), Some(scope), end)?;
+        let a = answer_with(reader, roots, since.clone(), Some(scope), end, folds)?;
         merged = Some(match merged {
             None => a,
             Some(mut m) => {

@@ -550,8 +550,10 @@ pub(crate) fn answer_when_ready(
         let building = BUILDING
             .take(1)
             .ok_or_else(|| fail("busy", "the daemon is building other large answers; retry"))?;
-        let mut answer = query::answer_scopes(&ctx.reader, &roots, since.clone(), scopes, end)
-            .map_err(|e| fail("failed", e.to_string()))?;
+        let folds = crate::summary::OnDisk;
+        let mut answer =
+            query::answer_scopes(&ctx.reader, &roots, since.clone(), scopes, end, &folds)
+                .map_err(|e| fail("failed", e.to_string()))?;
         if full {
             for r in &roots {
                 let paths: Vec<Vec<u8>> = match scopes {

@@ -24,19 +24,9 @@ use std::time::Duration;
 
 use cj_journal::format::{decode_record, encode_record};
 use cj_journal::Reader;
-use cj_types::{Changes, ObjectKind, RecordBody};
+use cj_types::{Changes, ObjectKind};
 
-use crate::query::{Builder, Entry, Trace};
-
-/// One sealed segment, folded.
-#[derive(Debug, Default)]
-pub struct Summary {
-    /// By path, in byte order.
-    pub(crate) entries: Vec<(Vec<u8>, Entry)>,
-    /// Records that are not about one path (gaps, resolutions, tracking,
-    /// records whose path is unknown), by seq.
-    pub(crate) raw: Vec<(u64, RecordBody)>,
-}
+use crate::query::{Builder, Entry, Folds, Summary, Trace};
 
 const MAGIC: &[u8; 4] = b"CJSM";
 const VERSION: u32 = 1;
@@ -116,6 +106,19 @@ pub fn usable(reader: &Reader, after: u64, end: u64) -> Vec<(u64, u64)> {
             Some(f) => from = f - 1,
             None => return out,
         }
+    }
+}
+
+/// The summaries in the journal's `summaries` directory, for answers.
+pub struct OnDisk;
+
+impl Folds for OnDisk {
+    fn plan(&self, reader: &Reader, after: u64, end: u64) -> Vec<(u64, u64)> {
+        usable(reader, after, end)
+    }
+
+    fn load(&self, reader: &Reader, first: u64, last: u64) -> Option<Summary> {
+        load(reader, first, last)
     }
 }
 
@@ -436,10 +439,10 @@ pub fn spawn(reader: Reader, stop: Arc<AtomicBool>) -> std::io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::query::{answer, Answer};
+    use crate::query::{answer, answer_with, Answer};
     use crate::shared::RootState;
     use cj_types::{
-        Cursor, EventRecord, GapReason, GapRecord, ResolvedRecord, RootRecord,
+        Cursor, EventRecord, GapReason, GapRecord, RecordBody, ResolvedRecord, RootRecord,
         EVENT_FLAG_PATH_UNKNOWN,
     };
 
@@ -606,10 +609,9 @@ mod tests {
                         journal_id: r.journal_id(),
                         seq: *after,
                     };
-                    shown(&answer(&r, &roots, Ok(c), *scope, *upto).unwrap())
+                    shown(&answer_with(&r, &roots, Ok(c), *scope, *upto, &OnDisk).unwrap())
                 })
                 .collect();
-            std::fs::remove_dir_all(dir.path().join(DIR)).unwrap();
             for (i, (after, upto, scope)) in asks.iter().enumerate() {
                 let c = Cursor {
                     journal_id: r.journal_id(),
