@@ -286,11 +286,19 @@ pub fn decode(b: &[u8], journal: [u8; 16], first: u64, last: u64) -> Result<Summ
 /// the new chunks, without reading records again). Removes superseded
 /// prefixes, and the summaries of segments retention deleted or of another
 /// journal. Returns how many it made.
-pub fn catch_up(reader: &Reader, stop: &AtomicBool, chunk: u64) -> usize {
+/// `failed`: chunks that could not be summarised (damage, too many paths),
+/// not tried again; kept by the caller between calls.
+pub fn catch_up(
+    reader: &Reader,
+    stop: &AtomicBool,
+    chunk: u64,
+    failed: &mut std::collections::BTreeSet<(u64, u64)>,
+) -> usize {
     let chunk = chunk.max(1);
     let have = available(reader);
     let journal = reader.journal_id().0;
     let oldest = reader.first_seq();
+    failed.retain(|&(first, _)| first >= oldest);
     for &(first, last) in &have {
         let path = file(reader, first, last);
         if first < oldest || read_header(&path).is_some_and(|h| h != journal) {
@@ -316,8 +324,12 @@ pub fn catch_up(reader: &Reader, stop: &AtomicBool, chunk: u64) -> usize {
         let Some(&target) = ends.last() else { continue };
         let mut start = first;
         for &e in &ends {
-            if !file(reader, start, e).exists() {
-                made += usize::from(summarise(reader, start, e, None));
+            if !failed.contains(&(start, e)) && !file(reader, start, e).exists() {
+                if summarise(reader, start, e, None) {
+                    made += 1;
+                } else {
+                    failed.insert((start, e));
+                }
             }
             start = e + 1;
         }
@@ -349,11 +361,25 @@ fn extend_prefix(reader: &Reader, first: u64, chunk: u64, ends: &[u64], target: 
         .filter(|&(f, _)| f == first)
         .map(|(_, l)| l)
         .collect();
-    // Only a prefix that ends where a chunk ends can be extended by chunks.
+    // Only a prefix that ends where a chunk ends can be extended by chunks,
+    // and only as far as the chunks after it all have summaries.
     let done = prefixes.iter().copied().filter(|l| ends.contains(l)).max();
-    if done.is_some_and(|l| l >= target) {
-        return false;
+    let after = done.unwrap_or(first - 1);
+    let mut reach = done;
+    let mut start = first;
+    for &e in ends {
+        if start > after {
+            if !file(reader, start, e).exists() {
+                break;
+            }
+            reach = Some(e);
+        }
+        start = e + 1;
     }
+    let target = match reach {
+        Some(r) if done.is_none_or(|d| r > d) => r.min(target),
+        _ => return false,
+    };
     let mut b = Builder::new(&[], None, true);
     let mut from = first - 1;
     if let Some(sum) = done.and_then(|l| load(reader, first, l)) {
@@ -361,7 +387,7 @@ fn extend_prefix(reader: &Reader, first: u64, chunk: u64, ends: &[u64], target: 
         from = done.unwrap_or(from);
     }
     let mut start = first;
-    for &e in ends {
+    for &e in ends.iter().take_while(|&&e| e <= target) {
         if start > from {
             // A chunk without a summary (damage, too many paths): no
             // prefix past it either.
@@ -424,8 +450,9 @@ pub fn spawn(reader: Reader, stop: Arc<AtomicBool>) -> std::io::Result<()> {
                 let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
                 libc::setpriority(libc::PRIO_PROCESS, tid, 10);
             }
+            let mut failed = std::collections::BTreeSet::new();
             while !stop.load(Ordering::SeqCst) {
-                catch_up(&reader, &stop, CHUNK_RECORDS);
+                catch_up(&reader, &stop, CHUNK_RECORDS, &mut failed);
                 let mut slept = Duration::ZERO;
                 while slept < SUMMARY_INTERVAL && !stop.load(Ordering::SeqCst) {
                     std::thread::sleep(Duration::from_millis(100));
@@ -562,16 +589,17 @@ mod tests {
             // before and the new chunks), then the final ones.
             let stop = AtomicBool::new(false);
             let chunk = 5 + (seed % 4) * 10;
+            let mut failed = std::collections::BTreeSet::new();
             let mut made = 0;
             for i in 0..1500u64 {
                 w.append(i, &body(&mut rng, i + 1)).unwrap();
                 if rng.below(50) == 0 {
                     w.commit().unwrap();
-                    made += catch_up(&r, &stop, chunk);
+                    made += catch_up(&r, &stop, chunk, &mut failed);
                 }
             }
             let end = w.commit().unwrap();
-            made += catch_up(&r, &stop, chunk);
+            made += catch_up(&r, &stop, chunk, &mut failed);
             let sealed = r.sealed_segments();
             assert!(sealed.len() > 10, "{sealed:?}");
             assert!(made > 2 * sealed.len(), "{made}");
@@ -625,6 +653,66 @@ mod tests {
             }
             drop(w);
         }
+    }
+
+    /// A chunk with damage gets no summary and is not tried again; no
+    /// prefix reaches past it; answers read its records (and report the
+    /// damage) exactly as without summaries.
+    #[test]
+    fn a_damaged_chunk_is_read_not_summarised() {
+        let dir = tempfile::tempdir().unwrap();
+        let opts = cj_journal::Options {
+            segment_bytes: 64 << 10,
+            ..cj_journal::Options::default()
+        };
+        let (mut w, r, _) = cj_journal::open(dir.path(), opts.clone()).unwrap();
+        let mut rng = Rng(99);
+        for i in 0..600u64 {
+            w.append(i, &body(&mut rng, i + 1)).unwrap();
+        }
+        let end = w.commit().unwrap();
+        drop((w, r));
+        // Damage one record in the middle of the first segment.
+        let seg = std::fs::read_dir(dir.path())
+            .unwrap()
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|x| x == "cjseg"))
+            .min()
+            .unwrap();
+        let mut bytes = std::fs::read(&seg).unwrap();
+        let mid = bytes.len() / 2;
+        bytes[mid] ^= 0x55;
+        std::fs::write(&seg, &bytes).unwrap();
+        let (w, r, _) = cj_journal::open(dir.path(), opts).unwrap();
+        let stop = AtomicBool::new(false);
+        let mut failed = std::collections::BTreeSet::new();
+        let chunk = 20;
+        catch_up(&r, &stop, chunk, &mut failed);
+        assert!(!failed.is_empty(), "the damaged chunk was summarised");
+        let (bad, _) = *failed.iter().next().unwrap();
+        let first = r.segment_ranges()[0].0;
+        assert!(
+            available(&r)
+                .iter()
+                .all(|&(f, l)| f != first || l < bad),
+            "a prefix reaches past the damage: {:?}",
+            available(&r)
+        );
+        // Not tried again.
+        assert_eq!(catch_up(&r, &stop, chunk, &mut failed), 0);
+        let roots = roots();
+        for after in [0, bad - 1, bad + 5] {
+            let c = Cursor {
+                journal_id: r.journal_id(),
+                seq: after,
+            };
+            let with = answer_with(&r, &roots, Ok(c), None, end, &OnDisk).unwrap();
+            let without = answer(&r, &roots, Ok(c), None, end).unwrap();
+            assert!(!without.rescans.is_empty() || after >= bad);
+            assert_eq!(shown(&with), shown(&without), "after {after}");
+        }
+        drop(w);
     }
 
     #[test]
