@@ -693,9 +693,7 @@ mod tests {
         let (bad, _) = *failed.iter().next().unwrap();
         let first = r.segment_ranges()[0].0;
         assert!(
-            available(&r)
-                .iter()
-                .all(|&(f, l)| f != first || l < bad),
+            available(&r).iter().all(|&(f, l)| f != first || l < bad),
             "a prefix reaches past the damage: {:?}",
             available(&r)
         );

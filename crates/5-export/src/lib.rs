@@ -148,6 +148,21 @@ pub fn message(line: &FollowLine, host: &str) -> Option<Message> {
     })
 }
 
+/// How much the exporter lowers its thread's priority (nice): it catches up
+/// after a burst instead of taking CPU from the work that makes the
+/// changes, or from the daemon journaling them (docs/benchmarks.md).
+pub const NICE: i32 = 10;
+
+/// Lowers the calling thread's priority by [`NICE`] (best effort).
+pub fn lower_priority() {
+    // SAFETY: setpriority on this thread's own id.
+    unsafe {
+        let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
+        let now = libc::getpriority(libc::PRIO_PROCESS, tid);
+        libc::setpriority(libc::PRIO_PROCESS, tid, (now + NICE).min(19));
+    }
+}
+
 /// Exports until `stop`: follows the consumer, publishes batches, and
 /// acknowledges the consumer's cursor after each batch the sink took.
 pub fn run(

@@ -83,6 +83,7 @@ pub fn run(socket: &Path, cmd: ExportCommand) -> Result<i32> {
         libc::signal(libc::SIGTERM, on_signal as *const () as libc::sighandler_t);
         libc::signal(libc::SIGINT, on_signal as *const () as libc::sighandler_t);
     }
+    cj_export::lower_priority();
     let mut sink = NatsSink::new(&a.url, &a.stream, &a.subject)?;
     let progress = Arc::new(cj_export::Progress::default());
     eprintln!(
@@ -118,6 +119,7 @@ pub fn in_daemon(socket: PathBuf, spec: cj_service::config_file::NatsExportSpec)
     std::thread::Builder::new()
         .name("cj-export".into())
         .spawn(move || {
+            cj_export::lower_priority();
             let progress = Arc::new(cj_export::Progress::default());
             let mut wait = cj_export::RETRY_FIRST;
             loop {
