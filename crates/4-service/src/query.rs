@@ -764,8 +764,18 @@ fn as_now(mut entries: Vec<Entry>) -> Vec<Entry> {
     if entries.len() >= AS_NOW_SPLIT_MIN {
         let half = entries.len() / 2;
         let (a, b) = entries.split_at_mut(half);
+        let first_half = std::sync::Mutex::new(Some(a));
+        let take = || first_half.lock().unwrap_or_else(|e| e.into_inner()).take();
         std::thread::scope(|s| {
-            s.spawn(|| look_now(a));
+            let other = std::thread::Builder::new()
+                .name("cj-look".into())
+                .spawn_scoped(s, || take().map(look_now));
+            // No thread to be had (a process limit): this one does both.
+            if other.is_err() {
+                if let Some(a) = take() {
+                    look_now(a);
+                }
+            }
             look_now(b);
         });
     } else {
@@ -844,6 +854,20 @@ mod tests {
 
     fn changes_of(a: &Answer, path: &[u8]) -> Option<Changes> {
         a.entries.iter().find(|e| e.path == path).map(|e| e.changes)
+    }
+
+    /// A big answer looks at its paths in two threads: every entry is
+    /// looked at once, in path order.
+    #[test]
+    fn a_big_answer_is_looked_at_in_two_halves() {
+        let n = AS_NOW_SPLIT_MIN + 101;
+        let bodies = (0..n)
+            .map(|i| ev(&p(&format!("/d{}/f{i:06}", i % 7)), Changes::MODIFIED))
+            .collect();
+        let a = ask(bodies);
+        assert_eq!(a.entries.len(), n, "every path once");
+        assert!(a.entries.windows(2).all(|w| w[0].path < w[1].path));
+        assert!(a.entries.iter().all(|e| !e.exists && e.kind == ObjectKind::File));
     }
 
     #[test]
