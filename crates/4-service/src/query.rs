@@ -867,7 +867,10 @@ mod tests {
         let a = ask(bodies);
         assert_eq!(a.entries.len(), n, "every path once");
         assert!(a.entries.windows(2).all(|w| w[0].path < w[1].path));
-        assert!(a.entries.iter().all(|e| !e.exists && e.kind == ObjectKind::File));
+        assert!(a
+            .entries
+            .iter()
+            .all(|e| !e.exists && e.kind == ObjectKind::File));
     }
 
     #[test]
