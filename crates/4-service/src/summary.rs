@@ -1,9 +1,8 @@
-//! Segment summaries (design 5.11): for each sealed journal segment, what
-//! folding all its records gives (one entry per path, plus the records
-//! that are not about one path, kept as they are). An answer whose range
-//! covers a whole sealed segment folds its summary instead of its records,
-//! so a range of a million records touching a hundred thousand paths costs
-//! about a hundred thousand entries.
+//! Segment summaries (design 5.11): what folding a run of journal records
+//! gives (one entry per path, plus the records that are not about one
+//! path, kept as they are). An answer folds a summary instead of the
+//! records it stands for, so a range of a million records touching a
+//! hundred thousand paths costs a few hundred thousand entries.
 //!
 //! Each segment is cut into chunks of [`CHUNK_RECORDS`] records; every
 //! complete chunk gets a summary, and so does the segment's longest prefix
@@ -140,22 +139,11 @@ pub fn load(reader: &Reader, first: u64, last: u64) -> Option<Summary> {
     }
 }
 
-/// Folds records `first..=last` of one segment; `base`: the summary of
-/// `first..=base_last`, which it extends. `None` when the records cannot be
-/// summarised (damage, more than [`SUMMARY_PATHS_MAX`] paths).
-pub fn build(
-    reader: &Reader,
-    first: u64,
-    last: u64,
-    base: Option<(Summary, u64)>,
-) -> Result<Option<Summary>, cj_journal::Error> {
+/// Folds records `first..=last` of one segment. `None` when they cannot
+/// be summarised (damage, more than [`SUMMARY_PATHS_MAX`] paths).
+pub fn build(reader: &Reader, first: u64, last: u64) -> Result<Option<Summary>, cj_journal::Error> {
     let mut b = Builder::new(&[], None, true);
-    let mut from = first - 1;
-    if let Some((sum, base_last)) = base {
-        b.absorb(sum);
-        from = base_last;
-    }
-    b.scan(reader, from, last)?;
+    b.scan(reader, first - 1, last)?;
     Ok(b.into_summary()
         .filter(|s| s.entries.len() <= SUMMARY_PATHS_MAX))
 }
@@ -325,7 +313,7 @@ pub fn catch_up(
         let mut start = first;
         for &e in &ends {
             if !failed.contains(&(start, e)) && !file(reader, start, e).exists() {
-                if summarise(reader, start, e, None) {
+                if summarise(reader, start, e) {
                     made += 1;
                 } else {
                     failed.insert((start, e));
@@ -338,10 +326,9 @@ pub fn catch_up(
     made
 }
 
-/// Makes the summary of `first..=last` (from `base`, a summary of
-/// `first..=base_last`, and the records after it); false if it cannot.
-fn summarise(reader: &Reader, first: u64, last: u64, base: Option<(Summary, u64)>) -> bool {
-    match build(reader, first, last, base) {
+/// Makes the summary of `first..=last`; false if it cannot.
+fn summarise(reader: &Reader, first: u64, last: u64) -> bool {
+    match build(reader, first, last) {
         Ok(Some(s)) => save(reader, &s, first, last),
         // Damage or too many paths: answers read the records.
         Ok(None) => false,
@@ -727,7 +714,7 @@ mod tests {
         }
         w.commit().unwrap();
         let (first, last) = r.sealed_segments()[0];
-        let s = build(&r, first, last, None).unwrap().unwrap();
+        let s = build(&r, first, last).unwrap().unwrap();
         let good = encode(&s, r.journal_id().0, first, last);
         assert!(decode(&good, r.journal_id().0, first, last).is_ok());
         assert!(decode(&good, [9; 16], first, last).is_err());

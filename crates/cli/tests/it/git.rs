@@ -12,7 +12,7 @@ use crate::workload::{self, Model, Rng};
 
 /// `git -C dir ARGS` with the test's environment (no system config, HOME
 /// beside the worktree) and `env`; its output, which must be a success.
-fn git_with(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
+pub(crate) fn git_with(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
     let out = Command::new("git")
         .arg("-C")
         .arg(dir)
@@ -30,7 +30,7 @@ fn git_with(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> std::process::Ou
     out
 }
 
-fn git(dir: &Path, args: &[&str]) -> String {
+pub(crate) fn git(dir: &Path, args: &[&str]) -> String {
     String::from_utf8_lossy(&git_with(dir, args, &[]).stdout).into_owned()
 }
 

@@ -76,25 +76,18 @@ fn build(tree: &Path, rng: &mut Rng) {
     write(&out.join("app"), b"linked");
 }
 
+/// The git tests' runner, with an identity and a default branch.
 fn git(dir: &Path, args: &[&str]) {
-    let out = Command::new("git")
-        .current_dir(dir)
-        .args([
-            "-c",
-            "user.name=t",
-            "-c",
-            "user.email=t@t",
-            "-c",
-            "init.defaultBranch=main",
-        ])
-        .args(args)
-        .output()
-        .expect("git is installed");
-    assert!(
-        out.status.success(),
-        "git {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let mut all = vec![
+        "-c",
+        "user.name=t",
+        "-c",
+        "user.email=t@t",
+        "-c",
+        "init.defaultBranch=main",
+    ];
+    all.extend_from_slice(args);
+    crate::git::git(dir, &all);
 }
 
 /// `git checkout` between two branches that differ in 40 files changed,
