@@ -145,18 +145,6 @@ impl Reader {
         &self.shared.dir
     }
 
-    /// `(first_seq, last_seq)` of every sealed segment (all but the one
-    /// being written), oldest first: ranges that no longer change.
-    pub fn sealed_segments(&self) -> Vec<(u64, u64)> {
-        let state = self.shared.state.read().unwrap_or_else(|e| e.into_inner());
-        state
-            .segments
-            .windows(2)
-            .map(|w| (w[0].first_seq, w[1].first_seq - 1))
-            .filter(|(first, last)| first <= last)
-            .collect()
-    }
-
     /// `(first_seq, last_seq)` of every segment, oldest first; the last
     /// one (being written) ends at the durable seq.
     pub fn segment_ranges(&self) -> Vec<(u64, u64)> {
