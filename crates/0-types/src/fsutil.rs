@@ -6,6 +6,9 @@ use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
+/// The buffer of [`write_atomic_with`].
+const WRITE_BUFFER_BYTES: usize = 1 << 20;
+
 /// Which step of [`write_atomic`] failed, on which file.
 #[derive(Debug)]
 pub struct AtomicWriteError {
@@ -19,6 +22,15 @@ pub struct AtomicWriteError {
 /// over `path`, and the directory fsynced. A crash leaves the old or the
 /// new file, never a mix.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), AtomicWriteError> {
+    write_atomic_with(path, |w| w.write_all(bytes))
+}
+
+/// [`write_atomic`] of what `write` writes, through a buffer: a big file
+/// is never held in memory whole.
+pub fn write_atomic_with(
+    path: &Path,
+    write: impl FnOnce(&mut std::io::BufWriter<&File>) -> std::io::Result<()>,
+) -> Result<(), AtomicWriteError> {
     let fail = |path: &Path, op: &'static str| {
         let path = path.to_path_buf();
         move |source| AtomicWriteError { path, op, source }
@@ -28,14 +40,19 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), AtomicWriteError> {
     name.push(".tmp");
     let tmp = dir.join(name);
     let _ = fs::remove_file(&tmp);
-    let mut f = OpenOptions::new()
+    let f = OpenOptions::new()
         .write(true)
         .create_new(true)
         .mode(0o600)
         .custom_flags(libc::O_CLOEXEC | libc::O_NOFOLLOW)
         .open(&tmp)
         .map_err(fail(&tmp, "create"))?;
-    f.write_all(bytes).map_err(fail(&tmp, "write"))?;
+    {
+        let mut w = std::io::BufWriter::with_capacity(WRITE_BUFFER_BYTES, &f);
+        write(&mut w)
+            .and_then(|()| w.flush())
+            .map_err(fail(&tmp, "write"))?;
+    }
     f.sync_all().map_err(fail(&tmp, "fsync"))?;
     fs::rename(&tmp, path).map_err(fail(path, "rename"))?;
     File::open(dir)

@@ -1,9 +1,9 @@
 //! The entries of a snapshot: a sorted map from path to [`Stat`].
 //!
-//! A loaded snapshot keeps the file's bytes as they are (one allocation)
-//! with an index of where each entry starts, instead of a map node and a
-//! path allocation per entry: loading a million entries is a read, a
-//! checksum and one pass. Changes made afterwards (a refresh, a test) go to
+//! A loaded snapshot keeps the file's bytes as they are (mapped, or one
+//! allocation) with the offset of every 16th entry, instead of a map node
+//! and a path allocation per entry: loading a million entries is a
+//! checksummed pass over the file and an index of 8 bytes per 16 entries. Changes made afterwards (a refresh, a test) go to
 //! a small sorted overlay; reading merges the two.
 
 use std::cmp::Ordering;
@@ -13,16 +13,42 @@ use std::ops::Bound;
 
 use cj_types::Stat;
 
+use crate::store::{Store, RELEASE_BYTES};
+
 /// Fixed-size part of an encoded entry after its path.
 pub(crate) const ENTRY_FIXED_LEN: usize = 48;
 
 // Offsets were checked by `Snapshot::decode` (or written here); a field past
 // the end reads as 0 instead of panicking (cj_types::bytes).
-fn u32_at(b: &[u8], at: usize) -> u32 {
+pub(crate) fn u32_at(b: &[u8], at: usize) -> u32 {
     cj_types::bytes::le_u32(b, at).unwrap_or(0)
 }
 fn u64_at(b: &[u8], at: usize) -> u64 {
     cj_types::bytes::le_u64(b, at).unwrap_or(0)
+}
+
+/// The offset of the entry after the one at `o`.
+pub(crate) fn next_off(b: &[u8], o: usize) -> usize {
+    o + 4 + u32_at(b, o) as usize + ENTRY_FIXED_LEN
+}
+
+fn path_at(b: &[u8], o: usize) -> &[u8] {
+    let len = u32_at(b, o) as usize;
+    b.get(o + 4..o + 4 + len).unwrap_or_default()
+}
+
+fn stat_at(b: &[u8], o: usize) -> Stat {
+    let f = o + 4 + u32_at(b, o) as usize;
+    Stat {
+        ino: u64_at(b, f),
+        mode: u32_at(b, f + 8),
+        uid: u32_at(b, f + 12),
+        gid: u32_at(b, f + 16),
+        nlink: u32_at(b, f + 20),
+        size: u64_at(b, f + 24),
+        mtime_ns: u64_at(b, f + 32) as i64,
+        ctime_ns: u64_at(b, f + 40) as i64,
+    }
 }
 
 /// Encodes one entry: `path length u32`, path, then the 48 fixed bytes.
@@ -39,39 +65,45 @@ pub(crate) fn encode_entry(out: &mut Vec<u8>, path: &[u8], s: &Stat) {
     out.extend_from_slice(&s.ctime_ns.to_le_bytes());
 }
 
+/// Entries per sample of [`Base::samples`]. Divides the snapshot file's
+/// block size, so the entries of one sample never straddle a block's
+/// checksum.
+pub(crate) const SAMPLE: usize = 16;
+
 /// Encoded entries, sorted by path, validated when built.
+///
+/// Only every [`SAMPLE`]th entry's offset is kept (8 bytes per 16 entries):
+/// entry `i` is found by stepping from the sample before it, over entries
+/// that lie back to back.
 #[derive(Clone, Default)]
 struct Base {
-    bytes: Vec<u8>,
-    /// Offset of each entry's path length field, in path order.
-    offs: Vec<u64>,
+    store: Store,
+    /// Offset of entries `0, SAMPLE, 2 * SAMPLE, ...`.
+    samples: Vec<u64>,
+    len: usize,
 }
 
 impl Base {
     fn len(&self) -> usize {
-        self.offs.len()
+        self.len
+    }
+
+    /// Offset of entry `i`'s path length field.
+    fn off(&self, i: usize) -> usize {
+        let b = self.store.bytes();
+        let mut o = self.samples.get(i / SAMPLE).copied().unwrap_or(0) as usize;
+        for _ in 0..i % SAMPLE {
+            o = next_off(b, o);
+        }
+        o
     }
 
     fn path(&self, i: usize) -> &[u8] {
-        let o = self.offs[i] as usize;
-        let len = u32_at(&self.bytes, o) as usize;
-        &self.bytes[o + 4..o + 4 + len]
+        path_at(self.store.bytes(), self.off(i))
     }
 
     fn stat(&self, i: usize) -> Stat {
-        let o = self.offs[i] as usize;
-        let f = o + 4 + u32_at(&self.bytes, o) as usize;
-        let b = &self.bytes;
-        Stat {
-            ino: u64_at(b, f),
-            mode: u32_at(b, f + 8),
-            uid: u32_at(b, f + 12),
-            gid: u32_at(b, f + 16),
-            nlink: u32_at(b, f + 20),
-            size: u64_at(b, f + 24),
-            mtime_ns: u64_at(b, f + 32) as i64,
-            ctime_ns: u64_at(b, f + 40) as i64,
-        }
+        stat_at(self.store.bytes(), self.off(i))
     }
 
     /// The first index whose path is not below `lo`.
@@ -164,11 +196,17 @@ impl Entries {
         Entries::default()
     }
 
-    /// Wraps already validated encoded entries (`offs` in path order).
-    pub(crate) fn from_encoded(bytes: Vec<u8>, offs: Vec<u64>) -> Entries {
-        let len = offs.len();
+    /// Wraps `len` already validated encoded entries in path order, with
+    /// the offset of every [`SAMPLE`]th one; entries within a sample lie
+    /// back to back.
+    pub(crate) fn from_store(store: Store, samples: Vec<u64>, len: usize) -> Entries {
+        assert_eq!(samples.len(), len.div_ceil(SAMPLE), "entry samples");
         Entries {
-            base: Base { bytes, offs },
+            base: Base {
+                store,
+                samples,
+                len,
+            },
             overlay: BTreeMap::new(),
             len,
         }
@@ -176,6 +214,15 @@ impl Entries {
 
     pub fn len(&self) -> usize {
         self.len
+    }
+
+    /// Where the entries read before any change live: "memory" or
+    /// "mapped" (tests, status).
+    pub fn store_kind(&self) -> &'static str {
+        match self.base.store {
+            Store::Owned(_) => "memory",
+            Store::Mapped(_) => "mapped",
+        }
     }
 
     pub fn is_empty(&self) -> bool {
@@ -220,10 +267,13 @@ impl Entries {
     pub fn range<'a>(&'a self, lo: Bound<&[u8]>, hi: Bound<&[u8]>) -> Range<'a> {
         let bi = self.base.start(lo);
         let bend = self.base.end(hi).max(bi);
+        let off = if bi < bend { self.base.off(bi) } else { 0 };
         Range {
             base: &self.base,
             bi,
             bend,
+            off,
+            released: off,
             overlay: self.overlay.range::<[u8], _>((lo, hi)).peekable(),
         }
     }
@@ -232,18 +282,21 @@ impl Entries {
     /// out-of-order pair is a bug, refused rather than stored).
     pub fn from_sorted(pairs: Vec<(Vec<u8>, Stat)>) -> Entries {
         let mut bytes = Vec::new();
-        let mut offs = Vec::with_capacity(pairs.len());
+        let mut samples = Vec::with_capacity(pairs.len().div_ceil(SAMPLE));
         let mut last: Option<Vec<u8>> = None;
-        for (p, st) in pairs {
+        let len = pairs.len();
+        for (i, (p, st)) in pairs.into_iter().enumerate() {
             if let Some(l) = &last {
                 assert!(*l < p, "walk output out of order");
             }
-            offs.push(bytes.len() as u64);
+            if i % SAMPLE == 0 {
+                samples.push(bytes.len() as u64);
+            }
             encode_entry(&mut bytes, &p, &st);
             last = Some(p);
         }
         bytes.shrink_to_fit();
-        Entries::from_encoded(bytes, offs)
+        Entries::from_store(Store::Owned(bytes), samples, len)
     }
 
     /// Everything in a sorted map, e.g. a walk.
@@ -338,7 +391,37 @@ pub struct Range<'a> {
     base: &'a Base,
     bi: usize,
     bend: usize,
+    /// Offset of entry `bi` (when `bi < bend`).
+    off: usize,
+    /// Bytes before this were given back ([`Store::release`]).
+    released: usize,
     overlay: std::iter::Peekable<std::collections::btree_map::Range<'a, Vec<u8>, Option<Stat>>>,
+}
+
+impl<'a> Range<'a> {
+    /// The base entry at `bi`, and a step past it.
+    fn take_base(&mut self) -> (&'a [u8], Stat) {
+        let base: &'a Base = self.base;
+        let b = base.store.bytes();
+        let got = (path_at(b, self.off), stat_at(b, self.off));
+        self.bi += 1;
+        self.off = if self.bi.is_multiple_of(SAMPLE) {
+            self.base
+                .samples
+                .get(self.bi / SAMPLE)
+                .copied()
+                .unwrap_or(0) as usize
+        } else {
+            next_off(b, self.off)
+        };
+        if self.off >= self.released + RELEASE_BYTES {
+            // Read in order: what lies behind is not read again by this
+            // range (a path already returned stays readable).
+            self.base.store.release(self.released, self.off);
+            self.released = self.off;
+        }
+        got
+    }
 }
 
 impl<'a> Iterator for Range<'a> {
@@ -347,24 +430,18 @@ impl<'a> Iterator for Range<'a> {
     fn next(&mut self) -> Option<(&'a [u8], Stat)> {
         loop {
             let base: &'a Base = self.base;
-            let b = (self.bi < self.bend).then(|| base.path(self.bi));
+            let b = (self.bi < self.bend).then(|| path_at(base.store.bytes(), self.off));
             let o = self.overlay.peek().map(|(k, v)| (k.as_slice(), **v));
             match (b, o) {
                 (None, None) => return None,
-                (Some(bp), None) => {
-                    let s = base.stat(self.bi);
-                    self.bi += 1;
-                    return Some((bp, s));
-                }
+                (Some(_), None) => return Some(self.take_base()),
                 (bp, Some((op, ov))) => {
                     let order = bp.map_or(Ordering::Greater, |bp| bp.cmp(op));
                     if order == Ordering::Less {
-                        let s = base.stat(self.bi);
-                        self.bi += 1;
-                        return bp.map(|bp| (bp, s));
+                        return Some(self.take_base());
                     }
                     if order == Ordering::Equal {
-                        self.bi += 1;
+                        self.take_base();
                     }
                     self.overlay.next();
                     if let Some(s) = ov {
@@ -388,13 +465,13 @@ mod tests {
     }
 
     fn base_of(paths: &[&[u8]]) -> Entries {
-        let mut bytes = Vec::new();
-        let mut offs = Vec::new();
-        for (i, p) in paths.iter().enumerate() {
-            offs.push(bytes.len() as u64);
-            encode_entry(&mut bytes, p, &st(i as u64));
-        }
-        Entries::from_encoded(bytes, offs)
+        Entries::from_sorted(
+            paths
+                .iter()
+                .enumerate()
+                .map(|(i, p)| (p.to_vec(), st(i as u64)))
+                .collect(),
+        )
     }
 
     #[test]

@@ -19,12 +19,15 @@ pub mod fast;
 pub mod fold;
 mod pwalk;
 mod refresh;
+mod runs;
 mod snapshot;
+mod store;
 mod walk;
 
 pub use diff::{diff, diff_scope, diff_transitions, Seen, Touched};
 pub use entries::{Entries, Range};
 pub use pwalk::{walk, walk_scope, WALK_THREADS};
 pub use refresh::{changed_by_paths, refresh, Transitions};
+pub use runs::{Spill, IN_MEMORY_BYTES_MAX, RUN_BYTES_MAX};
 pub use snapshot::{Snapshot, SnapshotError, Stat};
 pub use walk::{open_root, WalkError, WalkProgress};

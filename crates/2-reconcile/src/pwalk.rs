@@ -15,6 +15,7 @@ use std::sync::atomic::Ordering;
 use std::sync::{Condvar, Mutex};
 
 use crate::entries::Entries;
+use crate::runs::{Run, Runs, Spill};
 use crate::walk::{
     below, gone, join, open_beneath, open_root, read_names, stat_root, statx_at,
     DIRENT_BUFFER_BYTES,
@@ -62,7 +63,7 @@ impl Shared<'_> {
         &self,
         dir: &[u8],
         buf: &mut [u8],
-        out: &mut Vec<(Vec<u8>, Stat)>,
+        out: &mut Run,
         subdirs: &mut Vec<Vec<u8>>,
     ) -> Result<(), WalkError> {
         #[cfg(test)]
@@ -114,16 +115,18 @@ impl Shared<'_> {
             if mnt != self.mnt {
                 continue; // another mount: not captured, not walked
             }
+            out.push(&child, &stat);
             if stat.mode & S_IFMT == S_IFDIR {
-                subdirs.push(child.clone());
+                subdirs.push(child);
             }
-            out.push((child, stat));
         }
         Ok(())
     }
 
-    fn worker(&self) -> Vec<(Vec<u8>, Stat)> {
-        let mut out = Vec::new();
+    /// Reads directories until there are none left; each full run of
+    /// entries goes to `runs`, the last one is returned.
+    fn worker(&self, runs: &Runs<'_>) -> Run {
+        let mut out = Run::default();
         let mut buf = vec![0u8; DIRENT_BUFFER_BYTES];
         let mut subdirs = Vec::new();
         loop {
@@ -151,7 +154,10 @@ impl Shared<'_> {
             // back as failed, so the other workers stop instead of waiting
             // for `active` to reach zero forever.
             let guard = Active { shared: self };
-            let r = self.read(&dir, &mut buf, &mut out, &mut subdirs);
+            let mut r = self.read(&dir, &mut buf, &mut out, &mut subdirs);
+            if r.is_ok() && runs.is_full(&out) {
+                r = runs.add(std::mem::take(&mut out)).map_err(WalkError::from);
+            }
             std::mem::forget(guard);
             let mut w = self.lock();
             w.active -= 1;
@@ -191,16 +197,22 @@ pub fn walk(
     root: &[u8],
     excluded: &[Vec<u8>],
     progress: &WalkProgress,
+    spill: Spill<'_>,
 ) -> Result<Entries, WalkError> {
     let root_fd = open_root(root).map_err(|source| WalkError::Root {
         path: root.to_vec(),
         source,
     })?;
     let (root_stat, mnt) = stat_root(&root_fd, root)?;
-    let mut pairs = vec![(root.to_vec(), root_stat)];
-    // The root sorts before everything below it.
-    pairs.extend(walk_below(&root_fd, root, root, mnt, excluded, progress)?);
-    Ok(Entries::from_sorted(pairs))
+    walk_below(
+        &root_fd,
+        root,
+        (root, root_stat),
+        mnt,
+        excluded,
+        progress,
+        spill,
+    )
 }
 
 /// [`walk`] of the subtree `scope` of `root` only (scoped catch-up,
@@ -212,6 +224,7 @@ pub fn walk_scope(
     scope: &[u8],
     excluded: &[Vec<u8>],
     progress: &WalkProgress,
+    spill: Spill<'_>,
 ) -> Result<Entries, WalkError> {
     let failed = |source: std::io::Error| WalkError::Root {
         path: scope.to_vec(),
@@ -235,24 +248,32 @@ pub fn walk_scope(
     if scope_mnt != mnt {
         return Err(failed(std::io::Error::from_raw_os_error(libc::EXDEV)));
     }
-    let mut pairs = vec![(scope.to_vec(), scope_stat)];
-    pairs.extend(walk_below(&root_fd, root, scope, mnt, excluded, progress)?);
-    Ok(Entries::from_sorted(pairs))
+    walk_below(
+        &root_fd,
+        root,
+        (scope, scope_stat),
+        mnt,
+        excluded,
+        progress,
+        spill,
+    )
 }
 
-/// Every path strictly below `start` (a directory at or below `root`, open
-/// as `root_fd`, on mount `mnt`) with its stat, sorted by path.
+/// `start` (a directory at or below `root`, open as `root_fd`, on mount
+/// `mnt`, with its stat) and every path below it with its stat, sorted by
+/// path: sorted runs, spilled as `spill` allows, merged.
 pub(crate) fn walk_below(
     root_fd: &OwnedFd,
     root: &[u8],
-    start: &[u8],
+    start: (&[u8], Stat),
     mnt: u64,
     excluded: &[Vec<u8>],
     progress: &WalkProgress,
-) -> Result<Vec<(Vec<u8>, Stat)>, WalkError> {
+    spill: Spill<'_>,
+) -> Result<Entries, WalkError> {
     let shared = Shared {
         work: Mutex::new(Work {
-            stack: vec![start.to_vec()],
+            stack: vec![start.0.to_vec()],
             active: 0,
             failed: None,
         }),
@@ -263,20 +284,17 @@ pub(crate) fn walk_below(
         excluded,
         progress,
     };
-    let mut parts: Vec<Vec<(Vec<u8>, Stat)>> = std::thread::scope(|sc| {
+    let runs = Runs::new(spill);
+    let mut first = Run::default();
+    first.push(start.0, &start.1);
+    runs.add(first)?;
+    let last: Vec<Result<(), WalkError>> = std::thread::scope(|sc| {
         let workers: Vec<_> = (0..WALK_THREADS)
-            .map(|_| {
-                sc.spawn(|| {
-                    let mut part = shared.worker();
-                    // Each worker sorts its own part, in parallel.
-                    part.sort_unstable_by(|a, b| a.0.cmp(&b.0));
-                    part
-                })
-            })
+            .map(|_| sc.spawn(|| runs.add(shared.worker(&runs)).map_err(WalkError::from)))
             .collect();
         workers
             .into_iter()
-            .map(|w| w.join().unwrap_or_default())
+            .map(|w| w.join().unwrap_or(Ok(())))
             .collect()
     });
     let work = shared.work.into_inner().unwrap_or_else(|e| e.into_inner());
@@ -286,37 +304,18 @@ pub(crate) fn walk_below(
     if work.active != 0 || !work.stack.is_empty() {
         // A worker died (panicked) with work left: the walk is incomplete.
         return Err(WalkError::Directory {
-            path: start.to_vec(),
+            path: start.0.to_vec(),
             source: std::io::Error::other("a walk worker stopped unexpectedly"),
         });
     }
-    // Merge the sorted parts (a handful); the map is then built from sorted
-    // input in one pass.
-    let total = parts.iter().map(Vec::len).sum();
-    let mut merged: Vec<(Vec<u8>, Stat)> = Vec::with_capacity(total);
-    let mut pos = vec![0usize; parts.len()];
-    loop {
-        let mut best: Option<usize> = None;
-        for i in 0..parts.len() {
-            if pos[i] >= parts[i].len() {
-                continue;
-            }
-            match best {
-                Some(b) if parts[b][pos[b]].0 <= parts[i][pos[i]].0 => {}
-                _ => best = Some(i),
-            }
-        }
-        let Some(b) = best else { break };
-        let (path, stat) = &mut parts[b][pos[b]];
-        merged.push((std::mem::take(path), *stat));
-        pos[b] += 1;
-    }
-    Ok(merged)
+    last.into_iter().collect::<Result<(), WalkError>>()?;
+    Ok(runs.merge()?)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::runs::Spill;
     use std::os::unix::ffi::OsStrExt;
 
     fn tree() -> tempfile::TempDir {
@@ -332,7 +331,7 @@ mod tests {
         let dir = tree();
         std::fs::create_dir(dir.path().join("d3/inject-a-panic")).unwrap();
         let root = dir.path().as_os_str().as_bytes();
-        let err = walk(root, &[], &WalkProgress::default()).unwrap_err();
+        let err = walk(root, &[], &WalkProgress::default(), Spill::memory()).unwrap_err();
         assert!(err.to_string().contains("panicked"), "{err}");
     }
 
@@ -348,13 +347,13 @@ mod tests {
         let mut scope = root.to_vec();
         scope.extend_from_slice(b"/d4");
         let p = WalkProgress::default();
-        let full = walk(root, &[], &p).unwrap();
+        let full = walk(root, &[], &p, Spill::memory()).unwrap();
         let expected: Vec<_> = full
             .iter()
             .filter(|(path, _)| below(path, &scope))
             .map(|(path, st)| (path.to_vec(), st))
             .collect();
-        let scoped: Vec<_> = walk_scope(root, &scope, &[], &p)
+        let scoped: Vec<_> = walk_scope(root, &scope, &[], &p, Spill::memory())
             .unwrap()
             .iter()
             .map(|(path, st)| (path.to_vec(), st))
@@ -363,12 +362,24 @@ mod tests {
         assert_eq!(scoped.len(), 33);
         // The root itself, a symlink, a file, something outside or
         // excluded: refused or the same as the full walk.
-        assert_eq!(walk_scope(root, root, &[], &p).unwrap().len(), full.len());
+        assert_eq!(
+            walk_scope(root, root, &[], &p, Spill::memory())
+                .unwrap()
+                .len(),
+            full.len()
+        );
         let mut link = scope.clone();
         link.extend_from_slice(b"/link");
-        assert!(walk_scope(root, &link, &[], &p).is_err());
-        assert!(walk_scope(root, b"/etc", &[], &p).is_err());
-        assert!(walk_scope(root, &scope, std::slice::from_ref(&scope), &p).is_err());
+        assert!(walk_scope(root, &link, &[], &p, Spill::memory()).is_err());
+        assert!(walk_scope(root, b"/etc", &[], &p, Spill::memory()).is_err());
+        assert!(walk_scope(
+            root,
+            &scope,
+            std::slice::from_ref(&scope),
+            &p,
+            Spill::memory()
+        )
+        .is_err());
     }
 
     #[test]
@@ -378,10 +389,53 @@ mod tests {
         let progress = WalkProgress::default();
         progress.cancel.store(true, Ordering::Relaxed);
         assert!(matches!(
-            walk(root, &[], &progress),
+            walk(root, &[], &progress, Spill::memory()),
             Err(WalkError::Cancelled)
         ));
         progress.cancel.store(false, Ordering::Relaxed);
-        assert!(walk(root, &[], &progress).unwrap().len() > 40);
+        assert!(walk(root, &[], &progress, Spill::memory()).unwrap().len() > 40);
+    }
+
+    /// A walk sorted in tiny runs, spilled to files and merged into a
+    /// mapped file, equals the same walk held in memory, entry for entry;
+    /// the spill leaves no file behind.
+    #[test]
+    fn a_spilled_walk_equals_a_walk_in_memory() {
+        let dir = tree();
+        for i in 0..600 {
+            std::fs::write(dir.path().join(format!("d{}/f{i}", i % 20)), b"x").unwrap();
+            std::fs::write(dir.path().join(format!("d{}/e/g\n{i}", i % 7)), b"y").unwrap();
+        }
+        let root = dir.path().as_os_str().as_bytes();
+        let p = WalkProgress::default();
+        let want = walk(root, &[], &p, Spill::memory()).unwrap();
+        assert!(want.len() > 1200);
+        let spill = tempfile::tempdir().unwrap();
+        for (run_bytes, in_memory) in [(4096, 0), (4096, usize::MAX), (1, 0), (1 << 20, 0)] {
+            let got = walk(
+                root,
+                &[],
+                &p,
+                Spill::with_bounds(spill.path(), run_bytes, in_memory),
+            )
+            .unwrap();
+            assert_eq!(
+                got.store_kind(),
+                if in_memory == 0 { "mapped" } else { "memory" }
+            );
+            assert_eq!(got, want, "runs of {run_bytes} bytes");
+            assert_eq!(std::fs::read_dir(spill.path()).unwrap().count(), 0);
+        }
+        let mut scope = root.to_vec();
+        scope.extend_from_slice(b"/d3");
+        let spilled = walk_scope(
+            root,
+            &scope,
+            &[],
+            &p,
+            Spill::with_bounds(spill.path(), 512, 0),
+        );
+        let in_memory = walk_scope(root, &scope, &[], &p, Spill::memory());
+        assert_eq!(spilled.unwrap(), in_memory.unwrap());
     }
 }

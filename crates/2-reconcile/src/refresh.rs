@@ -24,6 +24,7 @@ use std::sync::atomic::Ordering;
 
 use crate::entries::Entries;
 use crate::pwalk::walk_below;
+use crate::runs::Spill;
 use crate::snapshot::Snapshot;
 use crate::walk::{gone, join, open_beneath, read_entries, stat_root, statx_at};
 use crate::walk::{WalkError, WalkProgress};
@@ -133,7 +134,7 @@ impl Refresher<'_> {
                 }
                 self.set(&path, Some(now));
                 if is_dir(&now) {
-                    self.walk_new(&path)?;
+                    self.walk_new(&path, now)?;
                 }
             }
         }
@@ -142,17 +143,18 @@ impl Refresher<'_> {
 
     /// A directory the baseline does not know (new, moved in or replaced):
     /// everything below it is new.
-    fn walk_new(&mut self, path: &[u8]) -> Result<(), WalkError> {
+    fn walk_new(&mut self, path: &[u8], now: Stat) -> Result<(), WalkError> {
         let below = walk_below(
             self.root_fd,
             self.root,
-            path,
+            (path, now),
             self.mnt,
             self.excluded,
             self.progress,
+            Spill::memory(),
         )?;
-        for (k, v) in below {
-            self.set(&k, Some(v));
+        for (k, v) in below.iter() {
+            self.set(k, Some(v));
         }
         Ok(())
     }
@@ -356,7 +358,7 @@ mod tests {
         let root = r.as_os_str().as_bytes().to_vec();
         let p = WalkProgress::default();
         let mut snap = Snapshot::new(root.clone());
-        snap.entries = crate::pwalk::walk(&root, &[], &p).unwrap();
+        snap.entries = crate::pwalk::walk(&root, &[], &p, Spill::memory()).unwrap();
         let mut changed = inos(&snap.entries);
         // Move a tree, replace a file by a directory, add, remove.
         std::fs::rename(r.join("a/b"), r.join("x/moved")).unwrap();
@@ -365,7 +367,9 @@ mod tests {
         std::fs::write(r.join("a/g/inside"), b"2").unwrap();
         std::fs::write(r.join("a b"), b"22").unwrap();
         std::fs::create_dir_all(r.join("new/deep")).unwrap();
-        let fresh = crate::pwalk::walk(&root, &[], &p).unwrap().to_map();
+        let fresh = crate::pwalk::walk(&root, &[], &p, Spill::memory())
+            .unwrap()
+            .to_map();
         changed.extend(fresh.values().map(|s| s.ino));
         let fd = crate::walk::open_root(&root).unwrap();
         let t = refresh(&mut snap, &fd, &[], &changed, &p).unwrap();
@@ -394,7 +398,7 @@ mod tests {
         let root = r.as_os_str().as_bytes().to_vec();
         let p = WalkProgress::default();
         let mut snap = Snapshot::new(root.clone());
-        snap.entries = crate::pwalk::walk(&root, &[], &p).unwrap();
+        snap.entries = crate::pwalk::walk(&root, &[], &p, Spill::memory()).unwrap();
         let named: Vec<&[u8]> = vec![
             b"a/b", b"x/moved", b"a/g", b"x/y/h", b"new", b"new/f", b"in",
         ];
@@ -411,7 +415,9 @@ mod tests {
         assert!(!changed.contains(&quiet));
         let fd = crate::walk::open_root(&root).unwrap();
         let t = refresh(&mut snap, &fd, &[], &changed, &p).unwrap();
-        let fresh = crate::pwalk::walk(&root, &[], &p).unwrap().to_map();
+        let fresh = crate::pwalk::walk(&root, &[], &p, Spill::memory())
+            .unwrap()
+            .to_map();
         assert_eq!(snap.entries.to_map(), fresh);
         assert!(t.contains_key(&join(&root, b"in/deep/k")));
         assert!(!t.contains_key(&join(&root, b"quiet/q/z")));
@@ -428,7 +434,7 @@ mod tests {
         let root = r.as_os_str().as_bytes().to_vec();
         let p = WalkProgress::default();
         let mut snap = Snapshot::new(root.clone());
-        snap.entries = crate::pwalk::walk(&root, &[], &p).unwrap();
+        snap.entries = crate::pwalk::walk(&root, &[], &p, Spill::memory()).unwrap();
         std::fs::write(r.join("quiet/f"), b"1").unwrap();
         std::fs::write(r.join("busy/f"), b"1").unwrap();
         let busy = snap.entries.get(&join(&root, b"busy")).unwrap().ino;

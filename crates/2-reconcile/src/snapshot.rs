@@ -5,11 +5,14 @@
 //! its own CRC-32C. The file is replaced atomically (temp file, fsync,
 //! rename, fsync directory), so a crash leaves the old or the new snapshot.
 
-use crate::entries::{encode_entry, Entries, ENTRY_FIXED_LEN};
+use crate::entries::{encode_entry, Entries, ENTRY_FIXED_LEN, SAMPLE};
 use crate::fast::FsMarks;
+use crate::store::{Map, Store};
 use std::fmt;
 use std::fs::{self, File};
+use std::io::Read;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 const MAGIC: [u8; 8] = *b"CJSNAPSH";
 const UNKNOWN_VERSION: &str = "unknown version";
@@ -17,6 +20,8 @@ const VERSION: u32 = 2;
 const HEADER_LEN: usize = 128;
 /// Entries per checksummed block.
 const BLOCK_ENTRIES_MAX: usize = 4096;
+// A sample of entries (`SAMPLE`) never straddles two blocks.
+const _: () = assert!(BLOCK_ENTRIES_MAX.is_multiple_of(SAMPLE));
 /// A snapshot path longer than this is damage, not data. Twice the
 /// journal's `cj_types::PATH_BYTES_MAX`: a walk may hold paths that records
 /// cannot (those become unknown-path records), and a baseline must still
@@ -105,6 +110,14 @@ impl Snapshot {
     }
 
     pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        self.write_to(&mut out)
+            .expect("writing to memory cannot fail");
+        out
+    }
+
+    /// Writes the file's bytes to `w`, one block at a time.
+    pub fn write_to<W: std::io::Write>(&self, w: &mut W) -> std::io::Result<()> {
         let mut out = vec![0u8; HEADER_LEN];
         out[0..8].copy_from_slice(&MAGIC);
         out[8..12].copy_from_slice(&VERSION.to_le_bytes());
@@ -123,140 +136,64 @@ impl Snapshot {
         // 104..124 reserved (zero).
         let crc = crc32c::crc32c(&out[0..124]);
         out[124..128].copy_from_slice(&crc.to_le_bytes());
-        out.extend_from_slice(&self.root);
+        w.write_all(&out)?;
+        w.write_all(&self.root)?;
         let mut it = self.entries.iter().peekable();
+        let mut body = Vec::new();
+        let mut written = 0usize;
         while it.peek().is_some() {
-            let mut body = Vec::new();
+            body.clear();
             let mut n = 0u32;
             for (p, st) in it.by_ref().take(BLOCK_ENTRIES_MAX) {
                 encode_entry(&mut body, p, &st);
                 n += 1;
             }
-            out.extend_from_slice(&n.to_le_bytes());
-            out.extend_from_slice(&(body.len() as u32).to_le_bytes());
-            let crc = crc32c::crc32c(&body);
-            out.extend_from_slice(&body);
-            out.extend_from_slice(&crc.to_le_bytes());
+            written += n as usize;
+            w.write_all(&n.to_le_bytes())?;
+            w.write_all(&(body.len() as u32).to_le_bytes())?;
+            w.write_all(&body)?;
+            w.write_all(&crc32c::crc32c(&body).to_le_bytes())?;
         }
-        out
+        // The header's counts were taken from `len`: the entries must agree.
+        assert_eq!(written, self.entries.len(), "snapshot entry count");
+        Ok(())
     }
 
     /// Decodes a snapshot, keeping `b` as the entries' storage; `Err(detail)`
     /// on any damage. Never panics.
     pub fn decode(b: Vec<u8>) -> Result<Snapshot, &'static str> {
-        let h = b.get(..HEADER_LEN).ok_or("shorter than its header")?;
-        if h[0..8] != MAGIC {
-            return Err("bad magic");
-        }
-        if u32_at(h, 124) != Some(crc32c::crc32c(&h[0..124])) {
-            return Err("header checksum mismatch");
-        }
-        if u32_at(h, 8) != Some(VERSION) {
-            return Err(UNKNOWN_VERSION);
-        }
-        // Accepted is exactly what this version writes (the decoder fuzz
-        // test checks that an accepted file re-encodes to itself).
-        if u32_at(h, 12) != Some(HEADER_LEN as u32) {
-            return Err("bad header length");
-        }
-        if h[104..124].iter().any(|&x| x != 0) {
-            return Err("reserved header bytes not zero");
-        }
-        let count = u64_at(h, 32).ok_or("header")? as usize;
-        let root_len = u32_at(h, 40).ok_or("header")? as usize;
-        let blocks = u32_at(h, 44).ok_or("header")? as usize;
-        if blocks != count.div_ceil(BLOCK_ENTRIES_MAX) {
-            return Err("block count does not match the entry count");
-        }
-        if root_len > SNAPSHOT_PATH_BYTES_MAX {
-            return Err("root path too long");
-        }
-        let mut at = HEADER_LEN;
-        let root = b.get(at..at + root_len).ok_or("truncated root")?.to_vec();
-        at += root_len;
-        let mut offs: Vec<u64> = Vec::with_capacity(count.min(1 << 24));
-        let mut last: Option<(usize, usize)> = None;
-        for block in 0..blocks {
-            let n = u32_at(&b, at).ok_or("truncated block")? as usize;
-            // Full blocks, then one with the rest.
-            let want = if block + 1 < blocks {
-                BLOCK_ENTRIES_MAX
-            } else {
-                count - block * BLOCK_ENTRIES_MAX
-            };
-            if n != want {
-                return Err("block entry count does not match");
-            }
-            let len = u32_at(&b, at + 4).ok_or("truncated block")? as usize;
-            let start = at + 8;
-            let body = b.get(start..start + len).ok_or("truncated block")?;
-            if u32_at(&b, start + len) != Some(crc32c::crc32c(body)) {
-                return Err("block checksum mismatch");
-            }
-            at = start + len + 4;
-            let mut p = 0;
-            for _ in 0..n {
-                let plen = u32_at(body, p).ok_or("truncated entry")? as usize;
-                if plen > SNAPSHOT_PATH_BYTES_MAX {
-                    return Err("entry path too long");
-                }
-                if p + 4 + plen + ENTRY_FIXED_LEN > body.len() {
-                    return Err("truncated entry");
-                }
-                // Sorted and unique, as written: anything else is damage.
-                let path = (start + p + 4, plen);
-                if let Some((lo, ll)) = last {
-                    if b[lo..lo + ll] >= b[path.0..path.0 + path.1] {
-                        return Err("entries out of order");
-                    }
-                }
-                last = Some(path);
-                offs.push((start + p) as u64);
-                p += 4 + plen + ENTRY_FIXED_LEN;
-            }
-            if p != body.len() {
-                return Err("block longer than its entries");
-            }
-        }
-        if at != b.len() || offs.len() != count {
-            return Err("entry count mismatch");
-        }
-        let through_seq = u64_at(h, 24).ok_or("header")?;
-        let valid_after_seq = u64_at(h, 48).ok_or("header")?;
-        let marks = FsMarks {
-            realtime_ns: u64_at(h, 16).ok_or("header")?,
-            boottime_ns: u64_at(h, 56).ok_or("header")?,
-            boot_id: h[64..80].try_into().map_err(|_| "header")?,
-            fs_uuid: h[80..96].try_into().map_err(|_| "header")?,
-            generation: u64_at(h, 96).ok_or("header")?,
-        };
-        Ok(Snapshot {
-            root,
-            through_seq,
-            valid_after_seq,
-            marks,
-            entries: Entries::from_encoded(b, offs),
-        })
+        let parsed = parse(&mut &b[..])?;
+        Ok(parsed.into_snapshot(Store::Owned(b)))
     }
 
     /// Loads the snapshot of `root` from `dir`. `Ok(None)` if there is none.
     pub fn load(dir: &Path, root: &[u8]) -> Result<Option<Snapshot>, SnapshotError> {
         let path = Snapshot::file_for(dir, root);
-        let bytes = match fs::read(&path) {
-            Ok(b) => b,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(source) => {
-                return Err(SnapshotError::Io {
-                    path,
-                    op: "read",
-                    source,
-                })
-            }
+        let io = |op: &'static str| {
+            let path = path.clone();
+            move |source| SnapshotError::Io { path, op, source }
         };
-        let snap = Snapshot::decode(bytes).map_err(|detail| SnapshotError::Corrupt {
+        let file = match File::open(&path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(io("open")(e)),
+        };
+        // One checked pass through a buffer, then the file is mapped: its
+        // bytes are read again only where the entries are used.
+        let parsed = parse(&mut std::io::BufReader::with_capacity(
+            LOAD_BUFFER_BYTES,
+            &file,
+        ))
+        .map_err(|detail| SnapshotError::Corrupt {
             path: path.clone(),
             detail,
         })?;
+        let store = if parsed.count == 0 {
+            Store::default()
+        } else {
+            Store::Mapped(Arc::new(Map::of(&file, parsed.end).map_err(io("map"))?))
+        };
+        let snap = parsed.into_snapshot(store);
         if snap.root != root {
             return Err(SnapshotError::Corrupt {
                 path,
@@ -319,12 +256,14 @@ impl Snapshot {
                 .create(dir)
                 .map_err(io(dir, "create directory"))?;
         }
-        cj_types::fsutil::write_atomic(&Snapshot::file_for(dir, &self.root), &self.encode())
-            .map_err(|e| SnapshotError::Io {
-                path: e.path,
-                op: e.op,
-                source: e.source,
-            })
+        cj_types::fsutil::write_atomic_with(&Snapshot::file_for(dir, &self.root), |w| {
+            self.write_to(w)
+        })
+        .map_err(|e| SnapshotError::Io {
+            path: e.path,
+            op: e.op,
+            source: e.source,
+        })
     }
 
     pub fn remove(dir: &Path, root: &[u8]) {
@@ -352,6 +291,153 @@ impl Snapshot {
         }
         removed
     }
+}
+
+/// Bytes read at a time while a snapshot is checked.
+const LOAD_BUFFER_BYTES: usize = 1 << 20;
+
+/// A checked snapshot file, its entries not yet attached.
+struct Parsed {
+    root: Vec<u8>,
+    through_seq: u64,
+    valid_after_seq: u64,
+    marks: FsMarks,
+    count: usize,
+    samples: Vec<u64>,
+    /// The file's length: where its last block ends.
+    end: usize,
+}
+
+impl Parsed {
+    fn into_snapshot(self, store: Store) -> Snapshot {
+        Snapshot {
+            root: self.root,
+            through_seq: self.through_seq,
+            valid_after_seq: self.valid_after_seq,
+            marks: self.marks,
+            entries: Entries::from_store(store, self.samples, self.count),
+        }
+    }
+}
+
+fn read_exact<R: Read>(r: &mut R, buf: &mut [u8], what: &'static str) -> Result<(), &'static str> {
+    r.read_exact(buf).map_err(|_| what)
+}
+
+/// Checks a snapshot file read from `r` to its end, block by block:
+/// `Err(detail)` on any damage. Never panics; holds one block at a time.
+fn parse<R: Read>(r: &mut R) -> Result<Parsed, &'static str> {
+    let mut h = [0u8; HEADER_LEN];
+    read_exact(r, &mut h, "shorter than its header")?;
+    if h[0..8] != MAGIC {
+        return Err("bad magic");
+    }
+    if u32_at(&h, 124) != Some(crc32c::crc32c(&h[0..124])) {
+        return Err("header checksum mismatch");
+    }
+    if u32_at(&h, 8) != Some(VERSION) {
+        return Err(UNKNOWN_VERSION);
+    }
+    // Accepted is exactly what this version writes (the decoder fuzz
+    // test checks that an accepted file re-encodes to itself).
+    if u32_at(&h, 12) != Some(HEADER_LEN as u32) {
+        return Err("bad header length");
+    }
+    if h[104..124].iter().any(|&x| x != 0) {
+        return Err("reserved header bytes not zero");
+    }
+    let count = u64_at(&h, 32).ok_or("header")? as usize;
+    let root_len = u32_at(&h, 40).ok_or("header")? as usize;
+    let blocks = u32_at(&h, 44).ok_or("header")? as usize;
+    if blocks != count.div_ceil(BLOCK_ENTRIES_MAX) {
+        return Err("block count does not match the entry count");
+    }
+    if root_len > SNAPSHOT_PATH_BYTES_MAX {
+        return Err("root path too long");
+    }
+    let mut root = vec![0u8; root_len];
+    read_exact(r, &mut root, "truncated root")?;
+    let mut at = HEADER_LEN + root_len;
+    let mut samples: Vec<u64> = Vec::with_capacity(count.div_ceil(SAMPLE).min(1 << 20));
+    let mut last: Vec<u8> = Vec::new();
+    let mut body: Vec<u8> = Vec::new();
+    let mut index = 0usize;
+    for block in 0..blocks {
+        let mut bh = [0u8; 8];
+        read_exact(r, &mut bh, "truncated block")?;
+        let n = u32_at(&bh, 0).ok_or("truncated block")? as usize;
+        // Full blocks, then one with the rest (so a sample of entries never
+        // straddles two blocks).
+        let want = if block + 1 < blocks {
+            BLOCK_ENTRIES_MAX
+        } else {
+            count - block * BLOCK_ENTRIES_MAX
+        };
+        if n != want {
+            return Err("block entry count does not match");
+        }
+        let len = u32_at(&bh, 4).ok_or("truncated block")? as usize;
+        body.clear();
+        // Grows only as far as the bytes are really there.
+        r.by_ref()
+            .take(len as u64)
+            .read_to_end(&mut body)
+            .map_err(|_| "truncated block")?;
+        if body.len() != len {
+            return Err("truncated block");
+        }
+        let mut crc = [0u8; 4];
+        read_exact(r, &mut crc, "truncated block")?;
+        if u32::from_le_bytes(crc) != crc32c::crc32c(&body) {
+            return Err("block checksum mismatch");
+        }
+        let start = at + 8;
+        let mut p = 0;
+        for _ in 0..n {
+            let plen = u32_at(&body, p).ok_or("truncated entry")? as usize;
+            if plen > SNAPSHOT_PATH_BYTES_MAX {
+                return Err("entry path too long");
+            }
+            if p + 4 + plen + ENTRY_FIXED_LEN > body.len() {
+                return Err("truncated entry");
+            }
+            // Sorted and unique, as written: anything else is damage.
+            let path = &body[p + 4..p + 4 + plen];
+            if index > 0 && last.as_slice() >= path {
+                return Err("entries out of order");
+            }
+            last.clear();
+            last.extend_from_slice(path);
+            if index.is_multiple_of(SAMPLE) {
+                samples.push((start + p) as u64);
+            }
+            index += 1;
+            p += 4 + plen + ENTRY_FIXED_LEN;
+        }
+        if p != body.len() {
+            return Err("block longer than its entries");
+        }
+        at = start + len + 4;
+    }
+    let mut more = [0u8; 1];
+    if !matches!(r.read(&mut more), Ok(0)) || index != count {
+        return Err("entry count mismatch");
+    }
+    Ok(Parsed {
+        root,
+        through_seq: u64_at(&h, 24).ok_or("header")?,
+        valid_after_seq: u64_at(&h, 48).ok_or("header")?,
+        marks: FsMarks {
+            realtime_ns: u64_at(&h, 16).ok_or("header")?,
+            boottime_ns: u64_at(&h, 56).ok_or("header")?,
+            boot_id: h[64..80].try_into().map_err(|_| "header")?,
+            fs_uuid: h[80..96].try_into().map_err(|_| "header")?,
+            generation: u64_at(&h, 96).ok_or("header")?,
+        },
+        count,
+        samples,
+        end: at,
+    })
 }
 
 #[cfg(test)]
@@ -426,5 +512,70 @@ mod tests {
             Snapshot::load_marks(&dir.path().join("snaps"), b"/root"),
             Some(s.marks)
         );
+    }
+
+    /// A loaded snapshot is a mapped file, read through samples of entry
+    /// offsets and given back behind a sequential read; it must read
+    /// exactly like the map it was saved from: every entry, lookups,
+    /// ranges and children, with changes made on top, and saved again.
+    #[test]
+    fn a_mapped_snapshot_reads_like_the_map() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = Snapshot::new(b"/r".to_vec());
+        // Over RELEASE_BYTES of entries, odd path lengths, many blocks.
+        let mut m = std::collections::BTreeMap::new();
+        for i in 0..120_000u64 {
+            let p = format!("/r/d{}/{}{}", i % 97, "x".repeat((i % 13) as usize), i).into_bytes();
+            let st = Stat {
+                ino: i,
+                size: i,
+                ..Stat::default()
+            };
+            m.insert(p, st);
+        }
+        s.entries = Entries::from_sorted(m.iter().map(|(k, v)| (k.clone(), *v)).collect());
+        s.save(dir.path()).unwrap();
+        let mut l = Snapshot::load(dir.path(), b"/r").unwrap().unwrap();
+        assert!(matches!(l.entries.store_kind(), "mapped"));
+        assert_eq!(l.entries.to_map(), m);
+        for (k, v) in m.iter().step_by(997) {
+            assert_eq!(l.entries.get(k), Some(*v));
+            let mut gone = k.clone();
+            gone.push(b'~');
+            assert_eq!(l.entries.get(&gone), None);
+        }
+        let want: Vec<Vec<u8>> = m
+            .keys()
+            .filter(|k| k.starts_with(b"/r/d5/"))
+            .map(|k| k[b"/r/d5/".len()..].to_vec())
+            .collect();
+        let got: Vec<Vec<u8>> = l
+            .entries
+            .children(b"/r/d5")
+            .into_iter()
+            .map(|c| c.0)
+            .collect();
+        assert_eq!(got, want);
+        let lo: &[u8] = b"/r/d50/";
+        let hi: &[u8] = b"/r/d51";
+        let got: Vec<Vec<u8>> = l
+            .entries
+            .range(std::ops::Bound::Included(lo), std::ops::Bound::Excluded(hi))
+            .map(|(k, _)| k.to_vec())
+            .collect();
+        let want: Vec<Vec<u8>> = m
+            .range::<[u8], _>((std::ops::Bound::Included(lo), std::ops::Bound::Excluded(hi)))
+            .map(|(k, _)| k.clone())
+            .collect();
+        assert_eq!(got, want);
+        let first = m.keys().next().unwrap().clone();
+        l.entries.remove(&first);
+        m.remove(&first);
+        l.entries.insert(b"/r/new".to_vec(), Stat::default());
+        m.insert(b"/r/new".to_vec(), Stat::default());
+        l.save(dir.path()).unwrap();
+        let again = Snapshot::load(dir.path(), b"/r").unwrap().unwrap();
+        assert_eq!(again.entries.to_map(), m);
+        assert_eq!(again.entries.len(), m.len());
     }
 }

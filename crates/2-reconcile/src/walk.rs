@@ -38,6 +38,21 @@ pub enum WalkError {
     },
     /// Stopped through [`WalkProgress::cancel`].
     Cancelled,
+    /// The walk's sorted runs could not be written to or read from the
+    /// state directory (design 11.4).
+    Spill {
+        dir: std::path::PathBuf,
+        source: std::io::Error,
+    },
+}
+
+impl From<crate::runs::SpillError> for WalkError {
+    fn from(e: crate::runs::SpillError) -> WalkError {
+        WalkError::Spill {
+            dir: e.dir,
+            source: e.source,
+        }
+    }
 }
 
 impl fmt::Display for WalkError {
@@ -53,6 +68,12 @@ impl fmt::Display for WalkError {
                     cj_types::log_path(path)
                 )
             }
+            WalkError::Spill { dir, source } => write!(
+                f,
+                "cannot keep the walk's sorted entries in {}: {source} (a walk of a big tree \
+                 needs free space there, about 110 bytes per entry)",
+                dir.display()
+            ),
             WalkError::Cancelled => {
                 f.write_str("the walk was interrupted (a scoped catch-up, an untrack or a stop)")
             }
@@ -189,6 +210,7 @@ pub(crate) use cj_types::path::is_at_or_below as below;
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::runs::Spill;
     use std::os::unix::ffi::OsStrExt;
 
     #[test]
@@ -199,7 +221,8 @@ mod tests {
         for i in 0..WIDE {
             std::fs::create_dir(d.path().join(format!("d{i}"))).unwrap();
         }
-        let got = crate::pwalk::walk(&root, &[], &WalkProgress::default()).unwrap();
+        let got =
+            crate::pwalk::walk(&root, &[], &WalkProgress::default(), Spill::memory()).unwrap();
         assert_eq!(got.len(), WIDE + 1);
     }
 
@@ -216,7 +239,9 @@ mod tests {
         let root = r.as_os_str().as_bytes().to_vec();
         let excluded = vec![join(&root, b"skip")];
         let p = WalkProgress::default();
-        let got = crate::pwalk::walk(&root, &excluded, &p).unwrap().to_map();
+        let got = crate::pwalk::walk(&root, &excluded, &p, Spill::memory())
+            .unwrap()
+            .to_map();
         let mut names: Vec<Vec<u8>> = got.keys().map(|k| k[root.len()..].to_vec()).collect();
         names.sort();
         assert_eq!(
@@ -259,7 +284,7 @@ mod tests {
             0
         );
         let root = d.path().as_os_str().as_bytes().to_vec();
-        crate::pwalk::walk(&root, &[], &WalkProgress::default()).unwrap();
+        crate::pwalk::walk(&root, &[], &WalkProgress::default(), Spill::memory()).unwrap();
         assert_eq!(std::fs::metadata(&sub).unwrap().atime(), 1000);
     }
 }

@@ -24,7 +24,7 @@ use cj_reconcile::fast::{self, FsMarks, Method};
 use cj_reconcile::fold::{Fold, Step, TOUCHED_PATHS_MAX};
 use cj_reconcile::{
     changed_by_paths, diff, diff_scope, diff_transitions, open_root, refresh, walk, walk_scope,
-    Snapshot, Touched,
+    Snapshot, Spill, Touched,
 };
 use cj_types::path::{is_at_or_below, overlaps};
 use cj_types::{RecordBody, ResolvedRecord};
@@ -347,7 +347,13 @@ impl Reconciler {
                 if at == root {
                     break None;
                 }
-                match walk_scope(root, at, &self.excluded, &self.queue().progress) {
+                match walk_scope(
+                    root,
+                    at,
+                    &self.excluded,
+                    &self.queue().progress,
+                    Spill::to(&self.snapshots),
+                ) {
                     Ok(w) => break Some(w),
                     Err(cj_reconcile::WalkError::Root { source, .. })
                         if matches!(
@@ -622,8 +628,7 @@ impl Reconciler {
                 .map_err(|e| e.to_string())?;
             }
             None => {
-                base.entries = walk(root, &self.excluded, &self.queue().progress)
-                    .map_err(|e| e.to_string())?;
+                base.entries = self.walk(root)?;
             }
         }
         let walk_end = self.sync()?;
@@ -794,8 +799,7 @@ impl Reconciler {
         }
         self.status(|s| s.last_method = Method::Walk.as_str());
         self.enter("walking");
-        let entries =
-            walk(root, &self.excluded, &self.queue().progress).map_err(|e| e.to_string())?;
+        let entries = self.walk(root)?;
         let new = Snapshot {
             root: root.to_vec(),
             marks,
@@ -828,6 +832,18 @@ impl Reconciler {
                 }
             }
         }
+    }
+
+    /// A walk of the whole of `root`, its sorted runs spilled next to the
+    /// baselines (design 11.4).
+    fn walk(&self, root: &[u8]) -> Result<cj_reconcile::Entries, String> {
+        walk(
+            root,
+            &self.excluded,
+            &self.queue().progress,
+            Spill::to(&self.snapshots),
+        )
+        .map_err(|e| e.to_string())
     }
 
     /// `--test-reconcile-delay-ms`: waits as a walk of a big tree would,

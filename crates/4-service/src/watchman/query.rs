@@ -307,18 +307,24 @@ pub fn walk_files(
     new: bool,
 ) -> Result<(), WalkFailure> {
     let progress = cj_reconcile::WalkProgress::default();
-    let entries =
-        cj_reconcile::walk_scope(root, dir, excluded, &progress).map_err(|e| match &e {
-            cj_reconcile::WalkError::Root { source, .. }
-                if matches!(
-                    source.raw_os_error(),
-                    Some(libc::ENOENT) | Some(libc::ENOTDIR)
-                ) =>
-            {
-                WalkFailure::Vanished
-            }
-            _ => WalkFailure::Other(e.to_string()),
-        })?;
+    let entries = cj_reconcile::walk_scope(
+        root,
+        dir,
+        excluded,
+        &progress,
+        cj_reconcile::Spill::memory(),
+    )
+    .map_err(|e| match &e {
+        cj_reconcile::WalkError::Root { source, .. }
+            if matches!(
+                source.raw_os_error(),
+                Some(libc::ENOENT) | Some(libc::ENOTDIR)
+            ) =>
+        {
+            WalkFailure::Vanished
+        }
+        _ => WalkFailure::Other(e.to_string()),
+    })?;
     for (path, st) in entries.iter() {
         if path == base || !is_at_or_below(path, base) {
             continue;
