@@ -2,6 +2,7 @@
 //! the tree now (a walk's [`diff`], or a refresh's [`diff_transitions`]),
 //! with what the journal says about the same paths ([`Touched`]).
 
+use std::borrow::Cow;
 use std::collections::HashSet;
 
 use cj_types::{Changes, EventRecord, ObjectKind, RecordBody};
@@ -84,7 +85,7 @@ impl Touched {
 
 /// One difference found, with the stats it was found from.
 struct Found<'a> {
-    path: &'a [u8],
+    path: Cow<'a, [u8]>,
     changes: Changes,
     kind: ObjectKind,
     was: Option<Stat>,
@@ -103,7 +104,7 @@ impl<'a> Found<'a> {
         let was = touched.was(path, was);
         let (changes, kind) = classify(was.as_ref(), now.as_ref())?;
         Some(Found {
-            path,
+            path: Cow::Borrowed(path),
             changes,
             kind,
             was,
@@ -111,12 +112,19 @@ impl<'a> Found<'a> {
         })
     }
 
+    fn into_owned(self) -> Found<'static> {
+        Found {
+            path: Cow::Owned(self.path.into_owned()),
+            ..self
+        }
+    }
+
     /// A path the journal saw existing that neither side holds: it was
     /// created after the baseline and removed during the gap. `kind` is what
     /// the journal last saw there (a directory's record covers its subtree).
     fn vanished(path: &'a [u8], kind: ObjectKind) -> Found<'a> {
         Found {
-            path,
+            path: Cow::Borrowed(path),
             changes: Changes::DELETED,
             kind,
             was: None,
@@ -167,7 +175,7 @@ fn records(found: Vec<Found<'_>>, fsid: u64, gap_seq: u64) -> Vec<RecordBody> {
     let dir_moves: HashMap<&[u8], &[u8]> = pair_of
         .iter()
         .filter(|(c, _)| found[**c].kind == ObjectKind::Dir)
-        .map(|(c, g)| (found[*c].path, found[*g].path))
+        .map(|(c, g)| (&*found[*c].path, &*found[*g].path))
         .collect();
     let implied = |from: &[u8], to: &[u8]| {
         let mut at = to.len();
@@ -189,7 +197,7 @@ fn records(found: Vec<Found<'_>>, fsid: u64, gap_seq: u64) -> Vec<RecordBody> {
         }
         if let Some(&g) = pair_of.get(&i) {
             let from = &found[g];
-            if from.was == f.now && implied(from.path, f.path) {
+            if from.was == f.now && implied(&from.path, &f.path) {
                 continue;
             }
             let (w, n) = (from.was.unwrap_or_default(), f.now.unwrap_or_default());
@@ -200,13 +208,13 @@ fn records(found: Vec<Found<'_>>, fsid: u64, gap_seq: u64) -> Vec<RecordBody> {
             if w.mode != n.mode || w.uid != n.uid || w.gid != n.gid || w.nlink != n.nlink {
                 c |= Changes::ATTRIB;
             }
-            let mut r = record(f.path, c, f.kind, fsid, gap_seq);
+            let mut r = record(&f.path, c, f.kind, fsid, gap_seq);
             if let RecordBody::Event(e) = &mut r {
                 e.old_path = from.path.to_vec();
             }
             out.push(r);
         } else {
-            out.push(record(f.path, f.changes, f.kind, fsid, gap_seq));
+            out.push(record(&f.path, f.changes, f.kind, fsid, gap_seq));
         }
     }
     out
@@ -290,7 +298,9 @@ pub fn diff(old: &Snapshot, new: &Snapshot, touched: &Touched, fsid: u64) -> Vec
                 }
             },
         };
-        out.extend(Found::between(path, was, now, touched));
+        // Copied now, while the entry's page is mapped: reading it again
+        // later would map it again (and the pages around it).
+        out.extend(Found::between(path, was, now, touched).map(Found::into_owned));
     }
     for (path, kind) in touched.present_paths() {
         if !new.entries.contains_key(path) && !old.entries.contains_key(path) {

@@ -70,6 +70,74 @@ pub(crate) fn encode_entry(out: &mut Vec<u8>, path: &[u8], s: &Stat) {
 /// checksum.
 pub(crate) const SAMPLE: usize = 16;
 
+/// Entries per fence of [`Index`]: every 256th entry's path is kept in
+/// memory, so a lookup searches memory first and then reads at most a few
+/// pages of a mapped file (a binary search over the file alone would fault
+/// in a page per probe, and thousands of lookups would map most of it).
+pub(crate) const FENCE: usize = 256;
+const _: () = assert!(FENCE.is_multiple_of(SAMPLE));
+
+/// Where the entries are: every [`SAMPLE`]th entry's offset and every
+/// [`FENCE`]th entry's path. Built while the entries are written or checked
+/// ([`IndexBuilder`]), never by reading a mapped file again.
+#[derive(Clone, Default)]
+pub(crate) struct Index {
+    samples: Vec<u64>,
+    /// The fence paths, back to back.
+    fence_bytes: Vec<u8>,
+    /// Where each fence path starts in `fence_bytes` (and one past the
+    /// last).
+    fence_offs: Vec<u64>,
+    len: usize,
+}
+
+impl Index {
+    fn fence(&self, j: usize) -> &[u8] {
+        let a = self.fence_offs[j] as usize;
+        let b = self.fence_offs[j + 1] as usize;
+        &self.fence_bytes[a..b]
+    }
+
+    fn fences(&self) -> usize {
+        self.fence_offs.len().saturating_sub(1)
+    }
+}
+
+/// Builds an [`Index`] from the entries in order.
+#[derive(Default)]
+pub(crate) struct IndexBuilder {
+    index: Index,
+}
+
+impl IndexBuilder {
+    /// Entry number `len()` is at `off` and has `path`.
+    pub(crate) fn push(&mut self, off: u64, path: &[u8]) {
+        let ix = &mut self.index;
+        if ix.len.is_multiple_of(SAMPLE) {
+            ix.samples.push(off);
+        }
+        if ix.len.is_multiple_of(FENCE) {
+            if ix.fence_offs.is_empty() {
+                ix.fence_offs.push(0);
+            }
+            ix.fence_bytes.extend_from_slice(path);
+            ix.fence_offs.push(ix.fence_bytes.len() as u64);
+        }
+        ix.len += 1;
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.index.len
+    }
+
+    pub(crate) fn finish(mut self) -> Index {
+        self.index.samples.shrink_to_fit();
+        self.index.fence_bytes.shrink_to_fit();
+        self.index.fence_offs.shrink_to_fit();
+        self.index
+    }
+}
+
 /// Encoded entries, sorted by path, validated when built.
 ///
 /// Only every [`SAMPLE`]th entry's offset is kept (8 bytes per 16 entries):
@@ -78,20 +146,22 @@ pub(crate) const SAMPLE: usize = 16;
 #[derive(Clone, Default)]
 struct Base {
     store: Store,
-    /// Offset of entries `0, SAMPLE, 2 * SAMPLE, ...`.
-    samples: Vec<u64>,
-    len: usize,
+    index: Index,
 }
 
 impl Base {
     fn len(&self) -> usize {
-        self.len
+        self.index.len
+    }
+
+    fn sample(&self, s: usize) -> usize {
+        self.index.samples.get(s).copied().unwrap_or(0) as usize
     }
 
     /// Offset of entry `i`'s path length field.
     fn off(&self, i: usize) -> usize {
         let b = self.store.bytes();
-        let mut o = self.samples.get(i / SAMPLE).copied().unwrap_or(0) as usize;
+        let mut o = self.sample(i / SAMPLE);
         for _ in 0..i % SAMPLE {
             o = next_off(b, o);
         }
@@ -124,23 +194,49 @@ impl Base {
         }
     }
 
-    /// First index with path >= k (`inclusive`) or > k.
+    /// First index with path >= k (`inclusive`) or > k: the fences in
+    /// memory narrow it to [`FENCE`] entries, a binary search among those
+    /// finds it.
     fn lower(&self, k: &[u8], inclusive: bool) -> usize {
-        let (mut lo, mut hi) = (0usize, self.len());
+        let before = |p: &[u8]| match p.cmp(k) {
+            Ordering::Less => true,
+            Ordering::Equal => !inclusive,
+            Ordering::Greater => false,
+        };
+        // Fences before `k`: the answer is past the last of them and at or
+        // before the next.
+        let (mut lo, mut hi) = (0usize, self.index.fences());
         while lo < hi {
             let mid = lo + (hi - lo) / 2;
-            let before = match self.path(mid).cmp(k) {
-                Ordering::Less => true,
-                Ordering::Equal => !inclusive,
-                Ordering::Greater => false,
-            };
-            if before {
+            if before(self.index.fence(mid)) {
+                lo = mid + 1;
+            } else {
+                hi = mid;
+            }
+        }
+        if lo == 0 {
+            return 0;
+        }
+        let (mut lo, mut hi) = ((lo - 1) * FENCE + 1, (lo * FENCE).min(self.len()));
+        while lo < hi {
+            let mid = lo + (hi - lo) / 2;
+            if before(self.path(mid)) {
                 lo = mid + 1;
             } else {
                 hi = mid;
             }
         }
         lo
+    }
+
+    /// Offset of entry `i`, or the end of the entries when `i` is past
+    /// them.
+    fn end_off(&self, i: usize) -> usize {
+        if i < self.len() {
+            self.off(i)
+        } else {
+            self.store.bytes().len()
+        }
     }
 
     /// First index `>= from` whose path is `>= k`, searching outward from
@@ -176,9 +272,16 @@ impl Base {
         lo
     }
 
-    fn find(&self, k: &[u8]) -> Option<usize> {
+    /// The stat at path `k`. The pages the lookup read are given back:
+    /// thousands of lookups must not map the file piece by piece.
+    fn find(&self, k: &[u8]) -> Option<Stat> {
         let i = self.lower(k, true);
-        (i < self.len() && self.path(i) == k).then_some(i)
+        let found = (i < self.len() && self.path(i) == k).then(|| self.stat(i));
+        // The lookup read entries of one fence at most.
+        let fence = i.saturating_sub(1) / FENCE * FENCE;
+        self.store
+            .release_around(self.end_off(fence), self.end_off(fence + FENCE + 1));
+        found
     }
 }
 
@@ -196,17 +299,14 @@ impl Entries {
         Entries::default()
     }
 
-    /// Wraps `len` already validated encoded entries in path order, with
-    /// the offset of every [`SAMPLE`]th one; entries within a sample lie
-    /// back to back.
-    pub(crate) fn from_store(store: Store, samples: Vec<u64>, len: usize) -> Entries {
-        assert_eq!(samples.len(), len.div_ceil(SAMPLE), "entry samples");
+    /// Wraps already validated encoded entries in path order, with their
+    /// [`Index`]; entries within a sample lie back to back.
+    pub(crate) fn from_store(store: Store, index: Index) -> Entries {
+        let len = index.len;
+        assert_eq!(index.samples.len(), len.div_ceil(SAMPLE), "entry samples");
+        assert_eq!(index.fences(), len.div_ceil(FENCE), "entry fences");
         Entries {
-            base: Base {
-                store,
-                samples,
-                len,
-            },
+            base: Base { store, index },
             overlay: BTreeMap::new(),
             len,
         }
@@ -232,7 +332,7 @@ impl Entries {
     pub fn get(&self, path: &[u8]) -> Option<Stat> {
         match self.overlay.get(path) {
             Some(o) => *o,
-            None => self.base.find(path).map(|i| self.base.stat(i)),
+            None => self.base.find(path),
         }
     }
 
@@ -282,21 +382,18 @@ impl Entries {
     /// out-of-order pair is a bug, refused rather than stored).
     pub fn from_sorted(pairs: Vec<(Vec<u8>, Stat)>) -> Entries {
         let mut bytes = Vec::new();
-        let mut samples = Vec::with_capacity(pairs.len().div_ceil(SAMPLE));
+        let mut index = IndexBuilder::default();
         let mut last: Option<Vec<u8>> = None;
-        let len = pairs.len();
-        for (i, (p, st)) in pairs.into_iter().enumerate() {
+        for (p, st) in pairs {
             if let Some(l) = &last {
                 assert!(*l < p, "walk output out of order");
             }
-            if i % SAMPLE == 0 {
-                samples.push(bytes.len() as u64);
-            }
+            index.push(bytes.len() as u64, &p);
             encode_entry(&mut bytes, &p, &st);
             last = Some(p);
         }
         bytes.shrink_to_fit();
-        Entries::from_store(Store::Owned(bytes), samples, len)
+        Entries::from_store(Store::Owned(bytes), index.finish())
     }
 
     /// Everything in a sorted map, e.g. a walk.
@@ -320,6 +417,7 @@ impl Entries {
         // Direct children among keys in [lo, hi): seek past each child's
         // subtree (`child/` .. `child0`).
         let mut i = self.base.lower(&lo, true);
+        let first = self.base.end_off(i);
         let mut skip = Vec::new();
         while i < self.base.len() {
             let k = self.base.path(i);
@@ -345,6 +443,9 @@ impl Entries {
                 i += 1;
             }
         }
+        self.base
+            .store
+            .release_around(first, self.base.end_off(i.min(self.base.len())));
         let mut hi = base.to_vec();
         hi.push(b'/' + 1);
         let extra: Vec<(Vec<u8>, Stat)> = self
@@ -406,11 +507,7 @@ impl<'a> Range<'a> {
         let got = (path_at(b, self.off), stat_at(b, self.off));
         self.bi += 1;
         self.off = if self.bi.is_multiple_of(SAMPLE) {
-            self.base
-                .samples
-                .get(self.bi / SAMPLE)
-                .copied()
-                .unwrap_or(0) as usize
+            self.base.sample(self.bi / SAMPLE)
         } else {
             next_off(b, self.off)
         };
@@ -421,6 +518,14 @@ impl<'a> Range<'a> {
             self.released = self.off;
         }
         got
+    }
+}
+
+impl Drop for Range<'_> {
+    fn drop(&mut self) {
+        // What this range read last is given back too.
+        let end = self.base.end_off(self.bi);
+        self.base.store.release(self.released, end);
     }
 }
 

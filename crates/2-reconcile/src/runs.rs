@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
-use crate::entries::{encode_entry, next_off, Entries, ENTRY_FIXED_LEN, SAMPLE};
+use crate::entries::{encode_entry, next_off, Entries, Index, IndexBuilder, ENTRY_FIXED_LEN};
 use crate::store::{Map, Store};
 use cj_types::Stat;
 
@@ -91,22 +91,20 @@ impl Run {
         self.offs.is_empty()
     }
 
-    /// The entries sorted by path, back to back.
-    fn sorted(self) -> Vec<u8> {
+    /// Writes the entries sorted by path, back to back.
+    fn write_sorted<W: Write>(mut self, w: &mut W) -> std::io::Result<()> {
         let b = &self.bytes;
         let path = |o: u32| {
             let o = o as usize;
             let len = crate::entries::u32_at(b, o) as usize;
             &b[o + 4..o + 4 + len]
         };
-        let mut offs = self.offs;
-        offs.sort_unstable_by(|&x, &y| path(x).cmp(path(y)));
-        let mut out = Vec::with_capacity(b.len());
-        for o in offs {
+        self.offs.sort_unstable_by(|&x, &y| path(x).cmp(path(y)));
+        for &o in &self.offs {
             let o = o as usize;
-            out.extend_from_slice(&b[o..next_off(b, o)]);
+            w.write_all(&b[o..next_off(b, o)])?;
         }
-        out
+        Ok(())
     }
 }
 
@@ -144,15 +142,22 @@ impl<'a> Runs<'a> {
         }
         let n = run.bytes.len();
         let total = self.bytes.fetch_add(n, Ordering::Relaxed) + n;
-        let sorted = run.sorted();
         let kept = match self.spill.dir {
             Some(dir) if total > self.spill.in_memory_bytes => {
-                let mut f = unnamed_file(dir).map_err(|e| self.spill.error(e))?;
-                f.write_all(&sorted).map_err(|e| self.spill.error(e))?;
-                f.rewind().map_err(|e| self.spill.error(e))?;
-                Sorted::File(f)
+                let spilled = || {
+                    let mut w = BufWriter::with_capacity(WRITE_BUFFER_BYTES, unnamed_file(dir)?);
+                    run.write_sorted(&mut w)?;
+                    let mut f = w.into_inner().map_err(|e| e.into_error())?;
+                    f.rewind()?;
+                    Ok(f)
+                };
+                Sorted::File(spilled().map_err(|e| self.spill.error(e))?)
             }
-            _ => Sorted::Memory(sorted),
+            _ => {
+                let mut v = Vec::with_capacity(n);
+                run.write_sorted(&mut v).map_err(|e| self.spill.error(e))?;
+                Sorted::Memory(v)
+            }
         };
         self.done
             .lock()
@@ -192,7 +197,7 @@ impl<'a> Runs<'a> {
             ),
             _ => Out::Memory(Vec::with_capacity(total)),
         };
-        let (samples, len) = merge_into(&mut heads, &mut out).map_err(|e| spill.error(e))?;
+        let index = merge_into(&mut heads, &mut out).map_err(|e| spill.error(e))?;
         let store = match out {
             Out::Memory(b) => Store::Owned(b),
             Out::File(w, at) => {
@@ -204,36 +209,33 @@ impl<'a> Runs<'a> {
                 }
             }
         };
-        Ok(Entries::from_store(store, samples, len))
+        Ok(Entries::from_store(store, index))
     }
 }
 
 /// K-way merge of `heads` (a binary heap by current path) into `out`;
-/// returns the samples of entry offsets and the entry count.
-fn merge_into(heads: &mut [Head], out: &mut Out) -> std::io::Result<(Vec<u64>, usize)> {
+/// returns the merged entries' index.
+fn merge_into(heads: &mut [Head], out: &mut Out) -> std::io::Result<Index> {
     let mut heap: Vec<usize> = (0..heads.len()).collect();
     for i in (0..heap.len() / 2).rev() {
         sift_down(&mut heap, heads, i);
     }
-    let mut samples = Vec::new();
-    let mut len = 0usize;
+    let mut index = IndexBuilder::default();
     let mut last: Vec<u8> = Vec::new();
     while let Some(&top) = heap.first() {
         let h = &mut heads[top];
-        if len == 0 || h.path() != last.as_slice() {
+        let first = index.len() == 0;
+        if first || h.path() != last.as_slice() {
             // The heap hands out paths in order; anything else is a bug,
             // and a baseline out of order would hide differences.
             assert!(
-                len == 0 || h.path() > last.as_slice(),
+                first || h.path() > last.as_slice(),
                 "merged runs out of order"
             );
-            if len.is_multiple_of(SAMPLE) {
-                samples.push(out.at() as u64);
-            }
+            index.push(out.at() as u64, h.path());
             out.write(&h.cur)?;
             last.clear();
             last.extend_from_slice(h.path());
-            len += 1;
         }
         if !h.advance()? {
             let end = heap.len() - 1;
@@ -242,7 +244,7 @@ fn merge_into(heads: &mut [Head], out: &mut Out) -> std::io::Result<(Vec<u64>, u
         }
         sift_down(&mut heap, heads, 0);
     }
-    Ok((samples, len))
+    Ok(index.finish())
 }
 
 fn sift_down(heap: &mut [usize], heads: &[Head], mut i: usize) {

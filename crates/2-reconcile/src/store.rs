@@ -116,6 +116,22 @@ impl Store {
     }
 }
 
+/// The window the kernel maps around a faulting page of a file mapping
+/// when those pages are cached (`fault_around_bytes`, 64 KiB by default).
+const FAULT_AROUND_BYTES: usize = 64 << 10;
+
+impl Store {
+    /// [`Store::release`] of `[from, to)` widened to the fault-around
+    /// windows that hold it: after a lookup touched a few entries, every
+    /// page the kernel mapped for it leaves again.
+    pub(crate) fn release_around(&self, from: usize, to: usize) {
+        // The kernel's window is aligned in the address space, the mapping
+        // only to a page: one more window on each side covers it.
+        let w = FAULT_AROUND_BYTES;
+        self.release((from / w).saturating_sub(1) * w, (to.div_ceil(w) + 1) * w);
+    }
+}
+
 fn page_size() -> usize {
     // SAFETY: sysconf has no preconditions.
     let p = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };

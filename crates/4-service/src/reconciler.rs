@@ -508,7 +508,9 @@ impl Reconciler {
             if self.queue().stop.load(Ordering::SeqCst) || (!last && self.queue().pending() > 0) {
                 return;
             }
-            match self.refresh_baseline(&root, last) {
+            let refreshed = self.refresh_baseline(&root, last);
+            give_back_memory();
+            match refreshed {
                 Ok(true) => self.status(|s| s.baseline_refreshes += 1),
                 Ok(false) => {}
                 Err(e) => crate::logging::warn(format!(
@@ -685,6 +687,7 @@ impl Reconciler {
             None => Ok(()),
         };
         let result = delayed.and_then(|()| self.walk_and_record(root, fsid, old, started));
+        give_back_memory();
         self.enter("");
         {
             let st = self
@@ -1002,6 +1005,17 @@ impl Reconciler {
             self.save_baseline(root, &new)?;
         }
         Ok(count)
+    }
+}
+
+/// Returns the memory a walk's threads freed to the system: the C
+/// allocator keeps freed memory in each thread's arena, and an idle daemon
+/// would otherwise keep the peak of its last walk (design 11.4).
+fn give_back_memory() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: malloc_trim has no preconditions.
+    unsafe {
+        libc::malloc_trim(0);
     }
 }
 
