@@ -1,10 +1,10 @@
 //! The entries of a snapshot: a sorted map from path to [`Stat`].
 //!
 //! A loaded snapshot keeps the file's bytes as they are (mapped, or one
-//! allocation) with the offset of every 16th entry, instead of a map node
-//! and a path allocation per entry: loading a million entries is a
-//! checksummed pass over the file and an index of 8 bytes per 16 entries. Changes made afterwards (a refresh, a test) go to
-//! a small sorted overlay; reading merges the two.
+//! allocation) with a small [`Index`], instead of a map node and a path
+//! allocation per entry: loading a million entries is a checksummed pass
+//! over the file (design 11.4). Changes made afterwards (a refresh, a test)
+//! go to a small sorted overlay; reading merges the two.
 
 use std::cmp::Ordering;
 use std::collections::BTreeMap;
@@ -65,7 +65,7 @@ pub(crate) fn encode_entry(out: &mut Vec<u8>, path: &[u8], s: &Stat) {
     out.extend_from_slice(&s.ctime_ns.to_le_bytes());
 }
 
-/// Entries per sample of [`Base::samples`]. Divides the snapshot file's
+/// Entries per sample of an [`Index`]. Divides the snapshot file's
 /// block size, so the entries of one sample never straddle a block's
 /// checksum.
 pub(crate) const SAMPLE: usize = 16;
@@ -370,6 +370,7 @@ impl Entries {
         let off = if bi < bend { self.base.off(bi) } else { 0 };
         Range {
             base: &self.base,
+            start: bi,
             bi,
             bend,
             off,
@@ -490,6 +491,8 @@ impl fmt::Debug for Entries {
 /// A merged, sorted walk over the base and the overlay.
 pub struct Range<'a> {
     base: &'a Base,
+    /// The first base entry of the range.
+    start: usize,
     bi: usize,
     bend: usize,
     /// Offset of entry `bi` (when `bi < bend`).
@@ -524,8 +527,10 @@ impl<'a> Range<'a> {
 impl Drop for Range<'_> {
     fn drop(&mut self) {
         // What this range read last is given back too.
-        let end = self.base.end_off(self.bi);
-        self.base.store.release(self.released, end);
+        if self.bi > self.start {
+            let end = self.base.end_off(self.bi);
+            self.base.store.release(self.released, end);
+        }
     }
 }
 
