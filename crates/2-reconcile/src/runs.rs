@@ -8,10 +8,10 @@ use std::io::{BufReader, BufWriter, Read, Seek, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 
 use crate::entries::{encode_entry, next_off, Entries, Index, IndexBuilder, ENTRY_FIXED_LEN};
-use crate::store::{Map, Store};
+use crate::store::Store;
 use cj_types::Stat;
 
 /// Bytes of encoded entries a walk worker sorts at a time.
@@ -202,11 +202,7 @@ impl<'a> Runs<'a> {
             Out::Memory(b) => Store::Owned(b),
             Out::File(w, at) => {
                 let f = w.into_inner().map_err(|e| spill.error(e.into_error()))?;
-                if at == 0 {
-                    Store::default()
-                } else {
-                    Store::Mapped(Arc::new(Map::of(&f, at).map_err(|e| spill.error(e))?))
-                }
+                Store::of_file(&f, at).map_err(|e| spill.error(e))?
             }
         };
         Ok(Entries::from_store(store, index))

@@ -7,12 +7,11 @@
 
 use crate::entries::{encode_entry, Entries, Index, IndexBuilder, ENTRY_FIXED_LEN, SAMPLE};
 use crate::fast::FsMarks;
-use crate::store::{Map, Store};
+use crate::store::Store;
 use std::fmt;
 use std::fs::{self, File};
 use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
 const MAGIC: [u8; 8] = *b"CJSNAPSH";
 const UNKNOWN_VERSION: &str = "unknown version";
@@ -188,11 +187,8 @@ impl Snapshot {
             path: path.clone(),
             detail,
         })?;
-        let store = if parsed.count == 0 {
-            Store::default()
-        } else {
-            Store::Mapped(Arc::new(Map::of(&file, parsed.end).map_err(io("map"))?))
-        };
+        let len = if parsed.count == 0 { 0 } else { parsed.end };
+        let store = Store::of_file(&file, len).map_err(io("map"))?;
         let snap = parsed.into_snapshot(store);
         if snap.root != root {
             return Err(SnapshotError::Corrupt {

@@ -30,7 +30,7 @@ unsafe impl Sync for Map {}
 
 impl Map {
     /// Maps the first `len` bytes of `file` (`len > 0`), read-only.
-    pub(crate) fn of(file: &File, len: usize) -> std::io::Result<Map> {
+    fn of(file: &File, len: usize) -> std::io::Result<Map> {
         if len == 0 {
             return Err(std::io::Error::other("cannot map an empty file"));
         }
@@ -85,6 +85,23 @@ impl Default for Store {
 pub(crate) const RELEASE_BYTES: usize = 8 << 20;
 
 impl Store {
+    /// The first `len` bytes of `file`: mapped, or read into memory where
+    /// the filesystem cannot map it (the bytes are the same either way).
+    pub(crate) fn of_file(file: &File, len: usize) -> std::io::Result<Store> {
+        if len == 0 {
+            return Ok(Store::default());
+        }
+        match Map::of(file, len) {
+            Ok(m) => Ok(Store::Mapped(Arc::new(m))),
+            Err(_) => {
+                use std::os::unix::fs::FileExt;
+                let mut b = vec![0u8; len];
+                file.read_exact_at(&mut b, 0)?;
+                Ok(Store::Owned(b))
+            }
+        }
+    }
+
     pub(crate) fn bytes(&self) -> &[u8] {
         match self {
             Store::Owned(b) => b,
