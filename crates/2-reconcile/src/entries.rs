@@ -419,6 +419,7 @@ impl Entries {
         // subtree (`child/` .. `child0`).
         let mut i = self.base.lower(&lo, true);
         let first = self.base.end_off(i);
+        let mut released = first;
         let mut skip = Vec::new();
         while i < self.base.len() {
             let k = self.base.path(i);
@@ -440,6 +441,13 @@ impl Entries {
                 skip.extend_from_slice(&k[..lo.len() + name_len]);
                 skip.push(b'/' + 1);
                 i = self.base.lower_from(i, &skip);
+                // The children of a big directory span most of the file:
+                // what lies behind is given back as the pass goes.
+                let at = self.base.end_off(i);
+                if at >= released + RELEASE_BYTES {
+                    self.base.store.release(released, at);
+                    released = at;
+                }
             } else {
                 i += 1;
             }

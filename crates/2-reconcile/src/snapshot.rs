@@ -584,7 +584,8 @@ mod tests {
     }
 
     /// Comparing two mapped baselines of about 90 MB each, with scattered
-    /// differences and lookups, keeps the pages it has read out of the
+    /// differences and lookups, then listing a directory whose children
+    /// span the whole file, keeps the pages it has read out of the
     /// process's resident memory (design 11.4): the growth stays far below
     /// the files' size.
     #[test]
@@ -603,13 +604,16 @@ mod tests {
                 )
             })
             .collect();
+        pairs.extend((0..512u64).map(|d| (format!("/r/{d:03}").into_bytes(), Stat::default())));
         pairs.sort_by(|a, b| a.0.cmp(&b.0));
         let mut old = Snapshot::new(b"/r".to_vec());
         old.entries = Entries::from_sorted(pairs.clone());
         old.save(&dir.path().join("a")).unwrap();
+        let mut changed = 0;
         for (i, p) in pairs.iter_mut().enumerate() {
             if i % 400 == 0 {
                 p.1.size = 1;
+                changed += 1;
             }
         }
         let mut new = Snapshot::new(b"/r".to_vec());
@@ -627,7 +631,10 @@ mod tests {
             (0..4000u64).map(|i| (path(i * 199), cj_types::ObjectKind::File)),
         );
         let recs = crate::diff::diff(&old, &new, &touched, 1);
-        assert_eq!(recs.len(), 2000);
+        assert_eq!(recs.len(), changed);
+        // The children of the root: a pass over the whole file.
+        assert_eq!(new.entries.children(b"/r").len(), 512);
+        assert_eq!(old.entries.children(b"/r/007").len(), 1563);
         let grown = rss_file_kb().saturating_sub(before);
         eprintln!("resident file pages grew by {grown} kB");
         assert!(grown < 32 << 10, "resident file pages grew by {grown} kB");

@@ -48,6 +48,8 @@ pub struct Config {
     /// looks at the tree (as a big walk would take), interruptible by a
     /// scoped request.
     pub test_reconcile_delay: Duration,
+    /// Testing only: walks spill runs of this many bytes, always.
+    pub test_spill_bytes: Option<usize>,
 }
 
 /// How to build the configuration again on SIGHUP.
@@ -73,6 +75,7 @@ impl Default for Config {
             reload: None,
             grants: Vec::new(),
             test_reconcile_delay: Duration::ZERO,
+            test_spill_bytes: None,
         }
     }
 }

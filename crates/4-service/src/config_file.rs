@@ -237,6 +237,7 @@ impl Settings {
             },
             reload: None,
             test_reconcile_delay: d.test_reconcile_delay,
+            test_spill_bytes: d.test_spill_bytes,
             grants: self
                 .grants
                 .iter()

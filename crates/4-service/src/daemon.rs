@@ -575,6 +575,7 @@ fn start_reconciler(
         excluded: vec![state_dir.as_os_str().as_bytes().to_vec()],
         walk_only: config.reconcile_walk_only,
         test_delay: config.test_reconcile_delay,
+        test_spill_bytes: config.test_spill_bytes,
     };
     std::thread::Builder::new()
         .name("cj-reconcile".into())

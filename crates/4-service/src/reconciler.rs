@@ -115,6 +115,8 @@ pub struct Reconciler {
     pub walk_only: bool,
     /// Testing only (`Config::test_reconcile_delay`).
     pub test_delay: Duration,
+    /// Testing only (`Config::test_spill_bytes`).
+    pub test_spill_bytes: Option<usize>,
 }
 
 impl Reconciler {
@@ -352,7 +354,7 @@ impl Reconciler {
                     at,
                     &self.excluded,
                     &self.queue().progress,
-                    Spill::to(&self.snapshots),
+                    self.spill(),
                 ) {
                     Ok(w) => break Some(w),
                     Err(cj_reconcile::WalkError::Root { source, .. })
@@ -840,13 +842,15 @@ impl Reconciler {
     /// A walk of the whole of `root`, its sorted runs spilled next to the
     /// baselines (design 11.4).
     fn walk(&self, root: &[u8]) -> Result<cj_reconcile::Entries, String> {
-        walk(
-            root,
-            &self.excluded,
-            &self.queue().progress,
-            Spill::to(&self.snapshots),
-        )
-        .map_err(|e| e.to_string())
+        walk(root, &self.excluded, &self.queue().progress, self.spill()).map_err(|e| e.to_string())
+    }
+
+    /// Where and when walks spill (design 11.4).
+    fn spill(&self) -> Spill<'_> {
+        match self.test_spill_bytes {
+            Some(n) => Spill::with_bounds(&self.snapshots, n, 0),
+            None => Spill::to(&self.snapshots),
+        }
     }
 
     /// `--test-reconcile-delay-ms`: waits as a walk of a big tree would,

@@ -96,6 +96,10 @@ struct DaemonArgs {
     /// Testing only: a reconciliation of a gap waits this long first.
     #[arg(long, hide = true)]
     test_reconcile_delay_ms: Option<u64>,
+    /// Testing only: walks sort runs of this many bytes and spill them all
+    /// (design 11.4), however small the tree.
+    #[arg(long, hide = true)]
+    test_spill_bytes: Option<usize>,
 }
 
 #[derive(Subcommand)]
@@ -347,6 +351,7 @@ fn daemon(socket: Option<PathBuf>, a: DaemonArgs) -> Result<i32> {
     if let Some(ms) = a.test_reconcile_delay_ms {
         config.test_reconcile_delay = std::time::Duration::from_millis(ms);
     }
+    config.test_spill_bytes = a.test_spill_bytes;
     init_logging();
     cj_service::run(config)?;
     Ok(EXIT_COMPLETE)

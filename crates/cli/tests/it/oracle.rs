@@ -333,6 +333,11 @@ pub fn scenario(fs: Fs, scenario: Scenario, seed: u64, ops: usize) -> Outcome {
         // in `judge` is answered by a scoped catch-up (design 11.8).
         extra.extend(["--test-reconcile-delay-ms", "3000"]);
     }
+    if seed % 4 == 1 {
+        // Every walk sorts tiny runs, spills them and reads the result
+        // mapped (design 11.4), as a walk of millions of files would.
+        extra.extend(["--test-spill-bytes", "4096"]);
+    }
     let extra = &extra[..];
     // The state directory on another filesystem for odd seeds of the
     // downtime, as /var/lib on another disk: the daemon's own writes then
