@@ -102,6 +102,8 @@ def main():
         if kind == "text":
             print(body)
             continue
+        # Markdown needs blank lines around a table.
+        print()
         same = [ts[t] for ts in tables_of if t < len(ts) and len(ts[t]) == len(body)]
         t += 1
         rows = []
@@ -116,6 +118,7 @@ def main():
             print("| " + " | ".join(cells) + " |")
             rows.append([[v[k] for v in versions] for k in range(len(row))])
         json_tables.append(rows)
+        print()
     with open(f"{raw}/{slug}.json", "w") as f:
         json.dump(json_tables, f)
 
