@@ -113,7 +113,7 @@ def query_range(plt, raw, out):
     return None
 
 
-def reconcile(plt, raw, out, name, title, ylabel, file):
+def reconcile(plt, raw, out, name, title, ylabel, file, logy=False):
     points = {}
     for path in glob.glob(f"{raw}/reconcile-*.json"):
         size = int(re.search(r"reconcile-(\d+)\.json$", path).group(1))
@@ -135,6 +135,8 @@ def reconcile(plt, raw, out, name, title, ylabel, file):
         pts.sort()
         bars(ax, [p[0] for p in pts], [p[1] for p in pts], label=fs)
     ax.set_xscale("log")
+    if logy:
+        ax.set_yscale("log")
     ax.set_xlabel("files in the tree")
     ax.set_ylabel(ylabel)
     ax.set_title(title)
@@ -164,7 +166,7 @@ def main():
         overhead(plt, raw, out),
         query_range(plt, raw, out),
         reconcile(plt, raw, out, "reconcile warm s", "Reconcile after a restart (warm cache)",
-                  "seconds until the answer is complete", "reconcile-time.png"),
+                  "seconds until the answer is complete", "reconcile-time.png", logy=True),
         reconcile(plt, raw, out, "reconcile peak RSS MB", "Daemon peak memory while reconciling",
                   "peak RSS, MB", "reconcile-memory.png"),
     ]
