@@ -9,7 +9,9 @@ replaced by `median (min-max)` over the runs, and writes the cells of every
 run to RAW_DIR/SLUG.json for bench/plots.py.
 
 A cell that holds `a / b / c` (a benchmark's own min / median / max) becomes
-the min of the mins, the median of the medians and the max of the maxes. A
+the min of the mins, the median of the medians and the max of the maxes; a
+cell that lists a benchmark's own runs (numbers and spaces) lists every
+run's, separated by ` ; `. A
 row whose text cells differ between runs is printed as run 1 has it. Lines
 outside tables are run 1's.
 """
@@ -51,11 +53,20 @@ def fmt(x, like):
     return s + (" %" if like.rstrip("*").endswith("%") else "")
 
 
+def numbers(cell):
+    """A cell that is only numbers separated by spaces (a benchmark's list
+    of its own runs)."""
+    parts = cell.split()
+    return len(parts) > 1 and all(number(p) is not None for p in parts)
+
+
 def fold(cells):
     """One cell from the same cell of every run."""
     first = cells[0]
     if len(cells) == 1:
         return first
+    if all(numbers(c) for c in cells):
+        return " ; ".join(cells)
     parts = [c.split(" / ") for c in cells]
     if len({len(p) for p in parts}) != 1:
         return first
@@ -109,7 +120,10 @@ def main():
         rows = []
         for j, row in enumerate(body):
             versions = [tab[j] for tab in same if len(tab[j]) == len(row)]
-            texts = {tuple(c for c in v if number(c.split(" / ")[0]) is None) for v in versions}
+            texts = {
+                tuple(c for c in v if number(c.split(" / ")[0]) is None and not numbers(c))
+                for v in versions
+            }
             if j < 2 or len(texts) != 1:
                 print("| " + " | ".join(row) + " |")
                 rows.append([[c] for c in row])
