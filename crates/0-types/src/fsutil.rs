@@ -6,6 +6,16 @@ use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
+/// Creates `dir` and any missing parents, mode 0700 (state the daemon
+/// alone reads: journal, baselines, their spill files).
+pub fn create_private_dir(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+}
+
 /// The buffer of [`write_atomic_with`].
 const WRITE_BUFFER_BYTES: usize = 1 << 20;
 

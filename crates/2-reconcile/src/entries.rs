@@ -20,7 +20,7 @@ pub(crate) const ENTRY_FIXED_LEN: usize = 48;
 
 // Offsets were checked by `Snapshot::decode` (or written here); a field past
 // the end reads as 0 instead of panicking (cj_types::bytes).
-pub(crate) fn u32_at(b: &[u8], at: usize) -> u32 {
+fn u32_at(b: &[u8], at: usize) -> u32 {
     cj_types::bytes::le_u32(b, at).unwrap_or(0)
 }
 fn u64_at(b: &[u8], at: usize) -> u64 {
@@ -32,7 +32,8 @@ pub(crate) fn next_off(b: &[u8], o: usize) -> usize {
     o + 4 + u32_at(b, o) as usize + ENTRY_FIXED_LEN
 }
 
-fn path_at(b: &[u8], o: usize) -> &[u8] {
+/// The path of the entry at `o` (empty past the end: never a panic).
+pub(crate) fn path_at(b: &[u8], o: usize) -> &[u8] {
     let len = u32_at(b, o) as usize;
     b.get(o + 4..o + 4 + len).unwrap_or_default()
 }
@@ -317,7 +318,7 @@ impl Entries {
     }
 
     /// Where the entries read before any change live: "memory" or
-    /// "mapped" (tests, status).
+    /// "mapped" (tests).
     pub fn store_kind(&self) -> &'static str {
         match self.base.store {
             Store::Owned(_) => "memory",

@@ -10,7 +10,9 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 
-use crate::entries::{encode_entry, next_off, Entries, Index, IndexBuilder, ENTRY_FIXED_LEN};
+use crate::entries::{
+    encode_entry, next_off, path_at, Entries, Index, IndexBuilder, ENTRY_FIXED_LEN,
+};
 use crate::store::Store;
 use cj_types::Stat;
 
@@ -96,11 +98,7 @@ impl Run {
     /// Writes the entries sorted by path, back to back.
     fn write_sorted<W: Write>(mut self, w: &mut W) -> std::io::Result<()> {
         let b = &self.bytes;
-        let path = |o: u32| {
-            let o = o as usize;
-            let len = crate::entries::u32_at(b, o) as usize;
-            &b[o + 4..o + 4 + len]
-        };
+        let path = |o: u32| path_at(b, o as usize);
         self.offs.sort_unstable_by(|&x, &y| path(x).cmp(path(y)));
         for &o in &self.offs {
             let o = o as usize;
@@ -147,11 +145,9 @@ impl<'a> Runs<'a> {
         let kept = match self.spill.dir {
             Some(dir) if total > self.spill.in_memory_bytes => {
                 let spilled = || {
-                    let mut w = BufWriter::with_capacity(WRITE_BUFFER_BYTES, unnamed_file(dir)?);
+                    let mut w = spill_writer(dir)?;
                     run.write_sorted(&mut w)?;
-                    let mut f = w.into_inner().map_err(|e| e.into_error())?;
-                    f.rewind()?;
-                    Ok(f)
+                    rewound(w)
                 };
                 Sorted::File(spilled().map_err(|e| self.spill.error(e))?)
             }
@@ -180,13 +176,9 @@ impl<'a> Runs<'a> {
         let runs = self.done.into_inner().unwrap_or_else(|e| e.into_inner());
         let mut heads = heads(runs).map_err(|e| spill.error(e))?;
         let mut out = match spill.dir {
-            Some(dir) if total > spill.in_memory_bytes => Out::File(
-                BufWriter::with_capacity(
-                    WRITE_BUFFER_BYTES,
-                    unnamed_file(dir).map_err(|e| spill.error(e))?,
-                ),
-                0,
-            ),
+            Some(dir) if total > spill.in_memory_bytes => {
+                Out::File(spill_writer(dir).map_err(|e| spill.error(e))?, 0)
+            }
             _ => Out::Memory(Vec::with_capacity(total)),
         };
         let index = merge_into(&mut heads, &mut out).map_err(|e| spill.error(e))?;
@@ -210,17 +202,27 @@ fn compact(done: &mut Vec<Sorted>, dir: &Path) -> std::io::Result<()> {
         .partition(|r| matches!(r, Sorted::File(_)));
     *done = memory;
     let mut heads = heads(files)?;
-    let mut out = Out::File(
-        BufWriter::with_capacity(WRITE_BUFFER_BYTES, unnamed_file(dir)?),
-        0,
-    );
+    let mut out = Out::File(spill_writer(dir)?, 0);
     merge_into(&mut heads, &mut out)?;
     if let Out::File(w, _) = out {
-        let mut f = w.into_inner().map_err(|e| e.into_error())?;
-        f.rewind()?;
-        done.push(Sorted::File(f));
+        done.push(Sorted::File(rewound(w)?));
     }
     Ok(())
+}
+
+/// A buffered writer to a new unnamed file in `dir`.
+fn spill_writer(dir: &Path) -> std::io::Result<BufWriter<File>> {
+    Ok(BufWriter::with_capacity(
+        WRITE_BUFFER_BYTES,
+        unnamed_file(dir)?,
+    ))
+}
+
+/// The file `w` wrote, flushed and read again from its start.
+fn rewound(w: BufWriter<File>) -> std::io::Result<File> {
+    let mut f = w.into_inner().map_err(|e| e.into_error())?;
+    f.rewind()?;
+    Ok(f)
 }
 
 /// Each run with its first entry read (empty runs left out).
@@ -308,8 +310,7 @@ struct Head {
 
 impl Head {
     fn path(&self) -> &[u8] {
-        let len = crate::entries::u32_at(&self.cur, 0) as usize;
-        self.cur.get(4..4 + len).unwrap_or_default()
+        path_at(&self.cur, 0)
     }
 
     /// Reads the next entry into `cur`; `false` at the end of the run.
@@ -372,13 +373,7 @@ impl Out {
 /// descriptor or mapping of it goes, so a crash leaves nothing behind.
 /// Where the filesystem cannot make one, a named file removed at once.
 fn unnamed_file(dir: &Path) -> std::io::Result<File> {
-    {
-        use std::os::unix::fs::DirBuilderExt;
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(dir)?;
-    }
+    cj_types::fsutil::create_private_dir(dir)?;
     match OpenOptions::new()
         .read(true)
         .write(true)

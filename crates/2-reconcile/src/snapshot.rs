@@ -244,14 +244,7 @@ impl Snapshot {
             let path = path.to_path_buf();
             move |source| SnapshotError::Io { path, op, source }
         };
-        {
-            use std::os::unix::fs::DirBuilderExt;
-            fs::DirBuilder::new()
-                .recursive(true)
-                .mode(0o700)
-                .create(dir)
-                .map_err(io(dir, "create directory"))?;
-        }
+        cj_types::fsutil::create_private_dir(dir).map_err(io(dir, "create directory"))?;
         cj_types::fsutil::write_atomic_with(&Snapshot::file_for(dir, &self.root), |w| {
             self.write_to(w)
         })

@@ -21,7 +21,7 @@ pub mod storage;
 mod writer;
 
 use std::fs::{self, File, OpenOptions};
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex, RwLock};
@@ -73,11 +73,7 @@ pub fn open_with(
     options: Options,
     storage: Arc<dyn storage::Storage>,
 ) -> Result<(Writer, Reader, Recovery), Error> {
-    fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)
-        .map_err(error::io(dir, "create directory"))?;
+    cj_types::fsutil::create_private_dir(dir).map_err(error::io(dir, "create directory"))?;
     let lock = lock_dir(dir)?;
     let mut r = Recovering {
         dir,

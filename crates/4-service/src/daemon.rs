@@ -5,7 +5,7 @@
 
 use std::fs;
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -324,11 +324,7 @@ fn watchdog(ctx: &server::Context, interval: std::time::Duration) {
 }
 
 fn open_state_dir(dir: &Path) -> Result<PathBuf, Error> {
-    fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)
-        .map_err(io(dir, "create state directory"))?;
+    cj_types::fsutil::create_private_dir(dir).map_err(io(dir, "create state directory"))?;
     let state_dir = fs::canonicalize(dir).map_err(io(dir, "resolve state directory"))?;
     fs::set_permissions(&state_dir, fs::Permissions::from_mode(0o700))
         .map_err(io(&state_dir, "chmod"))?;
