@@ -407,9 +407,118 @@ pub fn diff_transitions(
     recs
 }
 
+/// What a quiet refresh journals (design 11.9) of a diff's records
+/// ([`diff_transitions`] or [`diff`] against the journal's view): what left
+/// without a record naming it (removed, replaced, or renamed away) and the
+/// covers of directories whose contents nobody named. Not what appeared or
+/// changed: a record named each of those already, or covers it.
+pub fn refresh_records(records: Vec<RecordBody>) -> Vec<RecordBody> {
+    records
+        .into_iter()
+        .filter(|r| {
+            matches!(r, RecordBody::Event(e)
+                if e.changes.intersects(Changes::DELETED | Changes::RENAMED_FROM))
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A refresh journals what left without a record naming it: not what a
+    /// record named, not what moved with a renamed directory, not what
+    /// appeared or changed; and what the journal saw appear that is gone.
+    #[test]
+    fn a_refresh_names_only_the_silent_removals() {
+        use crate::fold::{Fold, Step};
+        let p = |s: &str| s.as_bytes().to_vec();
+        let dir = |ino| Stat {
+            mode: 0o040755,
+            ..st(ino, 1)
+        };
+        let mut base = Snapshot::new(p("/r"));
+        for (path, stat) in [
+            ("/r/g", dir(1)),
+            ("/r/g/c", st(2, 1)),
+            ("/r/g/named", st(3, 1)),
+            ("/r/old", dir(4)),
+            ("/r/old/x", st(5, 1)),
+            ("/r/kept", st(6, 1)),
+        ] {
+            base.entries.insert(p(path), stat);
+        }
+        let ev = |path: &str, old: &str, changes: Changes, kind: ObjectKind, stat| EventRecord {
+            changes,
+            kind,
+            path: p(path),
+            old_path: p(old),
+            stat,
+            ..Default::default()
+        };
+        let renamed = Changes::RENAMED_FROM | Changes::RENAMED_TO;
+        let journal = [
+            ev("/r/g/named", "", Changes::DELETED, ObjectKind::File, None),
+            ev("/r/new", "/r/old", renamed, ObjectKind::Dir, None),
+            ev("/r/g", "", Changes::DELETED, ObjectKind::Dir, None),
+            ev(
+                "/r/h",
+                "",
+                Changes::CREATED,
+                ObjectKind::File,
+                Some(st(7, 1)),
+            ),
+            ev(
+                "/r/kept",
+                "",
+                Changes::MODIFIED,
+                ObjectKind::File,
+                Some(st(6, 2)),
+            ),
+        ];
+        let mut fold = Fold::new(b"/r", &base);
+        for (i, e) in journal.into_iter().enumerate() {
+            let r = cj_types::Record {
+                seq: i as u64 + 1,
+                time_ns: 0,
+                body: RecordBody::Event(e),
+            };
+            fold.step(Step::Record(&r));
+        }
+        let touched = fold.finish().unwrap().touched;
+        // What the refresh found (/r/h was removed after its record, its
+        // removal folded).
+        let mut t = Transitions::new();
+        t.insert(p("/r/g"), (Some(dir(1)), None));
+        t.insert(p("/r/g/c"), (Some(st(2, 1)), None));
+        t.insert(p("/r/g/named"), (Some(st(3, 1)), None));
+        t.insert(p("/r/old"), (Some(dir(4)), None));
+        t.insert(p("/r/old/x"), (Some(st(5, 1)), None));
+        t.insert(p("/r/new"), (None, Some(dir(4))));
+        t.insert(p("/r/new/x"), (None, Some(st(5, 1))));
+        t.insert(p("/r/kept"), (Some(st(6, 1)), Some(st(6, 2))));
+        let mut now = Snapshot::new(p("/r"));
+        now.entries.insert(p("/r/new"), dir(4));
+        now.entries.insert(p("/r/new/x"), st(5, 1));
+        now.entries.insert(p("/r/kept"), st(6, 2));
+        let recs = refresh_records(diff_transitions(&t, &now, &touched, 7));
+        let mut named: Vec<(String, Changes)> = recs
+            .iter()
+            .map(|r| match r {
+                RecordBody::Event(e) => (String::from_utf8(e.path.clone()).unwrap(), e.changes),
+                _ => panic!("not an event"),
+            })
+            .collect();
+        named.sort_by(|a, b| a.0.cmp(&b.0));
+        let deleted = Changes::DELETED | Changes::RECONCILED;
+        assert_eq!(
+            named,
+            vec![
+                ("/r/g/c".to_string(), deleted),
+                ("/r/h".to_string(), deleted)
+            ]
+        );
+    }
 
     fn st(ino: u64, ctime: i64) -> Stat {
         Stat {

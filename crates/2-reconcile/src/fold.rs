@@ -13,6 +13,13 @@
 //! an overflow that was not a quiescent stop, paths last set by records
 //! after the newest drain mark lose their stat.
 //!
+//! Directories moved into the root from outside it (or from a place the
+//! record could not name) are followed too: the journal never named what
+//! they held. One of them from which something may have left without a
+//! record naming it (a removal or a rename away at or below it, or a gap,
+//! after it moved in) is covered whole (`Touched::cover`, design 11.9):
+//! what it held then is known to nobody.
+//!
 //! Bounded (issue 9, defect 6) but never stuck: past `RENAMES_FOLLOWED_MAX`
 //! directory renames or `RENAME_MOVES_MAX` moved entries, renamed
 //! directories are covered whole (`Touched::cover`); past
@@ -89,6 +96,9 @@ pub struct Folded {
     pub forced_walk: Option<&'static str>,
     /// The bounds were passed: the root is covered whole.
     pub too_many: bool,
+    /// Directories moved in from outside the root in the range, where
+    /// they are at its end: the journal never named what they held.
+    pub moved_in: Vec<Vec<u8>>,
 }
 
 pub struct Fold<'b> {
@@ -98,6 +108,9 @@ pub struct Fold<'b> {
     /// Ordered, so a directory rename moves a range, not a scan.
     seen: BTreeMap<Vec<u8>, Seen>,
     cover: Vec<Vec<u8>>,
+    /// Directories moved in from outside, where they are now, and whether
+    /// something may have left them since.
+    foreign: Vec<(Vec<u8>, bool)>,
     /// Paths set by records after the newest drain mark so far.
     uncovered: Vec<Vec<u8>>,
     moves: usize,
@@ -121,6 +134,7 @@ impl<'b> Fold<'b> {
             bounds,
             seen: BTreeMap::new(),
             cover: Vec::new(),
+            foreign: Vec::new(),
             uncovered: Vec::new(),
             moves: 0,
             dir_renames: 0,
@@ -142,6 +156,13 @@ impl<'b> Fold<'b> {
                 RecordBody::Gap(g) => {
                     self.note_gap_seq(r);
                     self.gap(g.reason, g.flags);
+                    // What left a directory moved in from outside during
+                    // the gap is named by nothing.
+                    if g.scope.is_empty() || overlaps(&self.root, &g.scope) {
+                        for (_, left) in &mut self.foreign {
+                            *left = true;
+                        }
+                    }
                 }
                 RecordBody::Mark(_) => self.uncovered.clear(),
                 RecordBody::Event(e) => {
@@ -206,6 +227,7 @@ impl<'b> Fold<'b> {
         let root = self.root.as_slice();
         let old_inside = !e.old_path.is_empty() && is_at_or_below(&e.old_path, root);
         let new_inside = !e.path.is_empty() && is_at_or_below(&e.path, root);
+        self.follow_foreign(e, old_inside, new_inside);
         if old_inside && new_inside {
             self.rename(e);
             if self.too_many {
@@ -253,6 +275,48 @@ impl<'b> Fold<'b> {
         }
     }
 
+    /// Keeps `foreign` up to date with one record: a directory rename
+    /// from outside adds one; renames within move them (and what moves
+    /// out of one is one too); what leaves one marks it.
+    fn follow_foreign(&mut self, e: &cj_types::EventRecord, old_inside: bool, new_inside: bool) {
+        let rename = e
+            .changes
+            .contains(Changes::RENAMED_FROM | Changes::RENAMED_TO);
+        let dir = matches!(e.kind, ObjectKind::Dir | ObjectKind::Unknown);
+        if rename && dir && new_inside && !old_inside {
+            self.foreign.push((e.path.clone(), false));
+        }
+        let left = |p: &[u8], f: &[u8]| !p.is_empty() && is_at_or_below(p, f);
+        // What leaves: a rename's old side (and what its new side replaced);
+        // any other record's path when it was removed or renamed away.
+        let leaves = if rename {
+            e.changes.contains(Changes::REPLACED)
+        } else {
+            e.changes
+                .intersects(Changes::DELETED | Changes::RENAMED_FROM | Changes::REPLACED)
+        };
+        let mut moved_out = Vec::new();
+        for (f, dirty) in &mut self.foreign {
+            if left(&e.old_path, f) || (leaves && left(&e.path, f)) {
+                *dirty = true;
+            }
+            if rename && old_inside && new_inside {
+                let old = e.old_path.as_slice();
+                if is_at_or_below(f, old) {
+                    let mut to = e.path.clone();
+                    to.extend_from_slice(&f[old.len()..]);
+                    *f = to;
+                } else if is_at_or_below(old, f) && dir {
+                    moved_out.push((e.path.clone(), false));
+                }
+            }
+        }
+        self.foreign.extend(moved_out);
+        if self.foreign.len() > self.bounds.covered {
+            self.give_up();
+        }
+    }
+
     /// Past the bounds: the view is dropped, the root is walked and
     /// compared with the baseline alone, and covered whole.
     fn give_up(&mut self) {
@@ -260,11 +324,23 @@ impl<'b> Fold<'b> {
         self.seen.clear();
         self.uncovered.clear();
         self.cover.clear();
+        self.foreign.clear();
     }
 
-    pub fn finish(self) -> Result<Folded, FoldError> {
+    pub fn finish(mut self) -> Result<Folded, FoldError> {
         if self.damaged {
             return Err(FoldError::Damaged);
+        }
+        let mut moved_in = Vec::new();
+        for (f, left) in std::mem::take(&mut self.foreign) {
+            moved_in.push(f.clone());
+            if left && !self.too_many && !self.cover.contains(&f) {
+                if self.cover.len() >= self.bounds.covered {
+                    self.give_up();
+                } else {
+                    self.cover.push(f);
+                }
+            }
         }
         if self.too_many {
             return Ok(Folded {
@@ -276,6 +352,7 @@ impl<'b> Fold<'b> {
                 },
                 forced_walk: Some("the journal since the baseline is too large to follow"),
                 too_many: true,
+                moved_in: Vec::new(),
             });
         }
         Ok(Folded {
@@ -287,6 +364,7 @@ impl<'b> Fold<'b> {
             },
             forced_walk: self.forced,
             too_many: false,
+            moved_in,
         })
     }
 }

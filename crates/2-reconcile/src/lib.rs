@@ -24,7 +24,7 @@ mod snapshot;
 mod store;
 mod walk;
 
-pub use diff::{diff, diff_scope, diff_transitions, Seen, Touched};
+pub use diff::{diff, diff_scope, diff_transitions, refresh_records, Seen, Touched};
 pub use entries::{Entries, Range};
 pub use pwalk::{walk, walk_scope, WALK_THREADS};
 pub use refresh::{changed_by_paths, refresh, Transitions};

@@ -23,8 +23,8 @@ use cj_journal::Item;
 use cj_reconcile::fast::{self, FsMarks, Method};
 use cj_reconcile::fold::{Fold, Step, TOUCHED_PATHS_MAX};
 use cj_reconcile::{
-    changed_by_paths, diff, diff_scope, diff_transitions, open_root, refresh, walk, walk_scope,
-    Snapshot, Spill, Touched,
+    changed_by_paths, diff, diff_scope, diff_transitions, open_root, refresh, refresh_records,
+    walk, walk_scope, Snapshot, Spill, Touched,
 };
 use cj_types::path::{is_at_or_below, overlaps};
 use cj_types::{RecordBody, ResolvedRecord};
@@ -599,30 +599,47 @@ impl Reconciler {
         }
         let marks = fast::marks(root_fd.as_raw_fd());
         // What to look at again: the paths the journal names, or what a
-        // fast path finds; `None`: a walk.
-        let (changed, how) = match self.journal_paths(root, base.through_seq, through, true) {
-            JournalPaths::Incomplete => return Ok(false),
-            JournalPaths::Complete(paths) if paths.is_empty() => return Ok(false),
-            JournalPaths::Complete(paths) => (
-                Some(changed_by_paths(&base, paths.iter().map(|p| &p[..]))),
-                "journal",
-            ),
-            JournalPaths::TooMany if journal_only => return Ok(false),
-            JournalPaths::TooMany => match self.method(&root_fd, &base, &marks, None) {
-                Ok(method) => (
-                    Some(
-                        fast::changed_inodes(root_fd.as_raw_fd(), method, &base.marks)
-                            .map_err(|e| e.to_string())?,
+        // fast path finds; `None`: a walk. With the journal's view of the
+        // range (the fold; past its bounds, or past `TOUCHED_PATHS_MAX`
+        // paths, the baseline's alone).
+        let (changed, how, touched) =
+            match self.journal_paths(root, base.through_seq, through, true) {
+                JournalPaths::Incomplete => return Ok(false),
+                JournalPaths::Complete(paths) if paths.is_empty() => return Ok(false),
+                JournalPaths::Complete(paths) => {
+                    let (mut touched, _) = self.touched(root, base.through_seq, through, &base)?;
+                    if touched.cover.iter().any(|c| c == root) {
+                        // Past the fold's bounds: not a cover of the whole
+                        // root for a quiet refresh (design 11.9).
+                        touched = Touched::default();
+                    }
+                    (
+                        Some(changed_by_paths(&base, paths.iter().map(|p| &p[..]))),
+                        "journal",
+                        touched,
+                    )
+                }
+                JournalPaths::TooMany if journal_only => return Ok(false),
+                JournalPaths::TooMany => match self.method(&root_fd, &base, &marks, None) {
+                    Ok(method) => (
+                        Some(
+                            fast::changed_inodes(root_fd.as_raw_fd(), method, &base.marks)
+                                .map_err(|e| e.to_string())?,
+                        ),
+                        method.as_str(),
+                        Touched::default(),
                     ),
-                    method.as_str(),
-                ),
-                Err(_) => (None, Method::Walk.as_str()),
-            },
-        };
+                    Err(_) => (None, Method::Walk.as_str(), Touched::default()),
+                },
+            };
         self.status(|s| s.running = Some(root.to_vec()));
-        match changed {
+        let fsid = self.tracked_fsid(root).unwrap_or(0);
+        // What left without a record naming it, and directories whose
+        // contents nobody named (design 11.9): journaled before the
+        // baseline that no longer holds them is saved.
+        let records = match changed {
             Some(changed) => {
-                refresh(
+                let transitions = refresh(
                     &mut base,
                     &root_fd,
                     &self.excluded,
@@ -630,14 +647,23 @@ impl Reconciler {
                     &self.queue().progress,
                 )
                 .map_err(|e| e.to_string())?;
+                refresh_records(diff_transitions(&transitions, &base, &touched, fsid))
             }
             None => {
+                let old = Snapshot::load(&self.snapshots, root)
+                    .map_err(|e| e.to_string())?
+                    .ok_or("the baseline vanished")?;
                 base.entries = self.walk(root)?;
+                refresh_records(diff(&old, &base, &touched, fsid))
             }
-        }
+        };
         let walk_end = self.sync()?;
         if self.gaps_arrived(root) || self.incomplete(root, through, walk_end) {
             return Ok(false);
+        }
+        if !records.is_empty() {
+            self.records(records)?;
+            self.sync()?;
         }
         base.marks = marks;
         base.through_seq = through;

@@ -281,3 +281,78 @@ fn damage_leaves_the_gap_open() {
     assert!(!f.step(Step::Damaged));
     assert_eq!(f.finish().err(), Some(FoldError::Damaged));
 }
+
+/// A directory moved in from outside is covered once something may have
+/// left it without a record naming it: a removal or a rename away at or
+/// below it, or a gap; followed through renames within the root; what
+/// moves out of one is one too. Left alone, it is not covered: its
+/// contents now include what it held (design 11.9).
+#[test]
+fn directories_moved_in_from_outside_are_covered_once_something_left_them() {
+    let dir = ObjectKind::Dir;
+    let base = baseline(&[]);
+    let cover = |bodies: Vec<RecordBody>| {
+        let mut c = fold(&base, bodies).touched.cover;
+        c.sort();
+        c.into_iter()
+            .map(|p| String::from_utf8(p).unwrap())
+            .collect::<Vec<_>>()
+    };
+    // Left alone, or only added to.
+    assert!(cover(vec![rename("/x/in", "/r/in", dir), created("/r/in/new", 5)]).is_empty());
+    // Something removed below it, even after it was renamed.
+    assert_eq!(
+        cover(vec![
+            rename("/x/in", "/r/in", dir),
+            rename("/r/in", "/r/in2", dir),
+            ev("/r/in2/sub", Changes::DELETED, dir, None),
+        ]),
+        vec!["/r/in2"]
+    );
+    // Itself deleted; from an unknown place (no old path).
+    assert_eq!(
+        cover(vec![
+            rename("", "/r/u", dir),
+            ev("/r/u", Changes::DELETED, dir, None),
+        ]),
+        vec!["/r/u"]
+    );
+    // Something renamed out of it: both it and what moved out.
+    assert_eq!(
+        cover(vec![
+            rename("/x/in", "/r/in", dir),
+            rename("/r/in/d", "/r/d", dir),
+        ]),
+        vec!["/r/in"]
+    );
+    assert_eq!(
+        cover(vec![
+            rename("/x/in", "/r/in", dir),
+            rename("/r/in/d", "/r/d", dir),
+            deleted("/r/d/f"),
+        ]),
+        vec!["/r/d", "/r/in"]
+    );
+    // A gap of this root after it moved in; not one of another root.
+    assert_eq!(
+        cover(vec![
+            rename("/x/in", "/r/in", dir),
+            gap(GapReason::DaemonDown, 0, ""),
+        ]),
+        vec!["/r/in"]
+    );
+    assert!(cover(vec![
+        rename("/x/in", "/r/in", dir),
+        gap(GapReason::QueueOverflow, 0, "/other"),
+    ])
+    .is_empty());
+    // A file moved in is not a directory's contents; entry events (one
+    // side) add nothing.
+    assert!(cover(vec![
+        rename("/x/f", "/r/f", ObjectKind::File),
+        deleted("/r/f"),
+        ev("/r/g", Changes::RENAMED_TO, dir, None),
+        ev("/r/g", Changes::DELETED, dir, None),
+    ])
+    .is_empty());
+}

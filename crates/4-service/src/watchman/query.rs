@@ -373,12 +373,7 @@ pub fn from_answer(
             && !e
                 .first
                 .intersects(Changes::DELETED | Changes::RENAMED_FROM | Changes::REPLACED);
-        let kind = match e.kind {
-            cj_types::ObjectKind::Dir => b'd',
-            cj_types::ObjectKind::Symlink => b'l',
-            cj_types::ObjectKind::File => b'f',
-            _ => b'?',
-        };
+        let kind = kind_char(e.kind);
         if e.subtree {
             // What is below it now...
             if files::stat(&e.path).is_some_and(|i| i.kind() == b'd') {
@@ -389,21 +384,21 @@ pub fn from_answer(
                     Err(WalkFailure::Other(m)) => return Err(m),
                 }
             }
-            // ... and what was below it at the clock, if it was renamed
-            // away: then nothing named its contents. (A directory that was
-            // deleted was empty; what it held was deleted first, and the
-            // answer names each; one replaced by a rename was empty too.)
-            // Renamed within the tree: what is below its new name now (and
-            // what the answer names there), under the old name; else
-            // `expand_gone`.
-            if !created && e.changes.contains(Changes::RENAMED_FROM) {
-                let known = match e.renamed_to.as_deref() {
-                    Some(to) => moved_back(answer, root, &e.path, to, base, excluded, &mut out)?,
-                    None => false,
-                };
-                if !known {
-                    gone.push(e.path.clone());
+            // ... and what was below it at the clock, unless its first
+            // record made it: `expand_gone` (cj's answer need not name
+            // that: a removal read after its directory was gone is folded
+            // into the directory's record). Renamed within the tree, also
+            // what is below its new name now and what the answer names
+            // there, under the old name (`moved_back`).
+            let left = Changes::DELETED | Changes::RENAMED_FROM | Changes::REPLACED;
+            let made = e.first.contains(Changes::CREATED) && !e.first.intersects(left);
+            if !made {
+                if e.changes.contains(Changes::RENAMED_FROM) {
+                    if let Some(to) = e.renamed_to.as_deref() {
+                        moved_back(answer, root, &e.path, to, base, excluded, &mut out)?;
+                    }
                 }
+                gone.push(e.path.clone());
             }
         }
         out.insert(
@@ -429,7 +424,7 @@ fn moved_back(
     base: &[u8],
     excluded: &[Vec<u8>],
     out: &mut Files,
-) -> Result<bool, String> {
+) -> Result<(), String> {
     // Renamed again (and again) since: follow the names to where the tree
     // is now; every name on the way may hold entries the answer names.
     let mut chain = vec![to.to_vec()];
@@ -446,8 +441,9 @@ fn moved_back(
     }
     let last = chain.last().map_or(to, Vec::as_slice);
     if !is_at_or_below(last, root) {
-        // Out of the tree: what it held is not known.
-        return Ok(false);
+        // Out of the tree: what it held there is not known (`expand_gone`
+        // gives what it held at the clock).
+        return Ok(());
     }
     let mut now = Files::new();
     match walk_files(root, last, last, excluded, &mut now, false) {
@@ -477,79 +473,146 @@ fn moved_back(
                 });
         }
     }
-    Ok(true)
+    Ok(())
 }
 
 /// Every path that may have been below the directories `gone` (absolute)
-/// at the clock `since`: the root's baseline entries below them and every
-/// path the journal names below them since that baseline. `None` if that
-/// cannot be known: no baseline, one taken after the clock (it no longer
-/// holds what was there), the journal since it expired, or a directory
-/// renamed into one of them (the journal does not name what it held). The
-/// query is then a fresh instance.
+/// at the clock `since`, and every path the journal names below them
+/// since (design 16). From the root's baseline:
+/// - taken before the clock: with the journal up to the clock folded over
+///   it (`cj_reconcile::fold`, which follows renames, so a directory moved
+///   within the root brings what it held), minus what the fold saw leave;
+/// - taken after it: as it is. A path below them at the clock is still
+///   there, or what made it leave is a record after the clock: its own, or
+///   one a refresh or reconciliation journaled for it (design 11.9).
+///
+/// `Err` with the reason if that cannot be known: no baseline, the journal
+/// since it or since the clock expired or damaged, more than the fold
+/// follows, or a directory whose contents the journal never named (moved
+/// into the root from outside before the clock, or covered whole by a
+/// refresh or reconciliation after it) at or below one of them. The query
+/// is then a fresh instance.
 pub fn expand_gone(
     reader: &cj_journal::Reader,
     snapshots: &std::path::Path,
     root: &[u8],
     gone: &[Vec<u8>],
     since: u64,
-) -> Option<Vec<(Vec<u8>, u8)>> {
-    let snap = cj_reconcile::Snapshot::load(snapshots, root).ok()??;
-    if snap.through_seq > since || snap.through_seq + 1 < reader.first_seq() {
-        return None;
+) -> Result<Vec<(Vec<u8>, u8)>, &'static str> {
+    use cj_reconcile::fold::{Fold, Step};
+    use cj_reconcile::Seen;
+    let Ok(Some(snap)) = cj_reconcile::Snapshot::load(snapshots, root) else {
+        return Err("the root has no readable baseline");
+    };
+    let start = snap.through_seq.min(since);
+    if start + 1 < reader.first_seq() {
+        return Err("the journal since the baseline or the clock has expired");
     }
     let below = |p: &[u8]| {
         gone.iter()
             .any(|g| p != g.as_slice() && is_at_or_below(p, g))
     };
+    let overlapping = |p: &[u8]| gone.iter().any(|g| cj_types::path::overlaps(p, g));
+    let mut fold = Fold::new(root, &snap);
     let mut out: BTreeMap<Vec<u8>, u8> = BTreeMap::new();
-    for g in gone {
-        let mut hi = g.clone();
-        hi.push(0xff);
-        for (p, st) in snap.entries.range(
-            std::ops::Bound::Included(g.as_slice()),
-            std::ops::Bound::Included(&hi[..]),
-        ) {
-            if below(p) {
-                out.insert(p.to_vec(), files::kind_of(st.mode));
-                if out.len() > QUERY_FILES_MAX {
-                    return None;
-                }
-            }
-        }
-    }
     let mut too_many = false;
-    let mut unknown = false;
-    let end = reader.durable_seq();
-    let scanned = reader.scan(snap.through_seq, end, |item| {
-        if let cj_journal::Item::Record(r) = item {
-            if let cj_types::RecordBody::Event(e) = r.body {
-                let kind = match e.kind {
-                    cj_types::ObjectKind::Dir => b'd',
-                    cj_types::ObjectKind::Symlink => b'l',
-                    cj_types::ObjectKind::File => b'f',
-                    _ => b'?',
-                };
-                let dir_moved_in = kind != b'f'
-                    && e.changes.contains(cj_types::Changes::RENAMED_TO)
-                    && gone.iter().any(|g| is_at_or_below(&e.path, g));
-                if dir_moved_in {
-                    unknown = true;
-                }
-                for p in [e.path, e.old_path] {
-                    if below(&p) {
-                        out.entry(p).or_insert(kind);
-                    }
+    let mut damaged = false;
+    let mut covered = false;
+    let scanned = reader.scan(start, reader.durable_seq(), |item| {
+        let r = match item {
+            cj_journal::Item::Record(r) => r,
+            cj_journal::Item::Damaged { .. } => {
+                damaged = true;
+                return false;
+            }
+        };
+        if r.seq <= since {
+            return fold.step(Step::Record(&r));
+        }
+        if let cj_types::RecordBody::Event(e) = r.body {
+            // Before the clock the fold finds these; after it they cover
+            // what a refresh or reconciliation could not name.
+            covered |= snap.through_seq > since && is_cover(&e) && overlapping(&e.path);
+            let kind = kind_char(e.kind);
+            for p in [e.path, e.old_path] {
+                if below(&p) {
+                    out.entry(p).or_insert(kind);
                 }
             }
         }
         too_many = out.len() > QUERY_FILES_MAX;
-        !too_many && !unknown
+        !too_many
     });
-    if scanned.is_err() || too_many || unknown {
-        return None;
+    let Ok(folded) = fold.finish() else {
+        return Err("the journal since the baseline is damaged");
+    };
+    if scanned.is_err() || damaged {
+        return Err("the journal since the baseline is damaged");
     }
-    Some(out.into_iter().collect())
+    let t = &folded.touched;
+    if too_many || folded.too_many {
+        return Err("the journal since the baseline names more than is followed");
+    }
+    if covered
+        || t.cover
+            .iter()
+            .chain(&folded.moved_in)
+            .any(|d| overlapping(d))
+    {
+        return Err(UNKNOWN_CONTENTS);
+    }
+    for g in gone {
+        let mut hi = g.clone();
+        hi.push(0xff);
+        let range = snap.entries.range(
+            std::ops::Bound::Included(g.as_slice()),
+            std::ops::Bound::Included(&hi[..]),
+        );
+        for (p, st) in range {
+            if below(p) && !matches!(t.seen.get(p), Some(Seen::Gone)) {
+                out.entry(p.to_vec()).or_insert(files::kind_of(st.mode));
+                if out.len() > QUERY_FILES_MAX {
+                    return Err(TOO_MANY);
+                }
+            }
+        }
+    }
+    for (p, seen) in &t.seen {
+        if let Seen::Present(kind, _) = seen {
+            if below(p) {
+                out.entry(p.clone()).or_insert(kind_char(*kind));
+            }
+        }
+    }
+    if out.len() > QUERY_FILES_MAX {
+        return Err(TOO_MANY);
+    }
+    Ok(out.into_iter().collect())
+}
+
+/// A record that covers a directory's subtree because nobody could name
+/// what it held (`cj_reconcile` cover records: created and deleted,
+/// reconciled, a directory).
+fn is_cover(e: &cj_types::EventRecord) -> bool {
+    e.kind == cj_types::ObjectKind::Dir
+        && e.changes
+            .contains(Changes::CREATED | Changes::DELETED | Changes::RECONCILED)
+        && !e.changes.contains(Changes::REPLACED)
+}
+
+/// Why [`expand_gone`] could not answer: a directory whose contents the
+/// journal never named.
+pub const UNKNOWN_CONTENTS: &str =
+    "a directory that went away held one whose contents the journal never named";
+const TOO_MANY: &str = "the directories that went away held too many files";
+
+fn kind_char(kind: cj_types::ObjectKind) -> u8 {
+    match kind {
+        cj_types::ObjectKind::Dir => b'd',
+        cj_types::ObjectKind::Symlink => b'l',
+        cj_types::ObjectKind::File => b'f',
+        _ => b'?',
+    }
 }
 
 /// The paths (relative to `base`) an answer names, for a `since` term.

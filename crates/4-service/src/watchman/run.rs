@@ -301,6 +301,10 @@ impl Q<'_> {
         let a = self.answer_since(clock)?;
         let since_seq = cursor_of(clock).map_or(0, |c| c.seq);
         if !a.rescans.is_empty() {
+            crate::logging::log(format!(
+                "watchman: a fresh instance for {} since {clock}: cj's answer names a scope to rescan",
+                cj_types::log_path(&self.base)
+            ));
             return Ok((None, a.cursor));
         }
         let (mut files, gone) =
@@ -308,14 +312,21 @@ impl Q<'_> {
         if gone.is_empty() {
             return Ok((Some(files), a.cursor));
         }
-        let Some(paths) = query::expand_gone(
+        let paths = match query::expand_gone(
             &self.ep.ctx.reader,
             &self.ep.ctx.snapshots,
             &self.tracked,
             &gone,
             since_seq,
-        ) else {
-            return Ok((None, a.cursor));
+        ) {
+            Ok(paths) => paths,
+            Err(why) => {
+                crate::logging::log(format!(
+                    "watchman: a fresh instance for {} since {clock}: {why}",
+                    cj_types::log_path(&self.base)
+                ));
+                return Ok((None, a.cursor));
+            }
         };
         for (p, kind) in paths.iter().filter(|(p, _)| is_at_or_below(p, &self.base)) {
             files

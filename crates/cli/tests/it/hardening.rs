@@ -478,14 +478,24 @@ fn issue9_idle_and_trickling_clients_cannot_lock_others_out() {
     drop(idle);
     // Trickling clients: each started a request and sends a byte now and
     // then. They are busy, so a new client is told to retry...
-    let mut busy: Vec<UnixStream> = (0..64)
-        .filter_map(|_| {
-            let mut s = UnixStream::connect(&d.socket).ok()?;
-            s.write_all(b"{").ok()?;
-            Some(s)
-        })
-        .collect();
-    std::thread::sleep(std::time::Duration::from_millis(200));
+    let busy_connection = || {
+        let mut s = UnixStream::connect(&d.socket).ok()?;
+        s.write_all(b"{").ok()?;
+        Some(s)
+    };
+    let mut busy: Vec<UnixStream> = (0..64).filter_map(|_| busy_connection()).collect();
+    // A connection admitted while the dropped idle ones still held their
+    // slots may have been closed as idle before its thread read the "{":
+    // replace those until 64 busy connections stay open.
+    for _ in 0..50 {
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        busy.retain(still_open);
+        if busy.len() >= 64 {
+            break;
+        }
+        busy.extend((busy.len()..64).filter_map(|_| busy_connection()));
+    }
+    assert_eq!(busy.len(), 64, "could not hold 64 busy connections");
     let out = d.cj(&["cursor"]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
@@ -500,6 +510,23 @@ fn issue9_idle_and_trickling_clients_cannot_lock_others_out() {
         }
     }
     d.cursor();
+}
+
+/// Whether the server still holds `s` open (it sent nothing and has not
+/// closed it).
+fn still_open(s: &std::os::unix::net::UnixStream) -> bool {
+    use std::os::fd::AsRawFd;
+    let mut b = [0u8; 1];
+    // SAFETY: recv writes at most one byte into `b`.
+    let n = unsafe {
+        libc::recv(
+            s.as_raw_fd(),
+            b.as_mut_ptr().cast(),
+            1,
+            libc::MSG_PEEK | libc::MSG_DONTWAIT,
+        )
+    };
+    n < 0 && std::io::Error::last_os_error().kind() == std::io::ErrorKind::WouldBlock
 }
 
 /// Defect 5: clients that never read their (large) answers hold neither a

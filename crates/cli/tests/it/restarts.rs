@@ -642,6 +642,53 @@ fn quiet_baseline_refresh_btrfs() {
     quiet_baseline_refresh(Fs::Btrfs);
 }
 
+/// Removals folded into their directory's removal (the child's event read
+/// after its directory was gone: its handle is stale, so it cannot be
+/// named) are named by the refresh that drops them from the baseline
+/// (design 11.9): after it, the answer lists each removed path, not only
+/// the directory whose record covers it.
+#[test]
+fn removals_folded_into_a_directory_removal_are_named_by_the_refresh() {
+    let m = Mount::new(Fs::Ext4);
+    let t = m.mnt.join("tree");
+    const DIRS: usize = 400;
+    for i in 0..DIRS {
+        fs::create_dir_all(t.join(format!("d{i}"))).unwrap();
+        fs::write(t.join(format!("d{i}/f")), b"1").unwrap();
+    }
+    let mut d = Daemon::start(&m.mnt.join("daemon"), &["--baseline-refresh-secs", "1"]);
+    d.track(&t);
+    d.reconciled();
+    // A cold start: the daemon has resolved none of these directories.
+    d.stop();
+    d.spawn();
+    d.reconciled();
+    let c = d.cursor();
+    for i in 0..DIRS {
+        fs::remove_file(t.join(format!("d{i}/f"))).unwrap();
+        fs::remove_dir(t.join(format!("d{i}"))).unwrap();
+    }
+    let after = cursor_seq(&d.cursor());
+    let st: serde_json::Value = serde_json::from_str(&d.ok(&["status", "--json"])).unwrap();
+    let folded = st["capture"]["gone_directories"].as_u64().unwrap_or(0);
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !baseline_through(&d.state).iter().any(|&s| s >= after) {
+        assert!(std::time::Instant::now() < deadline, "no quiet refresh");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let a = d.changes_wait(&c, 60);
+    assert_eq!(a.code, 0, "{}", a.dump());
+    for i in 0..DIRS {
+        let f = t.join(format!("d{i}/f"));
+        assert!(
+            a.get(&f).is_some(),
+            "d{i}/f missing ({folded} folded): {}",
+            a.dump()
+        );
+    }
+    eprintln!("{folded} removals were folded into their directory's");
+}
+
 /// A clean stop brings the baseline up to date from the journal first, so
 /// after a restart only what changed while the daemon was down is
 /// reported, even with periodic refreshes off.
