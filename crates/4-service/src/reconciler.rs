@@ -41,6 +41,10 @@ enum JournalPaths {
     Complete(HashSet<Vec<u8>>),
 }
 
+/// Inodes to re-read (`None`: a walk), how they were found, and the
+/// journal's view of the range.
+type RefreshPlan = (Option<HashSet<u64>>, &'static str, Touched);
+
 /// The first retry of a failed reconciliation waits this long; each further
 /// failure doubles the wait, up to `RECONCILE_RETRY_MAX`.
 pub const RECONCILE_RETRY_FIRST: Duration = Duration::from_secs(1);
@@ -598,40 +602,11 @@ impl Reconciler {
             return Ok(false);
         }
         let marks = fast::marks(root_fd.as_raw_fd());
-        // What to look at again: the paths the journal names, or what a
-        // fast path finds; `None`: a walk. With the journal's view of the
-        // range (the fold; past its bounds, or past `TOUCHED_PATHS_MAX`
-        // paths, the baseline's alone).
-        let (changed, how, touched) =
-            match self.journal_paths(root, base.through_seq, through, true) {
-                JournalPaths::Incomplete => return Ok(false),
-                JournalPaths::Complete(paths) if paths.is_empty() => return Ok(false),
-                JournalPaths::Complete(paths) => {
-                    let (mut touched, _) = self.touched(root, base.through_seq, through, &base)?;
-                    if touched.cover.iter().any(|c| c == root) {
-                        // Past the fold's bounds: not a cover of the whole
-                        // root for a quiet refresh (design 11.9).
-                        touched = Touched::default();
-                    }
-                    (
-                        Some(changed_by_paths(&base, paths.iter().map(|p| &p[..]))),
-                        "journal",
-                        touched,
-                    )
-                }
-                JournalPaths::TooMany if journal_only => return Ok(false),
-                JournalPaths::TooMany => match self.method(&root_fd, &base, &marks, None) {
-                    Ok(method) => (
-                        Some(
-                            fast::changed_inodes(root_fd.as_raw_fd(), method, &base.marks)
-                                .map_err(|e| e.to_string())?,
-                        ),
-                        method.as_str(),
-                        Touched::default(),
-                    ),
-                    Err(_) => (None, Method::Walk.as_str(), Touched::default()),
-                },
-            };
+        let Some((changed, how, touched)) =
+            self.refresh_plan(root, &root_fd, &base, &marks, through, journal_only)?
+        else {
+            return Ok(false);
+        };
         self.status(|s| s.running = Some(root.to_vec()));
         let fsid = self.tracked_fsid(root).unwrap_or(0);
         // What left without a record naming it, and directories whose
@@ -671,6 +646,55 @@ impl Reconciler {
         self.save_baseline(root, &base)?;
         self.status(|s| s.last_refresh = how);
         Ok(true)
+    }
+
+    /// What a refresh looks at again ([`Reconciler::refresh_baseline`]):
+    /// the inodes to re-read (`None`: a walk), how they were found, and the
+    /// journal's view of the range. `None`: no refresh.
+    fn refresh_plan(
+        &self,
+        root: &[u8],
+        root_fd: &std::os::fd::OwnedFd,
+        base: &Snapshot,
+        marks: &FsMarks,
+        through: u64,
+        journal_only: bool,
+    ) -> Result<Option<RefreshPlan>, String> {
+        use std::os::fd::AsRawFd;
+        // What to look at again: the paths the journal names, or what a
+        // fast path finds; `None`: a walk. With the journal's view of the
+        // range (the fold; past its bounds, or past `TOUCHED_PATHS_MAX`
+        // paths, the baseline's alone).
+        let plan = match self.journal_paths(root, base.through_seq, through, true) {
+            JournalPaths::Incomplete => return Ok(None),
+            JournalPaths::Complete(paths) if paths.is_empty() => return Ok(None),
+            JournalPaths::Complete(paths) => {
+                let (mut touched, _) = self.touched(root, base.through_seq, through, base)?;
+                if touched.cover.iter().any(|c| c == root) {
+                    // Past the fold's bounds: not a cover of the whole
+                    // root for a quiet refresh (design 11.9).
+                    touched = Touched::default();
+                }
+                (
+                    Some(changed_by_paths(base, paths.iter().map(|p| &p[..]))),
+                    "journal",
+                    touched,
+                )
+            }
+            JournalPaths::TooMany if journal_only => return Ok(None),
+            JournalPaths::TooMany => match self.method(root_fd, base, marks, None) {
+                Ok(method) => (
+                    Some(
+                        fast::changed_inodes(root_fd.as_raw_fd(), method, &base.marks)
+                            .map_err(|e| e.to_string())?,
+                    ),
+                    method.as_str(),
+                    Touched::default(),
+                ),
+                Err(_) => (None, Method::Walk.as_str(), Touched::default()),
+            },
+        };
+        Ok(Some(plan))
     }
 
     fn reconcile(&self, root: &[u8], baseline_only: bool) -> Result<(), String> {

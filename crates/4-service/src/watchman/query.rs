@@ -500,7 +500,6 @@ pub fn expand_gone(
     since: u64,
 ) -> Result<Vec<(Vec<u8>, u8)>, &'static str> {
     use cj_reconcile::fold::{Fold, Step};
-    use cj_reconcile::Seen;
     let Ok(Some(snap)) = cj_reconcile::Snapshot::load(snapshots, root) else {
         return Err("the root has no readable baseline");
     };
@@ -561,6 +560,23 @@ pub fn expand_gone(
     {
         return Err(UNKNOWN_CONTENTS);
     }
+    held_at_clock(&snap, t, gone, &mut out)?;
+    Ok(out.into_iter().collect())
+}
+
+/// Adds to `out` what was below `gone` at the clock by the baseline and the
+/// journal's view up to the clock (`t`).
+fn held_at_clock(
+    snap: &cj_reconcile::Snapshot,
+    t: &cj_reconcile::Touched,
+    gone: &[Vec<u8>],
+    out: &mut BTreeMap<Vec<u8>, u8>,
+) -> Result<(), &'static str> {
+    use cj_reconcile::Seen;
+    let below = |p: &[u8]| {
+        gone.iter()
+            .any(|g| p != g.as_slice() && is_at_or_below(p, g))
+    };
     for g in gone {
         let mut hi = g.clone();
         hi.push(0xff);
@@ -587,7 +603,7 @@ pub fn expand_gone(
     if out.len() > QUERY_FILES_MAX {
         return Err(TOO_MANY);
     }
-    Ok(out.into_iter().collect())
+    Ok(())
 }
 
 /// A record that covers a directory's subtree because nobody could name
