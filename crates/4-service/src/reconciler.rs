@@ -669,17 +669,17 @@ impl Reconciler {
             JournalPaths::Incomplete => return Ok(None),
             JournalPaths::Complete(paths) if paths.is_empty() => return Ok(None),
             JournalPaths::Complete(paths) => {
+                // The inodes first, and the paths dropped before the fold
+                // holds its own view of them (peak memory).
+                let changed = changed_by_paths(base, paths.iter().map(|p| &p[..]));
+                drop(paths);
                 let (mut touched, _) = self.touched(root, base.through_seq, through, base)?;
                 if touched.cover.iter().any(|c| c == root) {
                     // Past the fold's bounds: not a cover of the whole
                     // root for a quiet refresh (design 11.9).
                     touched = Touched::default();
                 }
-                (
-                    Some(changed_by_paths(base, paths.iter().map(|p| &p[..]))),
-                    "journal",
-                    touched,
-                )
+                (Some(changed), "journal", touched)
             }
             JournalPaths::TooMany if journal_only => return Ok(None),
             JournalPaths::TooMany => match self.method(root_fd, base, marks, None) {

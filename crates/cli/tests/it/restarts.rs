@@ -551,13 +551,13 @@ fn filesystem_replaced_while_down_btrfs() {
 }
 
 /// The journal seq a cursor stands for.
-fn cursor_seq(c: &str) -> u64 {
+pub(crate) fn cursor_seq(c: &str) -> u64 {
     let part = c.split('.').nth(2).expect("cursor has a seq");
     u64::from_str_radix(part, 16).unwrap()
 }
 
 /// The through seq in the header of every snapshot in `state`.
-fn baseline_through(state: &Path) -> Vec<u64> {
+pub(crate) fn baseline_through(state: &Path) -> Vec<u64> {
     let Ok(dir) = fs::read_dir(state.join("snapshots")) else {
         return Vec::new();
     };

@@ -543,3 +543,66 @@ fn a_directory_renamed_twice_lists_its_old_names() {
         assert!(names.contains(want.as_bytes()), "{want} missing: {q}");
     }
 }
+
+/// Directories emptied and removed faster than the daemon reads their
+/// events (cold: none of them touched since it started): each file's
+/// removal is folded into its directory's record, and the Watchman answer
+/// still lists every file, from the baseline, not a fresh instance; after
+/// a quiet refresh (which journals those removals, design 11.9) too.
+#[test]
+fn files_of_directories_removed_at_once_are_listed() {
+    const DIRS: usize = 300;
+    let m = Mount::new(Fs::Ext4);
+    let sock = m.dir.path().join("wm.sock");
+    let sock_s = sock.to_str().unwrap().to_string();
+    let proj = m.mnt.join("proj");
+    for i in 0..DIRS {
+        std::fs::create_dir_all(proj.join(format!("d{i}"))).unwrap();
+        std::fs::write(proj.join(format!("d{i}/f")), "1").unwrap();
+    }
+    std::fs::write(proj.join(".watchmanconfig"), "{}").unwrap();
+    let args = ["--watchman-socket", &sock_s, "--baseline-refresh-secs", "2"];
+    let mut d = Daemon::start(&m.dir.path().join("daemon"), &args);
+    let p = proj.to_str().unwrap();
+    client(Kind::Python, &sock, &["clock", p]);
+    d.reconciled();
+    d.stop();
+    d.spawn();
+    d.reconciled();
+    let c = client(Kind::Python, &sock, &["clock", p]);
+    let c = c["clock"].as_str().unwrap().to_string();
+    for i in 0..DIRS {
+        std::fs::remove_file(proj.join(format!("d{i}/f"))).unwrap();
+        std::fs::remove_dir(proj.join(format!("d{i}"))).unwrap();
+    }
+    let check = |when: &str| {
+        let q = client(Kind::Python, &sock, &["query", p, &c]);
+        assert_eq!(q["fresh"], false, "{when}: {q}\n{}", d.log_text());
+        let names: BTreeSet<Vec<u8>> = q["files"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|n| unhex(n.as_str().unwrap()))
+            .collect();
+        for i in 0..DIRS {
+            let f = format!("d{i}/f");
+            assert!(names.contains(f.as_bytes()), "{when}: {f} missing: {q}");
+        }
+    };
+    check("before a refresh");
+    let after = crate::restarts::cursor_seq(&d.cursor());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !crate::restarts::baseline_through(&d.state)
+        .iter()
+        .any(|&s| s >= after)
+    {
+        assert!(std::time::Instant::now() < deadline, "no quiet refresh");
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    check("after a refresh");
+    let st: Value = serde_json::from_str(&d.ok(&["status", "--json"])).unwrap();
+    eprintln!(
+        "{} removals were folded into their directory's",
+        st["capture"]["gone_directories"]
+    );
+}
