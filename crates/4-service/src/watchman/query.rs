@@ -517,6 +517,9 @@ pub fn expand_gone(
     let mut too_many = false;
     let mut damaged = false;
     let mut covered = false;
+    // Where what was below them went after the clock (a baseline taken
+    // since may hold it under the new names).
+    let mut moved = Moved::new(gone);
     let scanned = reader.scan(start, reader.durable_seq(), |item| {
         let r = match item {
             cj_journal::Item::Record(r) => r,
@@ -532,6 +535,9 @@ pub fn expand_gone(
             // Before the clock the fold finds these; after it they cover
             // what a refresh or reconciliation could not name.
             covered |= snap.through_seq > since && is_cover(&e) && overlapping(&e.path);
+            if snap.through_seq > since {
+                moved.note(&e);
+            }
             let kind = kind_char(e.kind);
             for p in [e.path, e.old_path] {
                 if below(&p) {
@@ -542,12 +548,9 @@ pub fn expand_gone(
         too_many = out.len() > QUERY_FILES_MAX;
         !too_many
     });
-    let Ok(folded) = fold.finish() else {
+    let (Ok(folded), Ok(()), false) = (fold.finish(), scanned, damaged) else {
         return Err("the journal since the baseline is damaged");
     };
-    if scanned.is_err() || damaged {
-        return Err("the journal since the baseline is damaged");
-    }
     let t = &folded.touched;
     if too_many || folded.too_many {
         return Err("the journal since the baseline names more than is followed");
@@ -560,8 +563,95 @@ pub fn expand_gone(
     {
         return Err(UNKNOWN_CONTENTS);
     }
+    if moved.too_many {
+        return Err("the directories that went away were renamed too often since the clock");
+    }
     held_at_clock(&snap, t, gone, &mut out)?;
+    moved.held_then(&snap, &below, &mut out)?;
     Ok(out.into_iter().collect())
+}
+
+/// The names the subtrees of some directories had after the clock:
+/// `(name now, name at the clock)`, followed through rename records in
+/// journal order (what a rename moves out of one is followed too).
+struct Moved {
+    names: Vec<(Vec<u8>, Vec<u8>)>,
+    known: HashSet<(Vec<u8>, Vec<u8>)>,
+    too_many: bool,
+}
+
+impl Moved {
+    /// Names followed at most (each costs a range of the baseline).
+    const NAMES_MAX: usize = 10_000;
+
+    fn new(gone: &[Vec<u8>]) -> Moved {
+        let names: Vec<(Vec<u8>, Vec<u8>)> = gone.iter().map(|g| (g.clone(), g.clone())).collect();
+        Moved {
+            known: names.iter().cloned().collect(),
+            names,
+            too_many: false,
+        }
+    }
+
+    fn note(&mut self, e: &cj_types::EventRecord) {
+        let rename = e
+            .changes
+            .contains(Changes::RENAMED_FROM | Changes::RENAMED_TO);
+        if !rename || e.old_path.is_empty() || e.path.is_empty() || self.too_many {
+            return;
+        }
+        let (old, new) = (e.old_path.as_slice(), e.path.as_slice());
+        let mut more = Vec::new();
+        for (now, then) in &self.names {
+            if is_at_or_below(now, old) {
+                let mut to = new.to_vec();
+                to.extend_from_slice(&now[old.len()..]);
+                more.push((to, then.clone()));
+            } else if is_at_or_below(old, now) {
+                let mut was = then.clone();
+                was.extend_from_slice(&old[now.len()..]);
+                more.push((new.to_vec(), was));
+            }
+        }
+        for m in more {
+            if self.known.insert(m.clone()) {
+                self.names.push(m);
+            }
+        }
+        self.too_many = self.names.len() > Self::NAMES_MAX;
+    }
+
+    /// What a baseline taken after the clock holds under the names they
+    /// were renamed to, added to `out` under the names they had at the
+    /// clock (those `below` admits).
+    fn held_then(
+        &self,
+        snap: &cj_reconcile::Snapshot,
+        below: &dyn Fn(&[u8]) -> bool,
+        out: &mut BTreeMap<Vec<u8>, u8>,
+    ) -> Result<(), &'static str> {
+        for (now, then) in self.names.iter().filter(|(now, then)| now != then) {
+            let mut hi = now.clone();
+            hi.push(0xff);
+            let range = snap.entries.range(
+                std::ops::Bound::Included(now.as_slice()),
+                std::ops::Bound::Included(&hi[..]),
+            );
+            for (p, st) in range {
+                if p != now.as_slice() && is_at_or_below(p, now) {
+                    let mut old = then.clone();
+                    old.extend_from_slice(&p[now.len()..]);
+                    if below(&old) {
+                        out.entry(old).or_insert(files::kind_of(st.mode));
+                    }
+                }
+            }
+            if out.len() > QUERY_FILES_MAX {
+                return Err(TOO_MANY);
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Adds to `out` what was below `gone` at the clock by the baseline and the

@@ -606,3 +606,57 @@ fn files_of_directories_removed_at_once_are_listed() {
         st["capture"]["gone_directories"]
     );
 }
+
+/// A directory renamed after the clock, a quiet refresh (the baseline then
+/// holds its files under the new name), then its subdirectories emptied
+/// and removed at once (removals folded): the files it held at the clock
+/// are listed under their old names, not a fresh instance.
+#[test]
+fn a_directory_renamed_then_emptied_after_a_refresh_lists_its_old_files() {
+    const DIRS: usize = 100;
+    let m = Mount::new(Fs::Ext4);
+    let sock = m.dir.path().join("wm.sock");
+    let sock_s = sock.to_str().unwrap().to_string();
+    let proj = m.mnt.join("proj");
+    for i in 0..DIRS {
+        std::fs::create_dir_all(proj.join(format!("f/s{i}"))).unwrap();
+        std::fs::write(proj.join(format!("f/s{i}/y")), "1").unwrap();
+    }
+    std::fs::write(proj.join(".watchmanconfig"), "{}").unwrap();
+    let args = ["--watchman-socket", &sock_s, "--baseline-refresh-secs", "1"];
+    let mut d = Daemon::start(&m.dir.path().join("daemon"), &args);
+    let p = proj.to_str().unwrap();
+    client(Kind::Python, &sock, &["clock", p]);
+    d.reconciled();
+    d.stop();
+    d.spawn();
+    d.reconciled();
+    let c = client(Kind::Python, &sock, &["clock", p]);
+    let c = c["clock"].as_str().unwrap().to_string();
+    std::fs::rename(proj.join("f"), proj.join("g")).unwrap();
+    let after = crate::restarts::cursor_seq(&d.cursor());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !crate::restarts::baseline_through(&d.state)
+        .iter()
+        .any(|&s| s >= after)
+    {
+        assert!(std::time::Instant::now() < deadline, "no quiet refresh");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    for i in 0..DIRS {
+        std::fs::remove_file(proj.join(format!("g/s{i}/y"))).unwrap();
+        std::fs::remove_dir(proj.join(format!("g/s{i}"))).unwrap();
+    }
+    let q = client(Kind::Python, &sock, &["query", p, &c]);
+    assert_eq!(q["fresh"], false, "{q}\n{}", d.log_text());
+    let names: BTreeSet<Vec<u8>> = q["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| unhex(n.as_str().unwrap()))
+        .collect();
+    for i in 0..DIRS {
+        let f = format!("f/s{i}/y");
+        assert!(names.contains(f.as_bytes()), "{f} missing: {q}");
+    }
+}
