@@ -631,19 +631,11 @@ impl Moved {
         out: &mut BTreeMap<Vec<u8>, u8>,
     ) -> Result<(), &'static str> {
         for (now, then) in self.names.iter().filter(|(now, then)| now != then) {
-            let mut hi = now.clone();
-            hi.push(0xff);
-            let range = snap.entries.range(
-                std::ops::Bound::Included(now.as_slice()),
-                std::ops::Bound::Included(&hi[..]),
-            );
-            for (p, st) in range {
-                if p != now.as_slice() && is_at_or_below(p, now) {
-                    let mut old = then.clone();
-                    old.extend_from_slice(&p[now.len()..]);
-                    if below(&old) {
-                        out.entry(old).or_insert(files::kind_of(st.mode));
-                    }
+            for (p, st) in baseline_below(snap, now) {
+                let mut old = then.clone();
+                old.extend_from_slice(&p[now.len()..]);
+                if below(&old) {
+                    out.entry(old).or_insert(files::kind_of(st.mode));
                 }
             }
             if out.len() > QUERY_FILES_MAX {
@@ -668,13 +660,7 @@ fn held_at_clock(
             .any(|g| p != g.as_slice() && is_at_or_below(p, g))
     };
     for g in gone {
-        let mut hi = g.clone();
-        hi.push(0xff);
-        let range = snap.entries.range(
-            std::ops::Bound::Included(g.as_slice()),
-            std::ops::Bound::Included(&hi[..]),
-        );
-        for (p, st) in range {
+        for (p, st) in baseline_below(snap, g) {
             if below(p) && !matches!(t.seen.get(p), Some(Seen::Gone)) {
                 out.entry(p.to_vec()).or_insert(files::kind_of(st.mode));
                 if out.len() > QUERY_FILES_MAX {
@@ -694,6 +680,22 @@ fn held_at_clock(
         return Err(TOO_MANY);
     }
     Ok(())
+}
+
+/// The baseline's entries strictly below `dir`, in path order.
+fn baseline_below<'s>(
+    snap: &'s cj_reconcile::Snapshot,
+    dir: &[u8],
+) -> impl Iterator<Item = (&'s [u8], cj_reconcile::Stat)> + 's {
+    let mut hi = dir.to_vec();
+    hi.push(0xff);
+    let dir = dir.to_vec();
+    snap.entries
+        .range(
+            std::ops::Bound::Included(dir.as_slice()),
+            std::ops::Bound::Included(&hi[..]),
+        )
+        .filter(move |(p, _)| *p != dir.as_slice() && is_at_or_below(p, &dir))
 }
 
 /// A record that covers a directory's subtree because nobody could name
