@@ -556,8 +556,22 @@ pub(crate) fn cursor_seq(c: &str) -> u64 {
     u64::from_str_radix(part, 16).unwrap()
 }
 
+/// Waits (at most 30 s) until a quiet refresh has brought a baseline of
+/// `d` past `seq`.
+pub(crate) fn wait_for_refresh_past(d: &Daemon, seq: u64) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !baseline_through(&d.state).iter().any(|&s| s >= seq) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no quiet refresh: {}",
+            d.ok(&["status", "--json"])
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 /// The through seq in the header of every snapshot in `state`.
-pub(crate) fn baseline_through(state: &Path) -> Vec<u64> {
+fn baseline_through(state: &Path) -> Vec<u64> {
     let Ok(dir) = fs::read_dir(state.join("snapshots")) else {
         return Vec::new();
     };
@@ -591,16 +605,7 @@ fn quiet_baseline_refresh(kind: Fs) {
     fs::rename(outside.join("moved_in"), t.join("moved_in")).unwrap();
     fs::rename(t.join("sub"), t.join("sub2")).unwrap();
     let c1 = d.cursor();
-    let want = cursor_seq(&c1);
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while !baseline_through(&d.state).iter().any(|&s| s >= want) {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no quiet refresh: {}",
-            d.ok(&["status", "--json"])
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    wait_for_refresh_past(&d, cursor_seq(&c1));
     let st: serde_json::Value = serde_json::from_str(&d.ok(&["status", "--json"])).unwrap();
     assert_eq!(st["reconcile"]["last_refresh"], "journal", "{st}");
     d.stop();
@@ -671,11 +676,7 @@ fn removals_folded_into_a_directory_removal_are_named_by_the_refresh() {
     let after = cursor_seq(&d.cursor());
     let st: serde_json::Value = serde_json::from_str(&d.ok(&["status", "--json"])).unwrap();
     let folded = st["capture"]["gone_directories"].as_u64().unwrap_or(0);
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while !baseline_through(&d.state).iter().any(|&s| s >= after) {
-        assert!(std::time::Instant::now() < deadline, "no quiet refresh");
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    wait_for_refresh_past(&d, after);
     let a = d.changes_wait(&c, 60);
     assert_eq!(a.code, 0, "{}", a.dump());
     for i in 0..DIRS {

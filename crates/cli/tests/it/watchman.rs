@@ -167,6 +167,16 @@ fn rust_client(sock: &Path, args: &[&str]) -> Value {
     result.unwrap_or_else(|e| panic!("watchman_client {args:?}: {e}"))
 }
 
+/// The names of an answer (hex in the clients' output), as bytes.
+fn names(answer: &Value) -> BTreeSet<Vec<u8>> {
+    answer["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| unhex(n.as_str().unwrap()))
+        .collect()
+}
+
 fn unhex(s: &str) -> Vec<u8> {
     (0..s.len() / 2)
         .map(|i| u8::from_str_radix(&s[2 * i..2 * i + 2], 16).unwrap())
@@ -198,12 +208,7 @@ fn assert_covers(
         );
         eprintln!("oracle: {what}: a fresh instance, accepted: {FRESH_FOREIGN}");
     }
-    let names: BTreeSet<Vec<u8>> = answer["files"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|n| unhex(n.as_str().unwrap()))
-        .collect();
+    let names = names(answer);
     let mut missed = Vec::new();
     for p in snapshot::diff(before, after) {
         let Ok(rel) = p.strip_prefix(root) else {
@@ -533,15 +538,33 @@ fn a_directory_renamed_twice_lists_its_old_names() {
         &["query", p, c["clock"].as_str().unwrap()],
     );
     assert_eq!(q["fresh"], false, "{q}");
-    let names: BTreeSet<Vec<u8>> = q["files"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|n| unhex(n.as_str().unwrap()))
-        .collect();
+    let names = names(&q);
     for want in ["d", "d/x", "d/sub", "d/sub/y", "u/x", "u/sub/y"] {
         assert!(names.contains(want.as_bytes()), "{want} missing: {q}");
     }
+}
+
+/// A daemon with a Watchman socket that watches `proj` (which has its
+/// `.watchmanconfig`), refreshes baselines every `refresh_secs`, and was
+/// restarted after its first baseline: it has resolved none of the
+/// directories below (their events are read cold).
+fn cold_watchman(m: &Mount, proj: &Path, refresh_secs: &str) -> (Daemon, PathBuf) {
+    let sock = m.dir.path().join("wm.sock");
+    let sock_s = sock.to_str().unwrap().to_string();
+    std::fs::write(proj.join(".watchmanconfig"), "{}").unwrap();
+    let args = [
+        "--watchman-socket",
+        &sock_s,
+        "--baseline-refresh-secs",
+        refresh_secs,
+    ];
+    let mut d = Daemon::start(&m.dir.path().join("daemon"), &args);
+    client(Kind::Python, &sock, &["clock", proj.to_str().unwrap()]);
+    d.reconciled();
+    d.stop();
+    d.spawn();
+    d.reconciled();
+    (d, sock)
 }
 
 /// Directories emptied and removed faster than the daemon reads their
@@ -553,22 +576,13 @@ fn a_directory_renamed_twice_lists_its_old_names() {
 fn files_of_directories_removed_at_once_are_listed() {
     const DIRS: usize = 300;
     let m = Mount::new(Fs::Ext4);
-    let sock = m.dir.path().join("wm.sock");
-    let sock_s = sock.to_str().unwrap().to_string();
     let proj = m.mnt.join("proj");
     for i in 0..DIRS {
         std::fs::create_dir_all(proj.join(format!("d{i}"))).unwrap();
         std::fs::write(proj.join(format!("d{i}/f")), "1").unwrap();
     }
-    std::fs::write(proj.join(".watchmanconfig"), "{}").unwrap();
-    let args = ["--watchman-socket", &sock_s, "--baseline-refresh-secs", "2"];
-    let mut d = Daemon::start(&m.dir.path().join("daemon"), &args);
+    let (d, sock) = cold_watchman(&m, &proj, "2");
     let p = proj.to_str().unwrap();
-    client(Kind::Python, &sock, &["clock", p]);
-    d.reconciled();
-    d.stop();
-    d.spawn();
-    d.reconciled();
     let c = client(Kind::Python, &sock, &["clock", p]);
     let c = c["clock"].as_str().unwrap().to_string();
     for i in 0..DIRS {
@@ -578,27 +592,14 @@ fn files_of_directories_removed_at_once_are_listed() {
     let check = |when: &str| {
         let q = client(Kind::Python, &sock, &["query", p, &c]);
         assert_eq!(q["fresh"], false, "{when}: {q}\n{}", d.log_text());
-        let names: BTreeSet<Vec<u8>> = q["files"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|n| unhex(n.as_str().unwrap()))
-            .collect();
+        let names = names(&q);
         for i in 0..DIRS {
             let f = format!("d{i}/f");
             assert!(names.contains(f.as_bytes()), "{when}: {f} missing: {q}");
         }
     };
     check("before a refresh");
-    let after = crate::restarts::cursor_seq(&d.cursor());
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    while !crate::restarts::baseline_through(&d.state)
-        .iter()
-        .any(|&s| s >= after)
-    {
-        assert!(std::time::Instant::now() < deadline, "no quiet refresh");
-        std::thread::sleep(std::time::Duration::from_millis(200));
-    }
+    crate::restarts::wait_for_refresh_past(&d, crate::restarts::cursor_seq(&d.cursor()));
     check("after a refresh");
     let st: Value = serde_json::from_str(&d.ok(&["status", "--json"])).unwrap();
     eprintln!(
@@ -615,46 +616,24 @@ fn files_of_directories_removed_at_once_are_listed() {
 fn a_directory_renamed_then_emptied_after_a_refresh_lists_its_old_files() {
     const DIRS: usize = 100;
     let m = Mount::new(Fs::Ext4);
-    let sock = m.dir.path().join("wm.sock");
-    let sock_s = sock.to_str().unwrap().to_string();
     let proj = m.mnt.join("proj");
     for i in 0..DIRS {
         std::fs::create_dir_all(proj.join(format!("f/s{i}"))).unwrap();
         std::fs::write(proj.join(format!("f/s{i}/y")), "1").unwrap();
     }
-    std::fs::write(proj.join(".watchmanconfig"), "{}").unwrap();
-    let args = ["--watchman-socket", &sock_s, "--baseline-refresh-secs", "1"];
-    let mut d = Daemon::start(&m.dir.path().join("daemon"), &args);
+    let (d, sock) = cold_watchman(&m, &proj, "1");
     let p = proj.to_str().unwrap();
-    client(Kind::Python, &sock, &["clock", p]);
-    d.reconciled();
-    d.stop();
-    d.spawn();
-    d.reconciled();
     let c = client(Kind::Python, &sock, &["clock", p]);
     let c = c["clock"].as_str().unwrap().to_string();
     std::fs::rename(proj.join("f"), proj.join("g")).unwrap();
-    let after = crate::restarts::cursor_seq(&d.cursor());
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    while !crate::restarts::baseline_through(&d.state)
-        .iter()
-        .any(|&s| s >= after)
-    {
-        assert!(std::time::Instant::now() < deadline, "no quiet refresh");
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
+    crate::restarts::wait_for_refresh_past(&d, crate::restarts::cursor_seq(&d.cursor()));
     for i in 0..DIRS {
         std::fs::remove_file(proj.join(format!("g/s{i}/y"))).unwrap();
         std::fs::remove_dir(proj.join(format!("g/s{i}"))).unwrap();
     }
     let q = client(Kind::Python, &sock, &["query", p, &c]);
     assert_eq!(q["fresh"], false, "{q}\n{}", d.log_text());
-    let names: BTreeSet<Vec<u8>> = q["files"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|n| unhex(n.as_str().unwrap()))
-        .collect();
+    let names = names(&q);
     for i in 0..DIRS {
         let f = format!("f/s{i}/y");
         assert!(names.contains(f.as_bytes()), "{f} missing: {q}");
